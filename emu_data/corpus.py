@@ -1,0 +1,184 @@
+"""The corpus directory: layout, per-unit commits, resume, and the manifest written last.
+
+    DIR/
+      _config.json        resolved config of the run (written first, for crashed runs too)
+      data/UNIT-NNNNN.arrow    interleaved samples
+      status/UNIT-NNNNN.arrow  one row per input item
+      _parts/UNIT.json    a unit's commit marker: its shards and counts
+      README.md           dataset card so `datasets.load_dataset(DIR)` finds the data
+      _manifest.json      written last: the directory's commit point
+
+Work is split into deterministic units. A unit writes its shards under names derived from
+its id, then commits them by writing `_parts/UNIT.json`. A rerun keeps committed units,
+deletes whatever an interrupted unit left behind and redoes only that unit, so the result
+equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from emu_data import manifest, records, schema
+from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, ShardLimits, ShardWriter
+
+DATA_DIR, STATUS_DIR, PARTS_DIR = "data", "status", "_parts"
+CONFIG_NAME, CARD_NAME = "_config.json", "README.md"
+
+
+class LayoutChanged(RuntimeError):
+    """The directory holds a run made with another configuration; mixing them is refused."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A deterministic piece of work; `payload` must pickle (it travels to a Ray worker)."""
+
+    id: str
+    payload: object
+
+
+class UnitWriter:
+    """Everything one unit writes: samples, status rows, then its commit marker."""
+
+    def __init__(self, out: Path, unit_id: str, limits: ShardLimits):
+        self.out = Path(out)
+        self.unit_id = unit_id
+        self.samples = ShardWriter(self.out / DATA_DIR, unit_id,
+                                   schema.arrow_schema("interleaved"), limits, root=self.out)
+        self.status_rows = ShardWriter(self.out / STATUS_DIR, unit_id,
+                                       schema.arrow_schema("status"), limits, root=self.out)
+        self.status_counts: Counter[str] = Counter()
+        self.source_counts: Counter[str] = Counter()
+
+    def add_sample(self, row: dict) -> None:
+        records.check(row)
+        self.samples.write(row)
+        self.source_counts[row["source"]] += 1
+
+    def add_status(self, row: dict) -> None:
+        self.status_rows.write(row)
+        self.status_counts[row["status"]] += 1
+
+    def commit(self, fingerprint: str) -> dict:
+        part = {
+            "unit": self.unit_id,
+            "fingerprint": fingerprint,
+            "shards": [s.to_dict() for s in self.samples.close()],
+            "status_shards": [s.to_dict() for s in self.status_rows.close()],
+            "status_counts": dict(self.status_counts),
+            "source_counts": dict(self.source_counts),
+        }
+        parts_dir = self.out / PARTS_DIR
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        manifest.write_json_atomic(parts_dir / f"{self.unit_id}.json", part)
+        return part
+
+
+def prepare(out: Path, config: dict, fingerprint: str, unit_ids: set[str], *,
+            overwrite: bool = False) -> dict[str, dict]:
+    """Make `out` ready for a run; return the committed parts of `unit_ids` that can be kept."""
+    out = Path(out)
+    if overwrite:
+        clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _refuse_other_layout(out, fingerprint)
+    parts = {uid: p for uid, p in committed_parts(out).items() if uid in unit_ids}
+    _remove_uncommitted(out, parts)
+    manifest.write_json_atomic(out / CONFIG_NAME, config)
+    return parts
+
+
+def _refuse_other_layout(out: Path, fingerprint: str) -> None:
+    found = []
+    if (out / manifest.MANIFEST_NAME).exists():
+        found.append(manifest.read(out)["fingerprint"])
+    found += [p["fingerprint"] for p in committed_parts(out).values()]
+    if any(f != fingerprint for f in found):
+        raise LayoutChanged(
+            f"{out} holds a run made with a different configuration; use another --out, "
+            "or --overwrite to replace it")
+
+
+def committed_parts(out: Path) -> dict[str, dict]:
+    parts = {}
+    for path in sorted((Path(out) / PARTS_DIR).glob("*.json")):
+        try:
+            part = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a marker that never finished writing: the unit is redone
+        if all(_intact(out, s) for s in part["shards"] + part["status_shards"]):
+            parts[part["unit"]] = part
+    return parts
+
+
+def _intact(out: Path, shard: dict) -> bool:
+    """Cheap check that a committed shard is still there (size, not hash: rerun speed matters)."""
+    path = Path(out) / shard["path"]
+    return path.is_file() and path.stat().st_size == shard["bytes"]
+
+
+def _remove_uncommitted(out: Path, parts: dict[str, dict]) -> None:
+    """Delete temporary files and shards that no committed unit claims: they get rewritten."""
+    claimed = {s["path"] for p in parts.values() for s in p["shards"] + p["status_shards"]}
+    for sub in (DATA_DIR, STATUS_DIR):
+        for path in (out / sub).glob("*"):
+            rel = path.relative_to(out).as_posix()
+            if path.name.startswith(TMP_PREFIX) or (path.suffix == SHARD_SUFFIX and rel not in claimed):
+                path.unlink()
+    for path in (out / PARTS_DIR).glob("*.json"):
+        if path.stem not in parts:
+            path.unlink()
+    (out / manifest.MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def clear(out: Path) -> None:
+    """Remove what an earlier run wrote (only our own names: never a user's other files)."""
+    out = Path(out)
+    for sub in (DATA_DIR, STATUS_DIR, PARTS_DIR):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    for name in (manifest.MANIFEST_NAME, CONFIG_NAME, CARD_NAME):
+        (out / name).unlink(missing_ok=True)
+
+
+def finalize(out: Path, *, stage: str, config: dict, fingerprint: str, parts: list[dict]) -> dict:
+    """Write the dataset card, then the manifest: the run is complete once it exists."""
+    out = Path(out)
+    (out / CARD_NAME).write_text(dataset_card(stage))
+    built = manifest.build(record="interleaved", stage=stage, config=config,
+                           fingerprint=fingerprint, parts=sorted(parts, key=lambda p: p["unit"]))
+    manifest.write(out, built)
+    return built
+
+
+def is_complete(out: Path, fingerprint: str) -> bool:
+    path = Path(out) / manifest.MANIFEST_NAME
+    return path.exists() and manifest.read(out)["fingerprint"] == fingerprint
+
+
+def dataset_card(stage: str) -> str:
+    """A Hugging Face dataset card whose YAML tells `datasets` where the data and status are."""
+    return (
+        "---\n"
+        "configs:\n"
+        "- config_name: default\n"
+        f"  data_files: \"{DATA_DIR}/*{SHARD_SUFFIX}\"\n"
+        "  default: true\n"
+        "- config_name: status\n"
+        f"  data_files: \"{STATUS_DIR}/*{SHARD_SUFFIX}\"\n"
+        "---\n"
+        f"# emu-data corpus ({stage})\n\n"
+        "Interleaved image-text samples in the `interleaved` record (schemas/interleaved.json),\n"
+        "one row per input item in the `status` config. Load with\n"
+        "`datasets.load_dataset(\"arrow\", data_dir=...)` or `datasets.load_dataset(DIR)`.\n"
+    )
+
+
+def shard_paths(out: Path, kind: str = DATA_DIR) -> list[Path]:
+    """Shards of a finished directory, as its manifest lists them."""
+    built = manifest.read(out)
+    listed = built["shards"] if kind == DATA_DIR else built["status_shards"]
+    return [Path(out) / s["path"] for s in listed]

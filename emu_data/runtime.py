@@ -1,0 +1,110 @@
+"""The one module that touches Ray: start or join a cluster, and run tasks with a bound.
+
+Everything else hands plain picklable functions and arguments to `map_tasks`, so a change
+in Ray's API is an edit here only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where work runs. address None: RAY_ADDRESS if set, else an embedded local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = None         # embedded Ray only; default: all cores
+    max_in_flight: int | None = None    # tasks submitted at once; default: 2 x cluster CPUs
+    cpus_per_task: float = 1.0
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task raised: the item, and the error as text (the traceback lives in Ray's logs)."""
+
+    item: object
+    error: str
+
+
+def ensure_ray(options: RayOptions = RayOptions()):
+    """Start embedded Ray or join a cluster, once per process; returns the ray module."""
+    import ray  # imported here: workers unpickling a stage need not import Ray's driver side
+
+    if ray.is_initialized():
+        return ray
+    address = options.address or os.environ.get("RAY_ADDRESS") or None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a data tool
+    if address in (None, "local"):
+        ray.init(num_cpus=options.num_cpus, include_dashboard=False,
+                 logging_level=logging.WARNING, configure_logging=False)
+        log.info("started embedded Ray with %s CPUs", cluster_cpus(ray))
+    else:
+        ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
+        log.info("joined Ray cluster at %s (%s CPUs)", address, cluster_cpus(ray))
+    return ray
+
+
+def cluster_cpus(ray=None) -> int:
+    import ray as _ray
+
+    return int((ray or _ray).cluster_resources().get("CPU", 1))
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def map_tasks(fn: Callable, items: Iterable, *, options: RayOptions = RayOptions(),
+              desc: str = "tasks", total: int | None = None) -> Iterator[tuple[object, object]]:
+    """Run fn(item) as Ray tasks; yield (item, result or TaskFailure) as tasks finish.
+
+    At most `max_in_flight` tasks are submitted at once, so a list of millions of items
+    never floods the object store; a failing task is reported, never stops the others.
+    """
+    ray = ensure_ray(options)
+    # fn may be any picklable callable (a partial, a dataclass instance): ship it once
+    # through the object store and call it from one plain remote function.
+    fn_ref = ray.put(fn)
+    remote = ray.remote(_call).options(num_cpus=options.cpus_per_task, max_retries=1)
+    limit = options.max_in_flight or max(2, 2 * cluster_cpus(ray))
+    pending: dict = {}
+    items = iter(items)
+    with tqdm(total=total, desc=desc, unit="task", disable=None) as bar:
+        while True:
+            while len(pending) < limit and (item := next(items, _END)) is not _END:
+                pending[remote.remote(fn_ref, item)] = item
+            if not pending:
+                return
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                item = pending.pop(ref)
+                bar.update()
+                yield item, _result(ray, ref, item)
+
+
+_END = object()
+
+
+def _call(fn, item):
+    return fn(item)
+
+
+def _result(ray, ref, item):
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as e:
+        # RayTaskError wraps the worker's exception; keep its message, not a traceback dump
+        cause = getattr(e, "cause", None) or e
+        log.warning("task for %r failed: %s", item, cause)
+        return TaskFailure(item, f"{type(cause).__name__}: {cause}")

@@ -1,0 +1,198 @@
+"""Arrow shard files: an atomic, size-bounded writer and a memory-mapped reader.
+
+Shards are Arrow IPC *files* (random access, memory-mappable, read by `datasets`' arrow
+builder). A shard only ever appears under its final name complete: rows go to a hidden
+temporary file that is fsynced and renamed into place when the shard reaches its row or
+byte bound, so a crash leaves a `.tmp` file that readers ignore, never a half shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+
+SHARD_SUFFIX = ".arrow"
+TMP_PREFIX = ".tmp-"
+# Rows are handed to Arrow in batches of at most this many rows or bytes, so memory stays
+# bounded by the batch, not by the (possibly 512 MB) shard.
+_BATCH_ROWS = 256
+_BATCH_BYTES = 32 * 2**20
+
+
+@dataclass(frozen=True)
+class ShardLimits:
+    """When a shard is closed and the next one started."""
+
+    max_rows: int = 10_000
+    max_bytes: int = 256 * 2**20
+
+    def __post_init__(self):
+        if self.max_rows < 1 or self.max_bytes < 1:
+            raise ValueError("shard limits must be positive")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a manifest records of one finished shard. `path` is relative to the directory."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(4 * 2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def approx_row_bytes(row: dict) -> int:
+    """A cheap size estimate of one row: the bytes and characters it holds."""
+    return sum(_approx_size(v) for v in row.values())
+
+
+def _approx_size(value) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_approx_size(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return 8 + sum(_approx_size(v) for v in value)
+    return 8
+
+
+class ShardWriter:
+    """Writes rows of one schema to `directory/{prefix}-{n:05d}.arrow`, n = 0, 1, ...
+
+    Names depend only on the prefix and the order of rows, so a rerun of the same unit of
+    work writes the same names.
+    """
+
+    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, limits: ShardLimits,
+                 root: Path | None = None):
+        self.directory = Path(directory)
+        self.prefix = prefix
+        self.schema = schema
+        self.limits = limits
+        self.root = Path(root) if root else self.directory
+        self.finished: list[ShardInfo] = []
+        self._batch: list[dict] = []
+        self._batch_bytes = 0
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+        self._sink: pa.OSFile | None = None
+        self._rows = 0
+        self._bytes = 0
+
+    def write(self, row: dict) -> None:
+        size = approx_row_bytes(row)
+        if self._rows and (self._rows + 1 > self.limits.max_rows
+                           or self._bytes + size > self.limits.max_bytes):
+            self._finish_shard()
+        self._batch.append(row)
+        self._batch_bytes += size
+        self._rows += 1
+        self._bytes += size
+        if len(self._batch) >= _BATCH_ROWS or self._batch_bytes >= _BATCH_BYTES:
+            self._flush_batch()
+
+    def close(self) -> list[ShardInfo]:
+        """Finish the last shard; returns every shard written, in order."""
+        if self._rows:
+            self._finish_shard()
+        return list(self.finished)
+
+    def abort(self) -> None:
+        """Drop the shard in progress (its temporary file), keeping finished ones."""
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._tmp_path.unlink(missing_ok=True)
+        self._writer = self._sink = None
+        self._batch, self._rows, self._bytes = [], 0, 0
+
+    @property
+    def _final_path(self) -> Path:
+        return self.directory / f"{self.prefix}-{len(self.finished):05d}{SHARD_SUFFIX}"
+
+    @property
+    def _tmp_path(self) -> Path:
+        final = self._final_path
+        return final.with_name(TMP_PREFIX + final.name)
+
+    def _flush_batch(self) -> None:
+        if not self._batch:
+            return
+        if self._writer is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._sink = pa.OSFile(str(self._tmp_path), "wb")
+            self._writer = pa.ipc.new_file(self._sink, self.schema)
+        self._writer.write_table(pa.Table.from_pylist(self._batch, schema=self.schema))
+        self._batch, self._batch_bytes = [], 0
+
+    def _finish_shard(self) -> None:
+        self._flush_batch()
+        self._writer.close()
+        self._sink.close()
+        tmp, final = self._tmp_path, self._final_path
+        _fsync(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        info = ShardInfo(final.relative_to(self.root).as_posix(), self._rows,
+                         final.stat().st_size, file_sha256(final))
+        self.finished.append(info)
+        self._writer = self._sink = None
+        self._rows = self._bytes = 0
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable: without it a power cut can forget the new name."""
+    try:
+        _fsync(path)
+    except OSError:  # some filesystems refuse fsync on directories; the rename still happened
+        pass
+
+
+def read_shard(path: Path) -> pa.Table:
+    """Memory-map one shard: no copy, pages load as columns are touched."""
+    source = pa.memory_map(str(path), "r")
+    return pa.ipc.open_file(source).read_all()
+
+
+def iter_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+    for i in range(reader.num_record_batches):
+        yield reader.get_batch(i)
+
+
+def write_table(path: Path, table: pa.Table, root: Path) -> ShardInfo:
+    """Write one whole table as one shard, atomically."""
+    path = Path(path)
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    _fsync(tmp)
+    os.replace(tmp, path)
+    return ShardInfo(path.relative_to(root).as_posix(), table.num_rows, path.stat().st_size,
+                     file_sha256(path))

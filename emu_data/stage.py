@@ -1,0 +1,100 @@
+"""Running a stage: units of work through Ray, each committed on its own, manifest last.
+
+A source module supplies the units and one function `process(payload, writer)` that turns
+a unit's payload into samples and status rows; this module does the rest the same way for
+every source: resume, parallelism, progress, the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from emu_data import corpus, manifest, runtime
+from emu_data.corpus import Unit, UnitWriter
+from emu_data.shards import ShardLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where and how a stage writes."""
+
+    out: Path
+    shard_rows: int = 10_000
+    shard_bytes: int = 256 * 2**20
+    overwrite: bool = False
+
+    @property
+    def limits(self) -> ShardLimits:
+        return ShardLimits(self.shard_rows, self.shard_bytes)
+
+
+class StageIncomplete(RuntimeError):
+    """Some units failed; what committed stays, and a rerun redoes only the rest."""
+
+    def __init__(self, out: Path, failures: list[runtime.TaskFailure]):
+        self.failures = failures
+        lines = "\n".join(f"  unit {f.item.id}: {f.error}" for f in failures[:20])
+        super().__init__(f"{len(failures)} unit(s) of {out} failed (rerun to retry them):\n{lines}")
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """The picklable function a Ray worker runs for one unit."""
+
+    out: Path
+    limits: ShardLimits
+    fingerprint: str
+    process: Callable[[object, UnitWriter], None]
+
+    def __call__(self, unit: Unit) -> dict:
+        writer = UnitWriter(self.out, unit.id, self.limits)
+        try:
+            self.process(unit.payload, writer)
+        except BaseException:
+            writer.samples.abort()
+            writer.status_rows.abort()
+            raise
+        return writer.commit(self.fingerprint)
+
+
+@dataclass
+class StageResult:
+    manifest: dict
+    skipped_units: int = 0
+    ran_units: int = 0
+    reused: bool = False
+    failures: list = field(default_factory=list)
+
+
+def run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWriter], None], *,
+              output: OutputOptions, layout: dict, config: dict,
+              ray: runtime.RayOptions = runtime.RayOptions()) -> StageResult:
+    """Run every unit not yet committed in output.out, then write the manifest."""
+    out = Path(output.out)
+    layout = {"stage": stage, "shard_limits": asdict(output.limits), **layout}
+    fingerprint = manifest.fingerprint(layout)
+    if not output.overwrite and out.exists() and corpus.is_complete(out, fingerprint):
+        log.info("%s is complete (manifest present): nothing to do", out)
+        return StageResult(manifest.read(out), skipped_units=len(units), reused=True)
+    kept = corpus.prepare(out, config, fingerprint, {u.id for u in units},
+                          overwrite=output.overwrite)
+    todo = [u for u in units if u.id not in kept]
+    if kept:
+        log.info("resuming %s: %d unit(s) already committed, %d to run", out, len(kept), len(todo))
+    task = UnitTask(out, output.limits, fingerprint, process)
+    failures = []
+    for unit, result in runtime.map_tasks(task, todo, options=ray, desc=stage, total=len(todo)):
+        if isinstance(result, runtime.TaskFailure):
+            failures.append(result)
+        else:
+            kept[unit.id] = result
+    if failures:
+        raise StageIncomplete(out, failures)
+    built = corpus.finalize(out, stage=stage, config=config, fingerprint=fingerprint,
+                            parts=list(kept.values()))
+    return StageResult(built, skipped_units=len(units) - len(todo), ran_units=len(todo))
