@@ -1,0 +1,74 @@
+import pyarrow as pa
+import pytest
+
+from emu_data import schema
+from emu_data.shards import ShardLimits, ShardWriter, file_sha256, read_shard
+
+
+def _rows(n, text_len=10):
+    return [{"key": f"laion:{i}", "source": "laion", "texts": [None, "x" * text_len],
+             "images": [{"bytes": b"\xff\xd8" + bytes(50), "path": None}, None],
+             "times": None, "meta": "{}"} for i in range(n)]
+
+
+def _write(tmp_path, rows, limits):
+    writer = ShardWriter(tmp_path / "data", "u0001", schema.arrow_schema("interleaved"), limits, root=tmp_path)
+    for row in rows:
+        writer.write(row)
+    return writer.close()
+
+
+def test_shards_are_bounded_by_rows_and_named_deterministically(tmp_path):
+    infos = _write(tmp_path, _rows(25), ShardLimits(max_rows=10))
+    assert [i.path for i in infos] == ["data/u0001-00000.arrow", "data/u0001-00001.arrow",
+                                      "data/u0001-00002.arrow"]
+    assert [i.rows for i in infos] == [10, 10, 5]
+    keys = [k for i in infos for k in read_shard(tmp_path / i.path).column("key").to_pylist()]
+    assert keys == [f"laion:{i}" for i in range(25)]
+
+
+def test_shards_are_bounded_by_bytes(tmp_path):
+    infos = _write(tmp_path, _rows(20, text_len=1000), ShardLimits(max_rows=1000, max_bytes=5000))
+    assert len(infos) >= 4
+    assert all(i.rows <= 5 for i in infos)
+
+
+def test_manifest_facts_match_the_files_and_no_temporary_file_remains(tmp_path):
+    infos = _write(tmp_path, _rows(7), ShardLimits(max_rows=3))
+    for info in infos:
+        path = tmp_path / info.path
+        assert path.stat().st_size == info.bytes
+        assert file_sha256(path) == info.sha256
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_an_aborted_shard_never_appears_under_its_final_name(tmp_path):
+    writer = ShardWriter(tmp_path / "data", "u0002", schema.arrow_schema("interleaved"),
+                         ShardLimits(max_rows=3), root=tmp_path)
+    for row in _rows(400):  # enough rows that a batch was flushed to the temporary file
+        writer.write(row)
+    finished = list(writer.finished)
+    writer.abort()
+    names = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert names == sorted(f"u0002-{i:05d}.arrow" for i in range(len(finished)))
+
+
+def test_same_rows_give_byte_identical_shards(tmp_path):
+    a = _write(tmp_path / "a", _rows(12), ShardLimits(max_rows=5))
+    b = _write(tmp_path / "b", _rows(12), ShardLimits(max_rows=5))
+    assert [i.sha256 for i in a] == [i.sha256 for i in b]
+
+
+def test_reader_memory_maps_instead_of_copying(tmp_path):
+    info = _write(tmp_path, _rows(300, text_len=10_000), ShardLimits())[0]
+    before = pa.total_allocated_bytes()
+    table = read_shard(tmp_path / info.path)
+    allocated = pa.total_allocated_bytes() - before
+    assert table.num_rows == 300
+    assert table.nbytes > 3_000_000
+    assert allocated < table.nbytes / 10  # the column data stays in the mapped file
+
+
+def test_limits_must_be_positive():
+    with pytest.raises(ValueError):
+        ShardLimits(max_rows=0)
