@@ -16,6 +16,7 @@ equals an uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -40,6 +41,11 @@ class Unit:
     id: str
     payload: object
 
+    @property
+    def digest(self) -> str:
+        """What the unit holds: a committed unit whose inputs changed since is redone."""
+        return hashlib.sha256(repr(self.payload).encode()).hexdigest()[:16]
+
 
 class UnitWriter:
     """Everything one unit writes: samples, status rows, then its commit marker."""
@@ -63,10 +69,11 @@ class UnitWriter:
         self.status_rows.write(row)
         self.status_counts[row["status"]] += 1
 
-    def commit(self, fingerprint: str) -> dict:
+    def commit(self, fingerprint: str, digest: str) -> dict:
         part = {
             "unit": self.unit_id,
             "fingerprint": fingerprint,
+            "digest": digest,
             "shards": [s.to_dict() for s in self.samples.close()],
             "status_shards": [s.to_dict() for s in self.status_rows.close()],
             "status_counts": dict(self.status_counts),
@@ -78,15 +85,21 @@ class UnitWriter:
         return part
 
 
-def prepare(out: Path, config: dict, fingerprint: str, unit_ids: set[str], *,
-            overwrite: bool = False) -> dict[str, dict]:
-    """Make `out` ready for a run; return the committed parts of `unit_ids` that can be kept."""
+def prepare(out: Path, config: dict, fingerprint: str, units: list[Unit], *,
+            overwrite: bool = False, redo=None) -> dict[str, dict]:
+    """Make `out` ready for a run; return the committed parts that can be kept, by unit id.
+
+    Kept: parts of the given units whose inputs are unchanged (same digest) and that
+    `redo(part)` does not ask to run again (e.g. they hold retryable failures).
+    """
     out = Path(out)
     if overwrite:
         clear(out)
     out.mkdir(parents=True, exist_ok=True)
     _refuse_other_layout(out, fingerprint)
-    parts = {uid: p for uid, p in committed_parts(out).items() if uid in unit_ids}
+    digests = {u.id: u.digest for u in units}
+    parts = {uid: p for uid, p in committed_parts(out).items()
+             if p.get("digest") == digests.get(uid) and not (redo and redo(p))}
     _remove_uncommitted(out, parts)
     manifest.write_json_atomic(out / CONFIG_NAME, config)
     return parts

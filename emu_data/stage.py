@@ -59,7 +59,7 @@ class UnitTask:
             writer.samples.abort()
             writer.status_rows.abort()
             raise
-        return writer.commit(self.fingerprint)
+        return writer.commit(self.fingerprint, unit.digest)
 
 
 @dataclass
@@ -73,16 +73,19 @@ class StageResult:
 
 def run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWriter], None], *,
               output: OutputOptions, layout: dict, config: dict,
-              ray: runtime.RayOptions = runtime.RayOptions()) -> StageResult:
-    """Run every unit not yet committed in output.out, then write the manifest."""
+              ray: runtime.RayOptions = runtime.RayOptions(), redo=None) -> StageResult:
+    """Run every unit not yet committed in output.out, then write the manifest.
+
+    redo(part) -> bool picks committed units to run again (e.g. --retry-failed).
+    """
     out = Path(output.out)
     layout = {"stage": stage, "shard_limits": asdict(output.limits), **layout}
     fingerprint = manifest.fingerprint(layout)
-    if not output.overwrite and out.exists() and corpus.is_complete(out, fingerprint):
+    if (not output.overwrite and redo is None and out.exists()
+            and corpus.is_complete(out, fingerprint) and _same_units(out, units)):
         log.info("%s is complete (manifest present): nothing to do", out)
         return StageResult(manifest.read(out), skipped_units=len(units), reused=True)
-    kept = corpus.prepare(out, config, fingerprint, {u.id for u in units},
-                          overwrite=output.overwrite)
+    kept = corpus.prepare(out, config, fingerprint, units, overwrite=output.overwrite, redo=redo)
     todo = [u for u in units if u.id not in kept]
     if kept:
         log.info("resuming %s: %d unit(s) already committed, %d to run", out, len(kept), len(todo))
@@ -98,3 +101,9 @@ def run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWrit
     built = corpus.finalize(out, stage=stage, config=config, fingerprint=fingerprint,
                             parts=list(kept.values()))
     return StageResult(built, skipped_units=len(units) - len(todo), ran_units=len(todo))
+
+
+def _same_units(out: Path, units: list[Unit]) -> bool:
+    """The committed parts are exactly these units with these inputs."""
+    parts = corpus.committed_parts(out)
+    return {uid: p.get("digest") for uid, p in parts.items()} == {u.id: u.digest for u in units}

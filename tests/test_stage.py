@@ -49,13 +49,38 @@ def test_a_rerun_with_another_layout_is_refused(tmp_path, ray_session):
     assert all(s["rows"] == 1 for s in changed["shards"])
 
 
-def test_fewer_units_on_rerun_leave_no_orphan_shards(tmp_path, ray_session):
+def _statuses(payload, writer):
+    for name in payload:
+        writer.add_status({"key": f"laion:{name}", "source": "laion", "input": name,
+                           "status": "ok" if not name.startswith("bad") else "http_503",
+                           "error": None if not name.startswith("bad") else "try later",
+                           "attempts": 1, "samples": 0})
+
+
+def _generic(out, units, ray, redo=None):
+    return run_stage("test", units, _statuses, output=OutputOptions(out), layout={}, config={},
+                     ray=ray, redo=redo)
+
+
+def test_changed_or_dropped_units_are_redone_and_leave_no_orphans(tmp_path, ray_session):
+    from emu_data.validate import validate
+
     out = tmp_path / "c"
-    _run(out, ray_session)
-    (out / manifest.MANIFEST_NAME).unlink()  # interrupted before the manifest
-    smaller = sample.SampleConfig(n=2, per_unit=2, sources=("laion", "webvid"))
-    with pytest.raises(corpus.LayoutChanged):
-        _run(out, ray_session, config=smaller)
+    _generic(out, [corpus.Unit("a", ("1",)), corpus.Unit("b", ("2",)), corpus.Unit("c", ("3",))], ray_session)
+    again = _generic(out, [corpus.Unit("a", ("1",)), corpus.Unit("b", ("2", "4"))], ray_session)
+    assert again.ran_units == 1 and again.skipped_units == 1  # b changed, a kept, c gone
+    assert sorted(p.stem for p in (out / corpus.PARTS_DIR).glob("*.json")) == ["a", "b"]
+    assert again.manifest["status_counts"] == {"ok": 3}
+    assert validate([out]).ok
+
+
+def test_redo_reruns_only_the_parts_it_picks(tmp_path, ray_session):
+    out = tmp_path / "c"
+    units = [corpus.Unit("a", ("1",)), corpus.Unit("b", ("bad-2",))]
+    _generic(out, units, ray_session)
+    retried = _generic(out, units, ray_session,
+                       redo=lambda part: "http_503" in part["status_counts"])
+    assert retried.ran_units == 1 and retried.skipped_units == 1
 
 
 def test_resolved_config_is_saved_beside_the_output(tmp_path, ray_session):
