@@ -1,0 +1,308 @@
+"""YouTube storyboards (the seek-preview mosaics) as timed tiles.
+
+A storyboard level is a grid of `columns x rows` tiles per mosaic JPEG; its tiles are evenly
+spaced in time, row-major, and the last mosaic is cropped to the rows it uses. The level
+metadata comes either from a yt-dlp info dict (formats `sb0..sbN`) or from the raw player
+response's spec string, and the mosaics from yt-dlp's MHTML download or plain GETs.
+
+Times matter: Emu interleaves tiles with subtitles by time. yt-dlp drops the spec's
+interval and gives `fps = count / duration`, but 1/fps is not the spacing (a 316 s video
+with 65 tiles at 5 s has 1/fps = 4.86 s, which drifts the last tile by ~9 s). So the
+spacing is the spec's interval_ms when the raw spec is at hand, else round(duration / count)
+seconds, which is what Emu's own YT-Storyboard code does (see REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import io
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+from urllib.parse import urljoin
+
+from PIL import Image
+
+_SPEC_BASE = "https://i.ytimg.com/"  # yt-dlp resolves a relative spec base URL against this
+# yt-dlp treats these playabilityStatus reasons as an age gate (extractor _is_agegated):
+# a sign-in wall that retrying later will not lift, unlike the bot check.
+_AGE_GATE = ("confirm your age", "age-restricted", "inappropriate")
+_CONTENT_ID = re.compile(r"<?(\d+)\.[^@>]*@[^>]*>?")  # yt-dlp: <{i}.{boundary}@yt-dlp.github.io.invalid>
+_STUB_CID = re.compile(rb'src="cid:(\d+)\.')  # the HTML stub names every fragment, skipped or not
+# What Pillow raises for bytes that are not a decodable image (UnidentifiedImageError and
+# truncation are OSErrors; some plugins raise SyntaxError or ValueError on bad headers).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class StoryboardError(ValueError):
+    """A storyboard that cannot become tiles; `reason` is a stable code for stats and retries:
+    "no_storyboard", "decode_error" or "malformed_storyboard"."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Level:
+    format_id: str  # yt-dlp's name: "sb0" is the largest tiles
+    tile_width: int
+    tile_height: int
+    count: int  # tiles in the whole storyboard
+    columns: int  # tiles per mosaic row
+    rows: int  # tile rows per full mosaic
+    interval: float  # seconds between tiles
+    interval_source: str  # "spec" (the raw spec's interval_ms) or "duration" (round(duration / count))
+    fragment_urls: tuple[str, ...]  # one mosaic each, in order
+
+    @property
+    def tiles_per_mosaic(self) -> int:
+        return self.columns * self.rows
+
+    @property
+    def mosaics(self) -> int:
+        """Mosaics needed to hold `count` tiles."""
+        return math.ceil(self.count / self.tiles_per_mosaic)
+
+
+@dataclass(frozen=True)
+class Tile:
+    index: int
+    time: float  # seconds: index * level.interval
+    image: bytes  # encoded JPEG of one tile
+
+
+def _positive_int(value) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _positive_float(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 and math.isfinite(number) else None
+
+
+def _duration_interval(duration: float, count: int) -> float:
+    """The tile spacing when the spec's interval is lost (yt-dlp drops it).
+
+    YouTube spaces tiles by whole seconds and shows count = ceil(duration / interval) + 1
+    tiles, so the whole-second interval that reproduces `count` is the real one. Emu's
+    round(duration / count) agrees on long videos but not on short ones, where the extra
+    tile weighs more (62 s with 14 tiles: 4 s by Emu's rule, 5 s in truth); it stays the
+    fallback for counts no whole second explains.
+    """
+    consistent = [i for i in range(1, int(duration) + 2) if math.ceil(duration / i) + 1 == count]
+    if consistent:
+        target = duration / max(count - 1, 1)
+        return float(min(consistent, key=lambda i: abs(i - target)))
+    return float(max(1, round(duration / count)))
+
+
+def _largest_first(levels: list[Level]) -> list[Level]:
+    # Stable, so yt-dlp's order (sb0 first) survives among equal tile areas.
+    return sorted(levels, key=lambda level: -level.tile_width * level.tile_height)
+
+
+def levels_from_info(info: dict) -> list[Level]:
+    """Storyboard levels of a yt-dlp info dict, largest tiles first.
+
+    Spacing is round(duration / count) seconds, never 1/fps (see the module doc). Formats
+    that cannot be timed or fetched (no fragments, count < 1, bad geometry) are skipped.
+    """
+    formats = [f for f in info.get("formats") or ()
+               if f.get("format_note") == "storyboard" or f.get("protocol") == "mhtml"]
+    levels = [_info_level(f, _positive_float(info.get("duration"))) for f in formats]
+    return _largest_first([level for level in levels if level is not None])
+
+
+def _info_level(fmt: dict, duration: float | None) -> Level | None:
+    fragments = fmt.get("fragments") or ()
+    if not duration:  # yt-dlp splits the video's duration over the fragments
+        duration = _positive_float(sum(_positive_float(f.get("duration")) or 0 for f in fragments))
+    fps = _positive_float(fmt.get("fps"))
+    geometry = [_positive_int(fmt.get(k)) for k in ("width", "height", "columns", "rows")]
+    if not fragments or not duration or not fps or not all(geometry):
+        return None
+    count = round(fps * duration)  # yt-dlp's fps is count / duration
+    urls = tuple(_fragment_url(fmt, f) for f in fragments)
+    width, height, columns, rows = geometry
+    if count < 1 or not all(urls) or len(urls) < math.ceil(count / (columns * rows)):
+        return None
+    return Level(str(fmt.get("format_id")), width, height, count, columns, rows,
+                 _duration_interval(duration, count), "duration", urls)
+
+
+def _fragment_url(fmt: dict, fragment: dict) -> str | None:
+    if fragment.get("url"):
+        return fragment["url"]
+    base, path = fmt.get("fragment_base_url"), fragment.get("path")
+    return urljoin(base, path) if base and path else None
+
+
+def levels_from_player_response(player_response: dict, duration: float | None = None) -> list[Level]:
+    """Levels parsed from `storyboards.playerStoryboardSpecRenderer.spec`, named and with the
+    URLs yt-dlp gives them (spec entries reversed: sb0 is the last, largest entry).
+
+    Spacing is the spec's interval_ms; entries with interval 0 (the tiny "default" level)
+    get round(duration / count) s when the duration is known (argument, else
+    videoDetails.lengthSeconds), and are skipped otherwise.
+    """
+    spec = ((player_response.get("storyboards") or {}).get("playerStoryboardSpecRenderer") or {}).get("spec")
+    if not isinstance(spec, str) or not spec.split("|")[0]:
+        return []
+    if duration is None:
+        duration = (player_response.get("videoDetails") or {}).get("lengthSeconds")
+    base, *entries = spec.split("|")
+    base_url = urljoin(_SPEC_BASE, base)
+    entries.reverse()
+    top = len(entries) - 1  # $L counts from the first spec entry; yt-dlp's sb{i} from the last
+    levels = [_spec_level(f"sb{i}", top - i, entry, base_url, _positive_float(duration))
+              for i, entry in enumerate(entries)]
+    return _largest_first([level for level in levels if level is not None])
+
+
+def _spec_level(format_id: str, spec_index: int, entry: str, base_url: str,
+                duration: float | None) -> Level | None:
+    """One `w#h#count#cols#rows#interval_ms#name#sigh` entry; None where yt-dlp would warn."""
+    args = entry.split("#")
+    if len(args) != 8:
+        return None
+    width, height, count, columns, rows = (_positive_int(a) for a in args[:5])
+    interval_ms = _positive_int(args[5]) or (0 if args[5] == "0" else None)  # 0: the "default" level
+    if not all((width, height, count, columns, rows)) or interval_ms is None:
+        return None
+    if interval_ms:
+        interval, source = interval_ms / 1000, "spec"
+    elif duration:
+        interval, source = _duration_interval(duration, count), "duration"
+    else:
+        return None
+    name, sigh = args[6:]
+    url = base_url.replace("$L", str(spec_index)).replace("$N", name) + f"&sigh={sigh}"
+    urls = tuple(url.replace("$M", str(m)) for m in range(math.ceil(count / (columns * rows))))
+    return Level(format_id, width, height, count, columns, rows, interval, source, urls)
+
+
+def playability_reason(player_response: dict) -> str | None:
+    """None when playable; "bot_check" for the sign-in/bot wall (back off and retry later,
+    or use cookies); "unavailable" for everything else (retrying will not help).
+
+    A response that needs a PO token still says OK here: only its caption URLs differ.
+    """
+    status = player_response.get("playabilityStatus") or {}
+    if status.get("status") == "OK":
+        return None
+    reason = str(status.get("reason") or "").lower()
+    if "not a bot" in reason:
+        return "bot_check"
+    if status.get("status") == "LOGIN_REQUIRED" and not any(a in reason for a in _AGE_GATE):
+        return "bot_check"
+    return "unavailable"
+
+
+def choose_level(levels: Sequence[Level], wanted: str | int | None = None) -> Level:
+    """The level asked for: None -> the first (largest tiles), "sbN" -> by format_id,
+    an int -> by position. Anything else is a no_storyboard error naming what exists."""
+    if not levels:
+        raise StoryboardError("no_storyboard", "the video has no storyboard levels")
+    if wanted is None:
+        return levels[0]
+    if isinstance(wanted, int) and not isinstance(wanted, bool) and 0 <= wanted < len(levels):
+        return levels[wanted]
+    for level in levels:
+        if isinstance(wanted, str) and level.format_id == wanted:
+            return level
+    have = ", ".join(f"{i}: {lv.format_id} {lv.tile_width}x{lv.tile_height}" for i, lv in enumerate(levels))
+    raise StoryboardError("no_storyboard", f"no storyboard level {wanted!r}; available: {have}")
+
+
+def read_mhtml(data: bytes) -> list[bytes]:
+    """The mosaic images of a storyboard MHTML file as yt-dlp's mhtml downloader writes it,
+    in fragment order. yt-dlp leaves out a fragment it failed to fetch; the HTML stub still
+    names it, so a gap (the last fragment included) is a malformed_storyboard error."""
+    message = email.message_from_bytes(data)
+    if not message.is_multipart():
+        raise StoryboardError("malformed_storyboard", "not a multipart MHTML file")
+    named: set[int] = set()
+    images: dict[int, bytes] = {}
+    for part in message.get_payload():
+        if part.get_content_type() == "text/html":
+            named.update(int(i) for i in _STUB_CID.findall(part.get_payload(decode=True) or b""))
+            continue
+        index, image = _mhtml_fragment(part)
+        if index in images:
+            raise StoryboardError("malformed_storyboard", f"fragment {index} appears twice")
+        images[index] = image
+    total = max(named | set(images), default=-1) + 1
+    if total == 0:
+        raise StoryboardError("malformed_storyboard", "no fragments in the MHTML file")
+    for index in range(total):
+        if index not in images:
+            raise StoryboardError("malformed_storyboard", f"fragment {index} missing (of {total})")
+    return [images[index] for index in range(total)]
+
+
+def _mhtml_fragment(part: email.message.Message) -> tuple[int, bytes]:
+    match = _CONTENT_ID.fullmatch(str(part.get("Content-ID", "")).strip())
+    image = part.get_payload(decode=True)
+    if not match or not isinstance(image, bytes):
+        raise StoryboardError("malformed_storyboard",
+                              f"MHTML part is not a storyboard fragment (Content-ID {part.get('Content-ID')!r})")
+    return int(match.group(1)), image
+
+
+def slice_mosaics(mosaics: Sequence[bytes], level: Level, *, quality: int = 90) -> list[Tile]:
+    """Cut `level.count` tiles, row-major, out of the level's mosaics in order; tile k is at
+    k * level.interval seconds and is re-encoded alone as a JPEG at `quality`.
+
+    Each mosaic is decoded once. The last mosaic may be cropped to the rows it uses.
+    Raises decode_error for a mosaic that does not decode, malformed_storyboard when
+    mosaics are missing or one is too small for the tiles it must hold (later tiles'
+    times would otherwise shift)."""
+    if len(mosaics) < level.mosaics:
+        missing = level.count - len(mosaics) * level.tiles_per_mosaic
+        raise StoryboardError("malformed_storyboard", f"{missing} of {level.count} tiles missing: "
+                              f"{len(mosaics)} of {level.mosaics} mosaics")
+    tiles: list[Tile] = []
+    for m in range(level.mosaics):  # extra mosaics past `count` hold no tiles of this level
+        image = _decode(mosaics[m], m)
+        want = min(level.tiles_per_mosaic, level.count - len(tiles))
+        for box in _tile_boxes(image.size, level, want, m):
+            tiles.append(Tile(len(tiles), len(tiles) * level.interval, _jpeg(image.crop(box), quality)))
+    return tiles
+
+
+def _decode(data: bytes, m: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # decode now: a truncated file fails here, not at the first crop
+    except _DECODE_ERRORS as error:
+        raise StoryboardError("decode_error", f"mosaic {m} does not decode: {error}") from error
+    return image if image.mode in ("RGB", "L") else image.convert("RGB")
+
+
+def _tile_boxes(size: tuple[int, int], level: Level, want: int, m: int) -> list[tuple[int, int, int, int]]:
+    """Crop boxes of the first `want` tiles, row-major; the image must hold them all."""
+    width, height = size
+    w, h, columns = level.tile_width, level.tile_height, level.columns
+    rows_needed = math.ceil(want / columns)
+    columns_needed = min(want, columns)
+    if height // h < rows_needed or width // w < columns_needed:
+        raise StoryboardError("malformed_storyboard", f"mosaic {m} is {width}x{height}, too small for "
+                              f"{want} tiles of {w}x{h} in {columns} columns")
+    return [(c * w, r * h, (c + 1) * w, (r + 1) * h) for r, c in (divmod(k, columns) for k in range(want))]
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()

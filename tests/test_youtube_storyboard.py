@@ -1,0 +1,364 @@
+"""Tests for emu_data.sources.youtube.storyboard on recorded player responses (tests/data/youtube,
+MIT, see LICENSE there), mosaics drawn here with Pillow, and MHTML files written the way
+yt-dlp's mhtml downloader writes them (once by hand, once by yt-dlp itself from 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from emu_data.sources.youtube.storyboard import (
+    Level,
+    StoryboardError,
+    choose_level,
+    levels_from_info,
+    levels_from_player_response,
+    playability_reason,
+    read_mhtml,
+    slice_mosaics,
+)
+
+DATA = Path(__file__).parent / "data" / "youtube"
+GJL = "youtube.innertube.json"  # GJLlxj_dtq8, 316 s, 65 tiles at 5 s
+DSM = "youtube_transcripts_disabled.innertube.json"  # dsMFmonKDD4, 288 s, 146 tiles at 2 s
+
+
+def load(name: str) -> dict:
+    return json.loads((DATA / name).read_text(encoding="utf-8"))
+
+
+def info_like_ytdlp(player_response: dict) -> dict:
+    """An info dict with the storyboard formats built as yt-dlp's `_extract_storyboard` builds
+    them (2026.10): spec reversed, fps = count / duration, one fragment per mosaic."""
+    duration = float(player_response["videoDetails"]["lengthSeconds"])
+    base, *entries = player_response["storyboards"]["playerStoryboardSpecRenderer"]["spec"].split("|")
+    formats = []
+    for i, entry in enumerate(reversed(entries)):
+        w, h, count, cols, rows, _interval, name, sigh = entry.split("#")
+        url = base.replace("$L", str(len(entries) - 1 - i)).replace("$N", name) + f"&sigh={sigh}"
+        n = int(count) / (int(cols) * int(rows))
+        formats.append({
+            "format_id": f"sb{i}", "format_note": "storyboard", "ext": "mhtml", "protocol": "mhtml",
+            "url": url, "width": int(w), "height": int(h), "fps": int(count) / duration,
+            "rows": int(rows), "columns": int(cols),
+            "fragments": [{"url": url.replace("$M", str(j)),
+                           "duration": min(duration / n, duration - j * duration / n)}
+                          for j in range(math.ceil(n))]})
+    return {"id": player_response["videoDetails"]["videoId"], "duration": duration, "formats": formats}
+
+
+# --- levels from the raw spec -------------------------------------------------------------
+
+def test_levels_from_player_response_gjl():
+    levels = levels_from_player_response(load(GJL))
+    assert [lv.format_id for lv in levels] == ["sb0", "sb1", "sb2"]
+    top = levels[0]
+    assert (top.tile_width, top.tile_height, top.columns, top.rows, top.count) == (160, 90, 5, 5, 65)
+    assert (top.interval, top.interval_source) == (5.0, "spec")
+    assert len(top.fragment_urls) == math.ceil(65 / 25) == 3
+    # $L is the spec entry's position (the 160x90 entry is the third, L2), $N its name with $M
+    # the mosaic number; the signature goes last, as yt-dlp appends it.
+    for m, url in enumerate(top.fragment_urls):
+        assert url.startswith(f"https://i.ytimg.com/sb/GJLlxj_dtq8/storyboard3_L2/M{m}.jpg?sqp=-oaymw")
+        assert url.endswith("BQ==&sigh=rs$AOn4CLBRevtHnOyR6NWQv4bOfvU7pOhE3A")
+        assert "$L" not in url and "$N" not in url and "$M" not in url
+    default = levels[-1]  # interval 0 in the spec: timed from the duration, ordered last
+    assert (default.tile_width, default.tile_height, default.count) == (48, 27, 100)
+    assert (default.interval, default.interval_source) == (3.0, "duration")  # round(316 / 100)
+    assert default.fragment_urls == (
+        "https://i.ytimg.com/sb/GJLlxj_dtq8/storyboard3_L0/default.jpg?sqp=" + default.fragment_urls[0]
+        .split("sqp=", 1)[1].split("&sigh=")[0] + "&sigh=rs$AOn4CLCBl68_j71MErcfP_dtBmVkzI4ing",)
+
+
+def test_levels_from_player_response_dsm():
+    top = levels_from_player_response(load(DSM))[0]
+    assert (top.tile_width, top.tile_height, top.count, top.interval) == (211, 90, 146, 2.0)
+    assert len(top.fragment_urls) == 6  # ceil(146 / 25)
+    assert top.count == math.ceil(288 / 2) + 2  # lengthSeconds is truncated: the video is 288.x s
+
+
+def test_default_level_needs_a_duration():
+    response = load(GJL)
+    del response["videoDetails"]["lengthSeconds"]
+    assert [lv.format_id for lv in levels_from_player_response(response)] == ["sb0", "sb1"]
+    assert levels_from_player_response(response, duration=150)[-1].interval == 2.0  # round(1.5)
+
+
+def test_urls_match_ytdlp_itself():
+    """Our URLs against yt-dlp's own extractor code on the same recorded response."""
+    youtube = pytest.importorskip("yt_dlp.extractor.youtube")
+    extract = getattr(youtube.YoutubeIE, "_extract_storyboard", None)
+    if extract is None:
+        pytest.skip("this yt-dlp has no YoutubeIE._extract_storyboard")
+    for name in (GJL, DSM):
+        response = load(name)
+        formats = list(extract(youtube.YoutubeIE(), [response], float(response["videoDetails"]["lengthSeconds"])))
+        ours = {lv.format_id: lv for lv in levels_from_player_response(response)}
+        assert set(ours) == {f["format_id"] for f in formats}
+        for f in formats:
+            assert ours[f["format_id"]].fragment_urls == tuple(x["url"] for x in f["fragments"])
+        assert [lv.count for lv in levels_from_info({"duration": 1.0 * float(response["videoDetails"]["lengthSeconds"]),
+                                                     "formats": formats})] == [lv.count for lv in ours.values()]
+
+
+def test_malformed_spec_entries_are_skipped():
+    response = load(GJL)
+    spec = response["storyboards"]["playerStoryboardSpecRenderer"]["spec"].split("|")
+    spec[2] = "80#45#0#10#10#5000#M$M#rs$x"  # count 0, as yt-dlp would warn about
+    spec[1] = "48#27#100#10#10"  # too few fields
+    response["storyboards"]["playerStoryboardSpecRenderer"]["spec"] = "|".join(spec)
+    assert [lv.format_id for lv in levels_from_player_response(response)] == ["sb0"]
+    assert levels_from_player_response(load("youtube_request_blocked.innertube.json")) == []
+
+
+# --- levels from a yt-dlp info dict ---------------------------------------------------------
+
+@pytest.mark.parametrize("name, duration, count, interval", [(GJL, 316, 65, 5.0), (DSM, 288, 146, 2.0)])
+def test_levels_from_info(name, duration, count, interval):
+    info = info_like_ytdlp(load(name))
+    levels = levels_from_info(info)
+    assert [lv.format_id for lv in levels] == ["sb0", "sb1", "sb2"]  # largest tiles first
+    top = levels[0]
+    assert (top.count, top.interval, top.interval_source) == (count, interval, "duration")
+    assert top.fragment_urls == levels_from_player_response(load(name))[0].fragment_urls
+    fps = info["formats"][0]["fps"]
+    assert 1 / fps != interval  # what yt-dlp's fps suggests is not the spacing
+
+
+def test_one_over_fps_would_drift():
+    top = levels_from_info(info_like_ytdlp(load(GJL)))[0]
+    last = top.count - 1
+    assert last * top.interval == 320.0
+    naive = last / info_like_ytdlp(load(GJL))["formats"][0]["fps"]  # 64 * 4.86 s
+    assert naive == pytest.approx(311.1, abs=0.1) and last * top.interval - naive > 8
+
+
+def test_levels_from_info_skips_malformed_and_other_formats():
+    info = info_like_ytdlp(load(GJL))
+    info["formats"][1]["fragments"] = []
+    info["formats"][2]["fps"] = 0.001  # round(0.316) = 0 tiles
+    info["formats"].append({"format_id": "18", "protocol": "https", "vcodec": "avc1", "url": "https://x.invalid/"})
+    assert [lv.format_id for lv in levels_from_info(info)] == ["sb0"]
+    del info["duration"]  # the fragments' durations add up to it
+    assert levels_from_info(info)[0].interval == 5.0
+    assert levels_from_info({"formats": []}) == []
+
+
+# --- playability ----------------------------------------------------------------------------
+
+def test_playability_reason():
+    assert playability_reason(load("youtube_request_blocked.innertube.json")) == "bot_check"  # LOGIN_REQUIRED
+    assert playability_reason(load("youtube_video_unavailable.innertube.json")) == "unavailable"  # ERROR
+    assert playability_reason(load(GJL)) is None
+    # The PO-token response says OK: it differs only in its caption URLs (exp=xpe), so the
+    # storyboards are as usable as in the plain response.
+    po = load("youtube_po_token_required.innertube.json")
+    assert po["playabilityStatus"]["status"] == "OK" and playability_reason(po) is None
+    assert levels_from_player_response(po) == levels_from_player_response(load(GJL))
+
+
+@pytest.mark.parametrize("status, expected", [
+    ({"status": "LOGIN_REQUIRED"}, "bot_check"),
+    ({"status": "UNPLAYABLE", "reason": "Sign in to confirm you're not a bot"}, "bot_check"),
+    ({"status": "LOGIN_REQUIRED", "reason": "Sign in to confirm your age"}, "unavailable"),
+    ({"status": "UNPLAYABLE", "reason": "Video unavailable"}, "unavailable"),
+    ({"status": "LIVE_STREAM_OFFLINE"}, "unavailable"),
+    (None, "unavailable"),
+])
+def test_playability_variants(status, expected):
+    assert playability_reason({"playabilityStatus": status} if status else {}) == expected
+
+
+# --- choose_level ---------------------------------------------------------------------------
+
+def test_choose_level():
+    levels = levels_from_player_response(load(GJL))
+    assert choose_level(levels) is levels[0]
+    assert choose_level(levels, "sb1").tile_width == 80
+    assert choose_level(levels, 2).format_id == "sb2"
+    for wanted in ("sb7", 3, -1, True):
+        with pytest.raises(StoryboardError) as caught:
+            choose_level(levels, wanted)
+        assert caught.value.reason == "no_storyboard" and "sb0 160x90" in caught.value.message
+    with pytest.raises(StoryboardError, match="no_storyboard"):
+        choose_level([])
+
+
+# --- slicing --------------------------------------------------------------------------------
+
+STEPS = (0, 64, 128, 192, 255)  # 125 colours at least 64 apart per channel: JPEG cannot confuse them
+
+
+def colour(k: int) -> tuple[int, int, int]:
+    return STEPS[k % 5], STEPS[k // 5 % 5], STEPS[k // 25 % 5]
+
+
+def level(count: int = 65, mosaics: int | None = None) -> Level:
+    n = math.ceil(count / 25) if mosaics is None else mosaics
+    return Level("sb0", 160, 90, count, 5, 5, 5.0, "spec", tuple(f"https://x.invalid/M{m}.jpg" for m in range(n)))
+
+
+def draw_mosaics(count: int, crop_last: bool = True) -> list[bytes]:
+    """5x5 mosaics of 160x90 tiles, tile k filled with colour(k) row-major; the last one
+    cropped to the rows it uses, as YouTube serves it."""
+    mosaics = []
+    for start in range(0, count, 25):
+        used = min(25, count - start)
+        image = Image.new("RGB", (800, 90 * (math.ceil(used / 5) if crop_last else 5)), (255, 255, 255))
+        for j in range(used):
+            r, c = divmod(j, 5)
+            image.paste(colour(start + j), (c * 160, r * 90, (c + 1) * 160, (r + 1) * 90))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=95)
+        mosaics.append(buffer.getvalue())
+    return mosaics
+
+
+def assert_tile_is(tile_jpeg: bytes, k: int):
+    image = Image.open(io.BytesIO(tile_jpeg))
+    assert image.format == "JPEG" and image.size == (160, 90)
+    for xy in ((3, 3), (156, 3), (3, 86), (156, 86), (80, 45)):  # corners: the crop is not shifted
+        assert all(abs(a - b) < 24 for a, b in zip(image.getpixel(xy), colour(k))), (k, xy)
+
+
+def test_slice_mosaics_row_major_times_and_cropped_last():
+    mosaics = draw_mosaics(65)
+    assert Image.open(io.BytesIO(mosaics[-1])).size == (800, 270)  # 15 tiles: 3 rows
+    tiles = slice_mosaics(mosaics, level(65))
+    assert [t.index for t in tiles] == list(range(65))
+    assert [t.time for t in tiles] == [5.0 * k for k in range(65)] and tiles[-1].time == 320.0
+    for tile in tiles:
+        assert_tile_is(tile.image, tile.index)
+
+
+def test_slice_mosaics_uncropped_last_and_extra_mosaics():
+    mosaics = draw_mosaics(65, crop_last=False) + draw_mosaics(25)
+    tiles = slice_mosaics(mosaics, level(65))
+    assert len(tiles) == 65
+    assert_tile_is(tiles[-1].image, 64)
+    one_row = slice_mosaics(draw_mosaics(3), level(3))  # a lone short row, cropped to 1 row
+    assert [t.time for t in one_row] == [0.0, 5.0, 10.0]
+
+
+def test_slice_mosaics_decode_error():
+    mosaics = draw_mosaics(65)
+    for broken in (mosaics[1][: len(mosaics[1]) // 2], b"not a jpeg", b""):
+        with pytest.raises(StoryboardError) as caught:
+            slice_mosaics([mosaics[0], broken, mosaics[2]], level(65))
+        assert caught.value.reason == "decode_error" and "mosaic 1" in caught.value.message
+
+
+def test_slice_mosaics_missing_or_short_mosaic():
+    mosaics = draw_mosaics(65)
+    with pytest.raises(StoryboardError) as caught:
+        slice_mosaics(mosaics[:2], level(65))
+    assert caught.value.reason == "malformed_storyboard" and "15 of 65 tiles missing" in caught.value.message
+    short = draw_mosaics(65)[2]  # a 3-row mosaic where a full 5-row one belongs
+    with pytest.raises(StoryboardError, match="malformed_storyboard: mosaic 1 is 800x270"):
+        slice_mosaics([mosaics[0], short, mosaics[2]], level(65))
+
+
+# --- MHTML ----------------------------------------------------------------------------------
+
+def mhtml(fragments: list[bytes | None], urls: list[str] | None = None, title: str = "sb0") -> bytes:
+    """A storyboard MHTML file written as yt-dlp's MhtmlFD writes it (downloader/mhtml.py):
+    header, the HTML stub naming every fragment, then one part per fetched fragment; a None
+    fragment is one the downloader failed to fetch and skipped."""
+    boundary = uuid.uuid4().hex
+    urls = urls or [f"https://i.ytimg.com/sb/x/storyboard3_L2/M{i}.jpg?sqp=a&sigh=b" for i in range(len(fragments))]
+    cid = [f"{i}.{boundary}@yt-dlp.github.io.invalid" for i in range(len(fragments))]
+    stub = ("<!DOCTYPE html><html><head><meta name=\"generator\" content=\"yt-dlp 2026.10.26\">"
+            f"<title>{title}</title><style>html,body{{margin:0}}</style><body>"
+            + "".join(f'<figure><figcaption>Slide #{i + 1}</figcaption><img src="cid:{c}"></figure>'
+                      for i, c in enumerate(cid))).encode()
+    out = io.BytesIO()
+    out.write((
+        "MIME-Version: 1.0\r\nFrom: <nowhere@yt-dlp.github.io.invalid>\r\nTo: <nowhere@yt-dlp.github.io.invalid>\r\n"
+        f"Subject: =?utf-8?Q?{title}?=\r\n"
+        f'Content-type: multipart/related; boundary="{boundary}"; type="text/html"\r\n'
+        "X.yt-dlp.Origin: https://i.ytimg.com/sb/x/storyboard3_L2/M$M.jpg?sqp=a&sigh=b\r\n\r\n"
+        f"--{boundary}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {len(stub)}\r\n\r\n"
+    ).encode() + stub + b"\r\n")
+    for i, content in enumerate(fragments):
+        if content is None:
+            continue
+        out.write(f"--{boundary}\r\nContent-ID: <{cid[i]}>\r\nContent-type: image/jpeg\r\n"
+                  f"Content-length: {len(content)}\r\nContent-location: {urls[i]}\r\n"
+                  f"X.yt-dlp.Duration: {125.0:f}\r\n\r\n".encode() + content + b"\r\n")
+    out.write(f"--{boundary}--\r\n\r\n".encode())
+    return out.getvalue()
+
+
+def test_read_mhtml_round_trip():
+    mosaics = draw_mosaics(65)
+    images = read_mhtml(mhtml(mosaics))
+    assert images == mosaics  # byte-exact, CR and LF bytes inside the JPEGs included
+    assert len(slice_mosaics(images, level(65))) == 65
+    tricky = [b"\r\n--not-the-boundary\r\n\r", b"\n\n\xff\xd9\r"]
+    assert read_mhtml(mhtml(tricky)) == tricky
+
+
+@pytest.mark.parametrize("skipped", [0, 1, 2])
+def test_read_mhtml_missing_fragment(skipped):
+    fragments: list[bytes | None] = list(draw_mosaics(65))
+    fragments[skipped] = None  # the last one too: the stub still names it
+    with pytest.raises(StoryboardError) as caught:
+        read_mhtml(mhtml(fragments))
+    assert caught.value.reason == "malformed_storyboard" and f"fragment {skipped} missing" in caught.value.message
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\xffgarbage\r\n\r\nmore", b"", mhtml([])])
+def test_read_mhtml_garbage(garbage):
+    with pytest.raises(StoryboardError, match="malformed_storyboard"):
+        read_mhtml(garbage)
+
+
+class _Mosaics(BaseHTTPRequestHandler):
+    """Serves /M{m}.jpg from the server's `mosaics`; 404 for the rest."""
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        name = self.path.split("?")[0].rsplit("/", 1)[-1]
+        body = self.server.mosaics.get(name)
+        self.send_response(200 if body else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+
+def test_read_mhtml_of_a_real_ytdlp_download(tmp_path):
+    """yt-dlp's own mhtml downloader fetches three mosaics from 127.0.0.1 and writes the file."""
+    yt_dlp = pytest.importorskip("yt_dlp")
+    mosaics = draw_mosaics(65)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Mosaics)
+    server.mosaics = {f"M{m}.jpg": data for m, data in enumerate(mosaics)}
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/sb/storyboard3_L2/M$M.jpg?sqp=a&sigh=b"
+    fmt = {"format_id": "sb0", "format_note": "storyboard", "ext": "mhtml", "protocol": "mhtml", "url": url,
+           "width": 160, "height": 90, "fps": 65 / 316, "rows": 5, "columns": 5, "acodec": "none", "vcodec": "none",
+           "fragments": [{"url": url.replace("$M", str(m)), "duration": 125.0} for m in range(3)]}
+    info = {"id": "GJLlxj_dtq8", "title": "t", "duration": 316, "formats": [fmt],  # no webpage_url:
+            "extractor": "youtube", "extractor_key": "Youtube"}                      # no re-extraction
+    params = {"format": "sb0", "outtmpl": str(tmp_path / "%(id)s.%(ext)s"), "quiet": True, "no_warnings": True,
+              "proxy": "", "retries": 0, "fragment_retries": 0, "noprogress": True}
+    try:
+        with yt_dlp.YoutubeDL(params) as ydl:
+            ydl.process_ie_result(info, download=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    images = read_mhtml((tmp_path / "GJLlxj_dtq8.mhtml").read_bytes())
+    assert images == mosaics
+    tiles = slice_mosaics(images, levels_from_info(info)[0])
+    assert len(tiles) == 65 and tiles[-1].time == 320.0
