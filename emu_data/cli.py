@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_sample, _add_validate, _add_stats, _add_preview):
+    for add in (_add_sample, _add_youtube, _add_validate, _add_stats, _add_preview):
         add(commands)
     return parser
 
@@ -87,6 +87,24 @@ def _ray_options(p: argparse.ArgumentParser) -> None:
                         "else an embedded local Ray")
     g.add_argument("--num-cpus", type=_positive_int, default=None, metavar="N",
                    help="CPUs for the embedded local Ray (default: all)")
+
+
+def _net_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("downloads (the HTTP policy)")
+    g.add_argument("--allow-private-addresses", action="store_true",
+                   help="let downloads reach loopback/private/link-local addresses (off by default: "
+                        "URL lists are untrusted; tests and the offline demo need it for 127.0.0.1)")
+    g.add_argument("--timeout", type=float, default=30.0, help="read timeout in seconds (default 30)")
+    g.add_argument("--retries", type=int, default=3, help="retries of a failed request (default 3)")
+    g.add_argument("--rate-per-host", type=float, default=10.0, metavar="N",
+                   help="at most N requests per second to one host, per worker (default 10)")
+
+
+def _net_from(args):
+    from emu_data.net import NetPolicy
+
+    return NetPolicy(read_timeout=args.timeout, retries=args.retries, per_host_rate=args.rate_per_host,
+                     allow_private_addresses=args.allow_private_addresses)
 
 
 def _output_from(args):
@@ -156,6 +174,84 @@ def _run_sample(args) -> int:
     print(f"wrote {args.out}: {m['rows']} samples in {len(m['shards'])} shard(s) ({state})")
     print("  by source: " + ", ".join(f"{s} {n}" for s, n in m["source_counts"].items()))
     return 0
+
+
+def _add_youtube(commands) -> None:
+    p = commands.add_parser(
+        "youtube", help="YouTube storyboards + subtitles -> YT-Storyboard interleaved samples",
+        description="Fetch storyboard mosaics and subtitles with yt-dlp, slice tiles at their real "
+                    "times, merge with subtitle text by Emu's rule (text since the previous frame "
+                    "before each frame) and cut into samples of at most --frames-per-sample frames. "
+                    "Every video ends in the corpus or in the status table with a reason.",
+        epilog="examples:\n  emu-data youtube GJLlxj_dtq8 https://youtu.be/dsMFmonKDD4 --out runs/yt\n"
+               "  emu-data youtube --ids ids.txt --out runs/yt --cookies cookies.txt\n"
+               "  yt-dlp -J ID > info/ID.info.json   # collect metadata apart, then:\n"
+               "  emu-data youtube --info-json info/ --out runs/yt",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("videos", nargs="*", metavar="VIDEO", help="video ids, video URLs, playlist or channel URLs")
+    p.add_argument("--ids", type=Path, metavar="FILE", help="file with one id or URL per line")
+    p.add_argument("--info-json", type=Path, action="append", default=[], metavar="DIR",
+                   help="directory of yt-dlp info dicts (yt-dlp -J); repeatable")
+    g = p.add_argument_group("what to take")
+    g.add_argument("--langs", default="en", help="subtitle languages in order of preference (default en)")
+    g.add_argument("--allow-auto", action=argparse.BooleanOptionalAction, default=True,
+                   help="use ASR captions when no manual track exists (default on)")
+    g.add_argument("--storyboard-level", default=None, metavar="LEVEL",
+                   help="storyboard format (sb0, sb1, ...) or index; default the largest tiles")
+    g.add_argument("--frames-per-sample", type=_positive_int, default=16, help="frames per sample (default 16)")
+    g.add_argument("--videos-per-unit", type=_positive_int, default=8,
+                   help="videos per unit of work, the unit of resume (default 8)")
+    g.add_argument("--retry-failed", action="store_true",
+                   help="rerun units whose videos failed for a retryable reason (rate_limited, timeout, 5xx)")
+    g.add_argument("--rate-limit-wait", type=float, default=60.0, metavar="S",
+                   help="pause after a rate-limit answer, doubled on each repeat (default 60 s)")
+    y = p.add_argument_group("yt-dlp")
+    y.add_argument("--cookies", metavar="FILE", help="Netscape cookies file")
+    y.add_argument("--proxy", metavar="URL", help="proxy for every request")
+    y.add_argument("--sleep-requests", type=float, default=0.75, help="seconds between requests (default 0.75)")
+    y.add_argument("--sleep-interval", type=float, default=10.0, help="seconds before each download (default 10)")
+    y.add_argument("--max-sleep-interval", type=float, default=20.0, help="random upper bound of it (default 20)")
+    y.add_argument("--sleep-subtitles", type=float, default=5.0, help="seconds before each subtitle (default 5)")
+    y.add_argument("--extractor-args", default="", metavar="ARGS",
+                   help="yt-dlp syntax, e.g. 'youtube:player_skip=webpage,configs;skip=translated_subs'")
+    y.add_argument("--impersonate", metavar="TARGET", help="browser to impersonate (needs curl_cffi)")
+    y.add_argument("--max-concurrent", type=_positive_int, default=None, metavar="N",
+                   help="units (workers) in flight at once; default 2 x CPUs")
+    _net_options(p)
+    _output_options(p)
+    _ray_options(p)
+    p.set_defaults(handler=_run_youtube)
+
+
+def _run_youtube(args) -> int:
+    from dataclasses import replace
+
+    from emu_data.sources.youtube import inputs, stage, ytdl
+
+    options = ytdl.YtdlOptions(
+        cookies=args.cookies, proxy=args.proxy, sleep_requests=args.sleep_requests,
+        sleep_interval=args.sleep_interval, max_sleep_interval=args.max_sleep_interval,
+        sleep_subtitles=args.sleep_subtitles, extractor_args=ytdl.parse_extractor_args(args.extractor_args),
+        impersonate=args.impersonate, retries=args.retries, socket_timeout=args.timeout)
+    config = stage.YoutubeConfig(
+        langs=tuple(lang.strip() for lang in args.langs.split(",") if lang.strip()),
+        allow_auto=args.allow_auto, storyboard_level=args.storyboard_level,
+        frames_per_sample=args.frames_per_sample, videos_per_unit=args.videos_per_unit,
+        rate_limit_wait=args.rate_limit_wait)
+    videos = inputs.collect(args.videos, args.ids, args.info_json, lambda url: ytdl.expand(url, options))
+    ray = replace(_ray_from(args), max_in_flight=args.max_concurrent)
+    result = stage.make_youtube(videos, config, options, _net_from(args), _output_from(args), ray,
+                                retry_failed=args.retry_failed)
+    _report(args.out, result)
+    return 0
+
+
+def _report(out, result) -> None:
+    m = result.manifest
+    state = "already complete, nothing to do" if result.reused else \
+        f"{result.ran_units} unit(s) run, {result.skipped_units} kept"
+    print(f"wrote {out}: {m['rows']} samples in {len(m['shards'])} shard(s) ({state})")
+    print("  status: " + ", ".join(f"{s} {n}" for s, n in m["status_counts"].items()))
 
 
 def _add_validate(commands) -> None:

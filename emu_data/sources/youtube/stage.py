@@ -1,0 +1,200 @@
+"""`emu-data youtube`: storyboards + subtitles -> YT-Storyboard interleaved samples.
+
+Per video: metadata (an info-json file, or yt-dlp), pick a storyboard level and a subtitle
+track, download both through yt-dlp, slice the mosaics into timed tiles, parse the cues,
+merge them by Emu's rule and cut the result into samples of at most N frames. Any failure
+becomes the video's status row with a reason, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from emu_data import align, net, records
+from emu_data.corpus import Unit, UnitWriter
+from emu_data.sources.youtube import storyboard, subtitles, ytdl
+from emu_data.sources.youtube.inputs import VIDEO_ID, VideoInput
+
+log = logging.getLogger(__name__)
+SOURCE = "yt_storyboard"
+RETRYABLE = ytdl.RETRYABLE
+
+
+class VideoError(RuntimeError):
+    """A video that cannot become samples, with its status-table reason."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class YoutubeConfig:
+    langs: tuple[str, ...] = ("en",)
+    allow_auto: bool = True
+    storyboard_level: str | None = None   # None: the largest tiles (sb0)
+    frames_per_sample: int = 16
+    videos_per_unit: int = 8
+    tile_quality: int = 90
+    rate_limit_retries: int = 3
+    rate_limit_wait: float = 60.0         # first pause after a rate-limit answer; doubles
+
+    def __post_init__(self):
+        if self.frames_per_sample < 1 or self.videos_per_unit < 1:
+            raise ValueError("--frames-per-sample and --videos-per-unit must be at least 1")
+        if not self.langs:
+            raise ValueError("--langs needs at least one language")
+
+
+@dataclass(frozen=True)
+class YoutubeUnit:
+    videos: tuple[VideoInput, ...]
+    config: YoutubeConfig
+    ytdl: ytdl.YtdlOptions
+    net: net.NetPolicy
+
+
+def units(videos: list[VideoInput], config: YoutubeConfig, ytdl_options: ytdl.YtdlOptions,
+          net_policy: net.NetPolicy) -> list[Unit]:
+    """Videos in their stable order, `videos_per_unit` to a unit."""
+    n = config.videos_per_unit
+    return [Unit(f"yt-{i // n:06d}", YoutubeUnit(tuple(videos[i:i + n]), config, ytdl_options, net_policy))
+            for i in range(0, len(videos), n)]
+
+
+def process(unit: YoutubeUnit, writer: UnitWriter) -> None:
+    for video in unit.videos:
+        rows, status = _video_with_retries(video, unit)
+        for row in rows:
+            writer.add_sample(row)
+        writer.add_status(status)
+
+
+def _video_with_retries(video: VideoInput, unit: YoutubeUnit) -> tuple[list[dict], dict]:
+    """One video; a rate-limit answer pauses this worker and tries again, with backoff."""
+    config = unit.config
+    for attempt in range(1, config.rate_limit_retries + 2):
+        try:
+            rows = video_samples(video, unit)
+            return rows, records.status(_key(video, rows), SOURCE, "ok", input=video.ref,
+                                        attempts=attempt, samples=len(rows))
+        except (VideoError, ytdl.YtdlError, storyboard.StoryboardError, subtitles.SubtitleError,
+                net.FetchError, records.RecordError) as e:
+            reason = getattr(e, "reason", "invalid_record")
+            if reason != "rate_limited" or attempt > config.rate_limit_retries:
+                return [], records.status(video.key, SOURCE, reason, input=video.ref,
+                                          error=str(e) or reason, attempts=attempt)
+            wait = config.rate_limit_wait * 2 ** (attempt - 1)
+            log.warning("rate limited on %s: pausing this worker %.0f s", video.ref, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable: the loop returns on its last attempt")
+
+
+def _key(video: VideoInput, rows: list[dict]) -> str:
+    return rows[0]["key"].rsplit(":", 1)[0] if rows else video.key
+
+
+def video_samples(video: VideoInput, unit: YoutubeUnit) -> list[dict]:
+    """The samples of one video, or an exception carrying the reason it has none."""
+    if video.problem:
+        raise VideoError(video.problem, f"{video.ref}: could not be expanded into videos")
+    info = load_info(video, unit.ytdl)
+    video_id = _checked_id(info, video)
+    level = storyboard.choose_level(storyboard.levels_from_info(info), unit.config.storyboard_level)
+    track = subtitles.choose_track(info, unit.config.langs, unit.config.allow_auto)
+    if track is None:
+        raise VideoError("no_subtitles", f"no {'/'.join(unit.config.langs)} subtitles"
+                         + ("" if unit.config.allow_auto else " (ASR not allowed)"))
+    for url in (*level.fragment_urls, track.url):
+        net.check_url(url, unit.net)  # untrusted metadata must not point us at internal hosts
+    tiles, cues = _download(info, level, track, unit)
+    positions = align.interleave([(t.time, t.image) for t in tiles], [(c.start, c.text) for c in cues])
+    chunks = align.chunk(positions, unit.config.frames_per_sample)
+    meta = _meta(info, video_id, level, track)
+    return [records.sample(f"{SOURCE}:{video_id}:{i}", SOURCE, [item for _, item in c],
+                           times=[t for t, _ in c], meta={**meta, "chunk": i, "chunks": len(chunks)})
+            for i, c in enumerate(chunks)]
+
+
+def _download(info: dict, level, track, unit: YoutubeUnit):
+    with tempfile.TemporaryDirectory(prefix="emu-yt-") as tmp:
+        files = ytdl.download(info, level.format_id, track.lang, track.ext, track.kind == "auto",
+                              Path(tmp), unit.ytdl)
+        mosaics = storyboard.read_mhtml(files.storyboard.read_bytes())
+        cues = subtitles.parse(files.subtitles.read_bytes(), track.ext)
+    if not cues:
+        raise VideoError("no_subtitles", f"the {track.lang} {track.kind} track has no text")
+    return storyboard.slice_mosaics(mosaics, level, quality=unit.config.tile_quality), cues
+
+
+def load_info(video: VideoInput, options: ytdl.YtdlOptions) -> dict:
+    """The video's yt-dlp info dict: read from its file, or asked of yt-dlp."""
+    if video.kind != "file":
+        url = video.ref if video.kind == "url" else f"https://www.youtube.com/watch?v={video.video_id}"
+        return ytdl.extract(url, options)
+    try:
+        data = json.loads(Path(video.ref).read_bytes())
+    except (OSError, ValueError) as e:
+        raise VideoError("malformed_info", f"{video.ref}: not a JSON file: {e}") from None
+    if not isinstance(data, dict):
+        raise VideoError("malformed_info", f"{video.ref}: JSON {type(data).__name__}, not an info dict")
+    if "playabilityStatus" in data:  # a raw player response saved by another tool
+        raise _player_response_error(video, data)
+    return data
+
+
+def _player_response_error(video: VideoInput, response: dict) -> VideoError:
+    """A blocked or unavailable player response says why; a playable one we cannot use
+    without yt-dlp's extraction, which needs the network."""
+    reason = storyboard.playability_reason(response)
+    if reason is None:
+        return VideoError("unsupported_input",
+                          f"{video.ref}: a raw player response; give yt-dlp info dicts (yt-dlp -J)")
+    status = response.get("playabilityStatus") or {}
+    return VideoError(reason, f"{status.get('status')}: {status.get('reason') or 'no reason given'}")
+
+
+def _checked_id(info: dict, video: VideoInput) -> str:
+    """The id names files and keys: it must be a real YouTube id, never a path."""
+    video_id = str(info.get("id") or "")
+    if not VIDEO_ID.match(video_id):
+        raise VideoError("malformed_info", f"{video.ref}: id {video_id[:40]!r} is not a YouTube video id")
+    if video.video_id and video.video_id != video_id:
+        raise VideoError("malformed_info", f"{video.ref}: holds video {video_id}, named {video.video_id}")
+    return video_id
+
+
+def _meta(info: dict, video_id: str, level, track) -> dict:
+    return {
+        "video_id": video_id,
+        "url": f"https://www.youtube.com/watch?v={video_id}",
+        "title": info.get("title"), "channel": info.get("channel") or info.get("uploader"),
+        "duration": info.get("duration"), "upload_date": info.get("upload_date"),
+        "license": info.get("license"),
+        "storyboard_level": level.format_id, "interval": level.interval,
+        "interval_source": level.interval_source, "tile": [level.tile_width, level.tile_height],
+        "subtitles": {"lang": track.lang, "kind": track.kind, "ext": track.ext},
+    }
+
+
+def layout(config: YoutubeConfig) -> dict:
+    return {"youtube": asdict(config)}
+
+
+def make_youtube(videos: list[VideoInput], config: YoutubeConfig, ytdl_options: ytdl.YtdlOptions,
+                 net_policy: net.NetPolicy, output, ray=None, *, retry_failed: bool = False):
+    """Run the stage over `videos` into output.out; resumable, every video accounted for."""
+    from emu_data import runtime, stage
+
+    ray = ray or runtime.RayOptions()
+    resolved = {"youtube": asdict(config), "ytdl": asdict(ytdl_options), "net": asdict(net_policy),
+                "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray),
+                "inputs": len(videos)}
+    redo = (lambda part: any(r in RETRYABLE for r in part["status_counts"])) if retry_failed else None
+    return stage.run_stage("youtube", units(videos, config, ytdl_options, net_policy), process,
+                           output=output, layout=layout(config), config=resolved, ray=ray, redo=redo)

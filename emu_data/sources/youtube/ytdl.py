@@ -1,0 +1,202 @@
+"""Everything that asks yt-dlp for something: metadata, playlist expansion, downloads.
+
+No YouTube scraping of our own: metadata comes from `YoutubeDL.extract_info`, storyboard
+mosaics and subtitle files from yt-dlp's real download path (`process_ie_result` with
+download=True), so proxies, cookies, impersonation and sleep intervals apply as they do
+for yt-dlp users. yt-dlp's errors are mapped to status-table reasons here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class YtdlError(RuntimeError):
+    """A yt-dlp failure with its status-table reason."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+    def __reduce__(self):  # keep reason across Ray's pickling
+        return (YtdlError, (self.reason, str(self)))
+
+
+@dataclass(frozen=True)
+class YtdlOptions:
+    """Pass-through options for yt-dlp. Sleep defaults follow yt-dlp's `-t sleep` preset:
+    guest sessions are blocked after a few hundred videos an hour without them."""
+
+    cookies: str | None = None
+    proxy: str | None = None
+    sleep_requests: float = 0.75
+    sleep_interval: float = 10.0
+    max_sleep_interval: float = 20.0
+    sleep_subtitles: float = 5.0
+    extractor_args: dict = field(default_factory=dict)
+    impersonate: str | None = None
+    retries: int = 3
+    socket_timeout: float = 20.0
+
+    def params(self, **extra) -> dict:
+        """YoutubeDL params for these options, plus `extra` (download settings)."""
+        params = {
+            "quiet": True, "no_warnings": True, "noprogress": True, "logger": _Logger(),
+            "cachedir": False, "color": "no_color", "retries": self.retries,
+            "fragment_retries": self.retries, "socket_timeout": self.socket_timeout,
+            "sleep_interval_requests": self.sleep_requests or None,
+            "sleep_interval": self.sleep_interval or None,
+            "max_sleep_interval": (self.max_sleep_interval or None) if self.sleep_interval else None,
+            "sleep_interval_subtitles": self.sleep_subtitles or None,
+            "extractor_args": self.extractor_args,
+        }
+        if self.cookies:
+            params["cookiefile"] = self.cookies
+        if self.proxy:
+            params["proxy"] = self.proxy
+        if self.impersonate:
+            from yt_dlp.networking.impersonate import ImpersonateTarget
+
+            params["impersonate"] = ImpersonateTarget.from_str(self.impersonate)
+        params.update(extra)
+        return params
+
+
+class _Logger:
+    """Route yt-dlp's output to logging: a data tool's stdout is for its own report."""
+
+    def debug(self, msg):
+        log.debug(msg)
+
+    def info(self, msg):
+        log.debug(msg)
+
+    def warning(self, msg):
+        log.info(msg)
+
+    def error(self, msg):
+        log.debug(msg)  # errors are raised as exceptions and become status rows
+
+
+def extract(url: str, options: YtdlOptions) -> dict:
+    """Metadata of one video (no download)."""
+    return _run(lambda ydl: ydl.extract_info(url, download=False), options.params())
+
+
+def expand(url: str, options: YtdlOptions) -> list[str]:
+    """The video URLs of a playlist or channel, by yt-dlp's flat extraction (one request
+    per page of the list, none per video)."""
+    info = _run(lambda ydl: ydl.extract_info(url, download=False),
+                options.params(extract_flat="in_playlist"))
+    if info.get("_type") not in ("playlist", "multi_video"):
+        return [url]  # a single video after all: keep it, the stage reports what it is
+    entries = info.get("entries") or []
+    return [e.get("url") or e.get("id") for e in entries if e and (e.get("url") or e.get("id"))]
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    storyboard: Path
+    subtitles: Path
+
+
+def download(info: dict, format_id: str, lang: str, sub_ext: str, auto: bool,
+             workdir: Path, options: YtdlOptions) -> Downloaded:
+    """Download one storyboard format and one subtitle track with yt-dlp's own downloaders."""
+    params = options.params(
+        format=format_id,
+        outtmpl={"default": "%(id)s.%(format_id)s.%(ext)s"},
+        paths={"home": str(workdir), "temp": str(workdir)},
+        writesubtitles=not auto, writeautomaticsub=auto,
+        subtitleslangs=[lang], subtitlesformat=sub_ext,
+        # a storyboard with a hole would shift every later tile's time: fail instead
+        skip_unavailable_fragments=False,
+        overwrites=True, noplaylist=True, check_formats=False,
+    )
+    # yt-dlp re-extracts from webpage_url when it has one; an info dict is all we use
+    info = {k: v for k, v in info.items() if k not in ("webpage_url", "original_url")}
+    result = _run(lambda ydl: ydl.process_ie_result(info, download=True), params)
+    return Downloaded(_storyboard_path(result, workdir), _subtitle_path(result, lang))
+
+
+def _storyboard_path(result: dict, workdir: Path) -> Path:
+    for item in result.get("requested_downloads") or []:
+        if item.get("filepath") and Path(item["filepath"]).exists():
+            return Path(item["filepath"])
+    found = sorted(workdir.glob("*.mhtml"))
+    if not found:
+        raise YtdlError("no_storyboard", "yt-dlp wrote no storyboard file")
+    return found[0]
+
+
+def _subtitle_path(result: dict, lang: str) -> Path:
+    sub = (result.get("requested_subtitles") or {}).get(lang) or {}
+    if not sub.get("filepath") or not Path(sub["filepath"]).exists():
+        raise YtdlError("no_subtitles", f"yt-dlp wrote no {lang} subtitle file")
+    return Path(sub["filepath"])
+
+
+def _run(action, params: dict):
+    from yt_dlp import YoutubeDL
+    from yt_dlp.utils import DownloadError, ExtractorError
+
+    try:
+        with YoutubeDL(params) as ydl:
+            return action(ydl)
+    except (DownloadError, ExtractorError) as e:
+        raise YtdlError(classify(str(e)), _clean(str(e))) from None
+
+
+# First match wins: the age gate before the bot check (both say "Sign in to confirm"),
+# the bot check and rate limits before the generic HTTP codes they carry.
+_REASONS = (
+    ("age_restricted", r"Sign in to confirm your age|age.restricted|inappropriate for some users"),
+    ("bot_check", r"not a bot|LOGIN_REQUIRED|Sign in to confirm|po[ _-]?token"),
+    ("rate_limited", r"HTTP Error 429|Too Many Requests|try again later|rate.?limit"),
+    ("unavailable", r"Video unavailable|Private video|has been removed|is not available|"
+                    r"members-only|This live event|Premieres in|account .* terminated"),
+)
+_HTTP = re.compile(r"HTTP Error (\d{3})")
+
+
+def classify(message: str) -> str:
+    """The status-table reason for a yt-dlp error message."""
+    for reason, pattern in _REASONS:
+        if re.search(pattern, message, re.IGNORECASE):
+            return reason
+    code = _HTTP.search(message)
+    if code:
+        return f"http_{code.group(1)}"
+    if re.search(r"timed out|timeout", message, re.IGNORECASE):
+        return "timeout"
+    if re.search(r"Unsupported URL|is not a valid URL", message):
+        return "invalid_input"
+    return "download_error"
+
+
+def _clean(message: str) -> str:
+    """yt-dlp messages carry ANSI colours and a bug-report footer; keep the first line."""
+    message = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    return message.strip().splitlines()[0] if message.strip() else "yt-dlp failed"
+
+
+RETRYABLE = frozenset({"rate_limited", "timeout", "download_error", "connection_error",
+                       "http_500", "http_502", "http_503", "http_504", "http_429", "truncated"})
+
+
+def parse_extractor_args(text: str) -> dict:
+    """yt-dlp's --extractor-args syntax: 'IE:key=v1,v2;key2=v' (IEs space-separated)."""
+    parsed: dict[str, dict[str, list[str]]] = {}
+    for block in text.split():
+        ie, _, args = block.partition(":")
+        if not args:
+            raise ValueError(f"--extractor-args {block!r}: expected IE:key=value")
+        for pair in args.split(";"):
+            key, _, values = pair.partition("=")
+            parsed.setdefault(ie.lower(), {})[key.strip().replace("-", "_")] = values.split(",")
+    return parsed

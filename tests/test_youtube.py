@@ -1,0 +1,115 @@
+"""`emu-data youtube` end to end: yt-dlp's real download path against a local server.
+
+A mixed batch (good, ASR-only, json3-only, no subtitles, 404 mosaic, bot check, broken
+subtitles, truncated mosaic, one rate-limit answer) becomes a valid corpus plus a status
+table that accounts for every video.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from emu_data import cli, sample_site
+from emu_data.corpus import shard_paths
+from emu_data.shards import read_shard
+from emu_data.validate import validate
+
+DATA = Path(__file__).parent / "data" / "youtube"
+V = sample_site.SiteVideo
+BATCH = [
+    V("good0000001"),
+    V("asr00000001", subtitles="auto", duration=90),
+    V("json3000001", subtitles="json3_only", duration=200),   # 41 tiles: a cropped last mosaic
+    V("nosubs00001", subtitles="none"),
+    V("missing0001", duration=200),                           # mosaic M1 answers 404
+    V("badvtt00001", subtitles="vtt_only"),
+    V("htmlsub0001", subtitles="json3_only"),
+    V("truncjpg001"),
+    V("ratelim0001"),                                         # one 429, then served
+]
+EXPECTED = {
+    "good0000001": "ok", "asr00000001": "ok", "json3000001": "ok", "ratelim0001": "ok",
+    "nosubs00001": "no_subtitles", "missing0001": "http_404", "badvtt00001": "malformed_subtitles",
+    "htmlsub0001": "malformed_subtitles", "truncjpg001": "decode_error", "botcheck001": "bot_check",
+}
+QUIET = ["--sleep-requests", "0", "--sleep-interval", "0", "--sleep-subtitles", "0", "--retries", "0",
+         "--rate-limit-wait", "0.01", "--allow-private-addresses", "--videos-per-unit", "3"]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    faults = {"/yt/missing0001/M1.jpg": [404] * 5, "/yt/ratelim0001/M0.jpg": [429]}
+    with sample_site.serve(root, faults) as base:
+        sample_site.publish_youtube(root, base, BATCH)
+        (root / "yt" / "badvtt00001" / "subs.vtt").write_text("this is not WEBVTT\n00:01 --> nonsense\n")
+        (root / "yt" / "htmlsub0001" / "subs.json3").write_text("<!DOCTYPE html><html><body>Sign in</body></html>")
+        mosaic = root / "yt" / "truncjpg001" / "M0.jpg"
+        mosaic.write_bytes(mosaic.read_bytes()[:2000])
+        shutil.copy(DATA / "youtube_request_blocked.innertube.json", root / "info" / "botcheck001.json")
+        yield root
+
+
+@pytest.fixture(scope="module")
+def corpus(site, tmp_path_factory, ray_session):
+    out = tmp_path_factory.mktemp("yt") / "corpus"
+    assert cli.main(["youtube", "--info-json", str(site / "info"), "--out", str(out), *QUIET]) == 0
+    return out
+
+
+def _rows(out, kind="data"):
+    return [r for p in shard_paths(out, kind) for r in read_shard(p).to_pylist()]
+
+
+def test_every_video_is_accounted_for_with_its_reason(corpus):
+    status = {r["key"].split(":")[1]: r for r in _rows(corpus, "status")}
+    assert {vid: r["status"] for vid, r in status.items()} == EXPECTED
+    assert status["ratelim0001"]["attempts"] == 2  # paused, then retried
+    assert all(r["error"] for r in status.values() if r["status"] != "ok")
+    assert "not a bot" in status["botcheck001"]["error"] or "LOGIN_REQUIRED" in status["botcheck001"]["error"]
+
+
+def test_the_corpus_validates(corpus):
+    report = validate([corpus], deep=True)
+    assert report.ok, [str(v) for v in report.violations]
+
+
+def test_tiles_sit_on_the_real_spacing_and_text_precedes_its_frame(corpus):
+    for row in _rows(corpus):
+        times, images = row["times"], row["images"]
+        frames = [t for t, i in zip(times, images) if i is not None]
+        assert all(t % 5.0 == 0 for t in frames), frames  # 5 s interval, never 1/fps drift
+        for i, (t, image) in enumerate(zip(times, images)):
+            if image is None and i + 1 < len(times):  # text before a frame came before it
+                assert t < times[i + 1]
+            if image is None and i > 0:               # ...and after the frame before it
+                assert t >= times[i - 1]
+
+
+def test_chunks_cover_the_whole_video(corpus):
+    rows = sorted((r for r in _rows(corpus) if r["key"].startswith("yt_storyboard:json3000001:")),
+                  key=lambda r: int(r["key"].rsplit(":", 1)[1]))
+    frames = [t for r in rows for t, i in zip(r["times"], r["images"]) if i is not None]
+    assert frames == [5.0 * k for k in range(41)]  # ceil(200/5)+1 tiles, the last mosaic cropped
+    assert all(sum(i is not None for i in r["images"]) <= 16 for r in rows)
+    assert json.loads(rows[0]["meta"])["chunks"] == len(rows) == 3
+
+
+def test_asr_text_comes_out_once(corpus):
+    video = V("asr00000001", subtitles="auto", duration=90)
+    text = " ".join(t for r in _rows(corpus) if r["key"].startswith("yt_storyboard:asr00000001:")
+                    for t in r["texts"] if t)
+    cues = [c.text for c in video.cues()]
+    assert text == " ".join(cues)  # every phrase, in order, once: no rolling repeats
+
+
+def test_rerun_skips_and_retry_failed_reruns_only_retryable_units(corpus, site, capsys):
+    args = ["youtube", "--info-json", str(site / "info"), "--out", str(corpus), *QUIET]
+    assert cli.main(args) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert cli.main(args + ["--retry-failed"]) == 0
+    out = capsys.readouterr().out
+    assert "0 unit(s) run" in out  # 404, bot check, malformed: none of them retryable
+
