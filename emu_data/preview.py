@@ -43,7 +43,7 @@ table.summary table td { border: none; padding: 0 8px 0 0; }
 .flow .pos { max-width: 320px; }
 .flow .text { background: #f7fafc; border-left: 3px solid #cbd5e0; padding: 2px 6px;
               font-size: 13px; max-width: 260px; }
-.flow img { display: block; max-width: 320px; }
+.flow img { display: block; max-width: 320px; border: 1px solid #e2e8f0; }
 p.text { margin: 0; white-space: pre-wrap; overflow-wrap: anywhere; }
 .time { display: block; font: 11px ui-monospace, monospace; color: #4a5568; }
 .bad { display: inline-block; border: 2px dashed #e53e3e; color: #c53030; padding: 8px;
