@@ -28,11 +28,14 @@ BATCH = [
     V("htmlsub0001", subtitles="json3_only"),
     V("truncjpg001"),
     V("ratelim0001"),                                         # one 429, then served
+    V("ratelim0002"),                                         # 429 on every attempt of the first run
+    V("nostory0001"),                                         # no storyboard formats at all
 ]
 EXPECTED = {
     "good0000001": "ok", "asr00000001": "ok", "json3000001": "ok", "ratelim0001": "ok",
     "nosubs00001": "no_subtitles", "missing0001": "http_404", "badvtt00001": "malformed_subtitles",
     "htmlsub0001": "malformed_subtitles", "truncjpg001": "decode_error", "botcheck001": "bot_check",
+    "ratelim0002": "rate_limited", "nostory0001": "no_storyboard", "gone0000001": "unavailable",
 }
 QUIET = ["--sleep-requests", "0", "--sleep-interval", "0", "--sleep-subtitles", "0", "--retries", "0",
          "--rate-limit-wait", "0.01", "--allow-private-addresses", "--videos-per-unit", "3"]
@@ -41,7 +44,9 @@ QUIET = ["--sleep-requests", "0", "--sleep-interval", "0", "--sleep-subtitles", 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
-    faults = {"/yt/missing0001/M1.jpg": [404] * 5, "/yt/ratelim0001/M0.jpg": [429]}
+    # ratelim0002: the first run tries 1 + 3 times (rate_limit_retries), then gives up
+    faults = {"/yt/missing0001/M1.jpg": [404] * 5, "/yt/ratelim0001/M0.jpg": [429],
+              "/yt/ratelim0002/M0.jpg": [429] * 4}
     with sample_site.serve(root, faults) as base:
         sample_site.publish_youtube(root, base, BATCH)
         (root / "yt" / "badvtt00001" / "subs.vtt").write_text("this is not WEBVTT\n00:01 --> nonsense\n")
@@ -49,6 +54,9 @@ def site(tmp_path_factory):
         mosaic = root / "yt" / "truncjpg001" / "M0.jpg"
         mosaic.write_bytes(mosaic.read_bytes()[:2000])
         shutil.copy(DATA / "youtube_request_blocked.innertube.json", root / "info" / "botcheck001.json")
+        shutil.copy(DATA / "youtube_video_unavailable.innertube.json", root / "info" / "gone0000001.json")
+        info = root / "info" / "nostory0001.info.json"
+        info.write_text(json.dumps({**json.loads(info.read_text()), "formats": []}))
         yield root
 
 
@@ -110,6 +118,9 @@ def test_rerun_skips_and_retry_failed_reruns_only_retryable_units(corpus, site, 
     assert cli.main(args) == 0
     assert "already complete" in capsys.readouterr().out
     assert cli.main(args + ["--retry-failed"]) == 0
-    out = capsys.readouterr().out
-    assert "0 unit(s) run" in out  # 404, bot check, malformed: none of them retryable
+    # only ratelim0002's unit holds a retryable reason; the server now answers it
+    assert "1 unit(s) run" in capsys.readouterr().out
+    status = {r["key"].split(":")[1]: r["status"] for r in _rows(corpus, "status")}
+    assert status == {**EXPECTED, "ratelim0002": "ok"}
+    assert validate([corpus]).ok
 
