@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,6 +21,8 @@ import pyarrow.compute as pc
 from emu_data import schema
 from emu_data.shards import ShardLimits, ShardWriter, read_shard
 from emu_data.validate import validate
+
+from _timing import best_of_pair, timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def make_rows(n: int, image_kb: int) -> list[dict]:
@@ -42,20 +43,8 @@ def make_rows(n: int, image_kb: int) -> list[dict]:
             for i in range(n)]
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
-def best_of_pair(a, b, repeats: int = 3) -> tuple[tuple[float, object], tuple[float, object]]:
-    """Alternate a and b `repeats` times and keep each one's fastest run: warm-up and
-    page-cache effects then favour neither side."""
-    runs_a, runs_b = [], []
-    for _ in range(repeats):
-        runs_a.append(timed(a))
-        runs_b.append(timed(b))
-    return min(runs_a, key=lambda r: r[0]), min(runs_b, key=lambda r: r[0])
 
 
 def bench_write(rows: list[dict], out: Path, shard_rows: int) -> dict:

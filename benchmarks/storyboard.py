@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import sys
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -36,6 +35,8 @@ from PIL import Image
 from emu_data import world
 from emu_data.align import chunk, interleave
 from emu_data.sources.youtube.storyboard import Level, read_mhtml, slice_mosaics
+
+from _timing import best_of_pair, timed  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
 TILE = (160, 90)
 COLUMNS = ROWS = 5
@@ -80,19 +81,8 @@ def make_video(seed: int, mosaic_quality: int, content: str) -> dict:
             "level": level, "cues": cues}
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
-def best_of_pair(a, b, repeats: int = 3):
-    """Alternate a and b and keep each one's fastest run, so warm-up favours neither."""
-    runs_a, runs_b = [], []
-    for _ in range(repeats):
-        runs_a.append(timed(a))
-        runs_b.append(timed(b))
-    return min(runs_a, key=lambda r: r[0]), min(runs_b, key=lambda r: r[0])
 
 
 def bare_slice(mosaics: list[bytes], count: int, quality: int) -> int:
