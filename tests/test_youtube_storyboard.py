@@ -142,6 +142,21 @@ def test_one_over_fps_would_drift():
     assert naive == pytest.approx(311.1, abs=0.1) and last * top.interval - naive > 8
 
 
+@pytest.mark.parametrize("duration, count, interval", [
+    (62, 14, 5.0),  # a short video: Emu's round(62 / 14) = 4 s, a second short
+    (60, 14, 5.0),  # lengthSeconds 60 of a 60.4 s video (ceil(60.4 / 5) + 1 = 14): round gives 4
+    (3600, 361, 10.0),
+    (316, 100, 3.0),  # the "default" level's fixed 100 tiles: no whole second fits, Emu's rule
+])
+def test_interval_from_duration_and_count(duration, count, interval):
+    url = "https://i.ytimg.com/sb/x/storyboard3_L2/M$M.jpg?sqp=a&sigh=b"
+    fmt = {"format_id": "sb0", "format_note": "storyboard", "protocol": "mhtml", "width": 160, "height": 90,
+           "columns": 5, "rows": 5, "fps": count / duration,
+           "fragments": [{"url": url.replace("$M", str(m))} for m in range(math.ceil(count / 25))]}
+    level = levels_from_info({"duration": duration, "formats": [fmt]})[0]
+    assert (level.count, level.interval, level.interval_source) == (count, interval, "duration")
+
+
 def test_levels_from_info_skips_malformed_and_other_formats():
     info = info_like_ytdlp(load(GJL))
     info["formats"][1]["fragments"] = []
