@@ -1,22 +1,13 @@
-"""A local stand-in for the web: the sample world published in each source's real format.
-
-Tests and the offline demo point the real download paths (yt-dlp, net.py) at files written
-here and served by a static HTTP server on 127.0.0.1, so nothing is faked past the socket:
-YouTube videos become yt-dlp info dicts whose storyboard fragments are JPEG mosaics laid
-out as YouTube lays them out (5x5 tiles of 160x90, the last mosaic cropped) and whose
-subtitles are json3 or VTT files (ASR tracks in YouTube's rolling-caption style).
-"""
+"""YouTube, as the sample site publishes it: yt-dlp info dicts whose storyboard fragments
+are JPEG mosaics laid out as YouTube lays them out (5x5 tiles of 160x90, the last mosaic
+cropped) and whose subtitles are json3 or VTT files (ASR in YouTube's rolling style)."""
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import json
 import math
 import random
-import threading
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from PIL import Image
@@ -148,43 +139,3 @@ def asr_vtt(cues: list[world.Cue]) -> str:
         out.append(f"{_ms(c.end - 0.01)} --> {_ms(c.end)} align:start position:0%\n{c.text}\n \n")
         previous = c.text
     return "\n".join(out) + "\n"
-
-
-# ---- serving ------------------------------------------------------------------------------
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files, plus scripted answers: faults[path] is a list of status codes handed
-    out, one per request, before the file is served normally."""
-
-    faults: dict[str, list[int]] = {}
-    lock = threading.Lock()
-
-    def do_GET(self):
-        path = self.path.split("?", 1)[0]
-        with self.lock:
-            queue = self.faults.get(path)
-            status = queue.pop(0) if queue else None
-        if status is None:
-            return super().do_GET()
-        self.send_response(status)
-        if status == 429:
-            self.send_header("Retry-After", "0")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):  # keep test and demo output clean
-        pass
-
-
-@contextlib.contextmanager
-def serve(root: Path, faults: dict[str, list[int]] | None = None):
-    """Serve root on 127.0.0.1 (a free port) while the block runs; yields the base URL."""
-    handler = type("Handler", (_Handler,), {"faults": {k: list(v) for k, v in (faults or {}).items()}})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()

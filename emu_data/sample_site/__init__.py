@@ -1,0 +1,57 @@
+"""A local stand-in for the web: the sample world published in each source's real format.
+
+Tests and the offline demo point the real download paths (yt-dlp, img2dataset, net.py) at
+files written here and served by a static HTTP server on 127.0.0.1, so nothing is faked
+past the socket. One module per source publishes its files; this module serves them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import threading
+from functools import partial
+from pathlib import Path
+
+from emu_data.sample_site.youtube import SiteVideo, publish_youtube
+
+__all__ = ["SiteVideo", "publish_youtube", "serve"]
+
+# ---- serving ------------------------------------------------------------------------------
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files, plus scripted answers: faults[path] is a list of status codes handed
+    out, one per request, before the file is served normally."""
+
+    faults: dict[str, list[int]] = {}
+    lock = threading.Lock()
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        with self.lock:
+            queue = self.faults.get(path)
+            status = queue.pop(0) if queue else None
+        if status is None:
+            return super().do_GET()
+        self.send_response(status)
+        if status == 429:
+            self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):  # keep test and demo output clean
+        pass
+
+
+@contextlib.contextmanager
+def serve(root: Path, faults: dict[str, list[int]] | None = None):
+    """Serve root on 127.0.0.1 (a free port) while the block runs; yields the base URL."""
+    handler = type("Handler", (_Handler,), {"faults": {k: list(v) for k, v in (faults or {}).items()}})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
