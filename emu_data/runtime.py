@@ -96,6 +96,11 @@ def map_tasks(fn: Callable, items: Iterable, *, options: RayOptions = RayOptions
 _END = object()
 
 
+def _describe(item) -> str:
+    """A unit by its id: its payload can be thousands of rows long."""
+    return str(getattr(item, "id", None) or repr(item)[:200])
+
+
 def _call(fn, item):
     return fn(item)
 
@@ -106,5 +111,5 @@ def _result(ray, ref, item):
     except ray.exceptions.RayError as e:
         # RayTaskError wraps the worker's exception; keep its message, not a traceback dump
         cause = getattr(e, "cause", None) or e
-        log.warning("task for %r failed: %s", item, cause)
+        log.warning("task for %s failed: %s", _describe(item), cause)
         return TaskFailure(item, f"{type(cause).__name__}: {cause}")

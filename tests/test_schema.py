@@ -17,7 +17,9 @@ def test_arrow_schema_has_exactly_the_json_columns(name):
 
 def test_interleaved_types_follow_the_grammar():
     s = schema.arrow_schema("interleaved")
-    assert s.field("source").type == pa.dictionary(pa.int32(), pa.string())
+    # plain strings: an Arrow IPC file holds one dictionary per column, and a shard's
+    # batches can carry different sources or reasons
+    assert s.field("source").type == pa.string()
     assert s.field("images").type == pa.list_(schema.IMAGE_STRUCT)
     assert s.field("times").type == pa.list_(pa.float64())
     assert s.field("meta").type == pa.string()

@@ -72,3 +72,17 @@ def test_reader_memory_maps_instead_of_copying(tmp_path):
 def test_limits_must_be_positive():
     with pytest.raises(ValueError):
         ShardLimits(max_rows=0)
+
+
+def test_values_that_differ_between_batches_write_fine(tmp_path):
+    """A shard spans many 256-row batches with different sources and reasons in each: the
+    columns must not depend on one dictionary per file (Arrow IPC files allow only one)."""
+    sources = ["laion"] * 300 + ["mmc4"] * 300
+    rows = [{**r, "key": f"{s}:{i}", "source": s} for i, (r, s) in enumerate(zip(_rows(600), sources))]
+    infos = _write(tmp_path, rows, ShardLimits(max_rows=10_000))
+    assert read_shard(tmp_path / infos[0].path).column("source").to_pylist() == sources
+    status = ShardWriter(tmp_path / "status", "u", schema.arrow_schema("status"), ShardLimits(), root=tmp_path)
+    for i in range(600):
+        status.write({"key": f"laion:{i}", "source": "laion", "input": None, "attempts": 1, "samples": 0,
+                      "status": "ok" if i < 300 else "http_404", "error": None if i < 300 else "gone"})
+    assert status.close()[0].rows == 600
