@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_sample, _add_youtube, _add_validate, _add_stats, _add_preview):
+    for add in (_add_sample, _add_youtube, _add_mix, _add_validate, _add_stats, _add_preview):
         add(commands)
     return parser
 
@@ -252,6 +252,48 @@ def _report(out, result) -> None:
         f"{result.ran_units} unit(s) run, {result.skipped_units} kept"
     print(f"wrote {out}: {m['rows']} samples in {len(m['shards'])} shard(s) ({state})")
     print("  status: " + ", ".join(f"{s} {n}" for s, n in m["status_counts"].items()))
+
+
+def _add_mix(commands) -> None:
+    p = commands.add_parser(
+        "mix", help="merge per-source corpora in given proportions, deduplicated and shuffled",
+        description="Merge corpora into one: exact dedup by key, image sha256 and normalized URL; "
+                    "each source subsampled so the output matches the weights (nothing is repeated: "
+                    "the scarcest source relative to its weight sets the total); a deterministic "
+                    "shuffle by --seed. Every input sample gets a status row (ok, dedup_image, "
+                    "dedup_url, duplicate_key, over_quota).",
+        epilog="examples:\n  emu-data mix runs/yt runs/laion runs/coco runs/mmc4 runs/webvid --out runs/mix\n"
+               "  emu-data mix runs/* --out runs/mix --weights yt_storyboard=16,laion=128 --seed 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", type=Path, metavar="SRC", help="finished corpus directories")
+    p.add_argument("--preset", choices=sorted(PRESET_NAMES), default="emu",
+                   help="named weights; emu = Emu's per-step batch sizes: laion 128, laion_coco 128, "
+                        "mmc4 64, webvid 16, yt_storyboard 16 (default)")
+    p.add_argument("--weights", default=None, metavar="LIST",
+                   help="SOURCE=WEIGHT,... overriding the preset's weights for the sources named")
+    p.add_argument("--seed", type=int, default=0, help="shuffle and subsample seed (default 0)")
+    p.add_argument("--no-dedup-images", action="store_true", help="keep samples with identical images")
+    p.add_argument("--no-dedup-urls", action="store_true", help="keep samples with the same URL")
+    _output_options(p)
+    _ray_options(p)
+    p.set_defaults(handler=_run_mix)
+
+
+PRESET_NAMES = ("emu", "equal")
+
+
+def _run_mix(args) -> int:
+    from emu_data import mix
+
+    weights = {**mix.PRESETS[args.preset], **(mix.parse_weights(args.weights) if args.weights else {})}
+    config = mix.MixConfig(weights=weights, seed=args.seed, dedup_images=not args.no_dedup_images,
+                           dedup_urls=not args.no_dedup_urls)
+    result, plan = mix.make_mix(args.inputs, config, _output_from(args), _ray_from(args))
+    _report(args.out, result)
+    total = sum(result.manifest["source_counts"].values()) or 1
+    print("  share:  " + ", ".join(f"{s} {n / total:.1%} (weight {weights.get(s, 0):g})"
+                                   for s, n in result.manifest["source_counts"].items()))
+    return 0
 
 
 def _add_validate(commands) -> None:

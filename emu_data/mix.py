@@ -1,0 +1,243 @@
+"""`emu-data mix`: per-source corpora -> one corpus in given proportions, deduplicated, shuffled.
+
+Plan in the driver, copy in Ray tasks:
+1. scan every input shard (Ray tasks): key, source, url, image digest per sample;
+2. walk them in the order given and drop exact duplicates — same key, same images
+   (sha256 of the image bytes), same normalized URL (storyboard chunks count apart);
+3. take from each source so the output matches the weights: the scarcest source (relative
+   to its weight) sets the total, the others are subsampled by the seed — nothing is
+   repeated, so no sample appears twice;
+4. shuffle by the seed and cut into output shards, each one a unit that copies its rows.
+Every input sample gets a status row: ok, duplicate_key, dedup_image, dedup_url or
+over_quota (left out to keep the proportions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pyarrow.compute as pc
+
+from emu_data import corpus, manifest, records, runtime, stage
+from emu_data.corpus import Unit, UnitWriter
+from emu_data.shards import read_shard
+
+# Emu's per-step batch sizes (arXiv 2307.05222): relative weights of the five sources.
+PRESETS = {
+    "emu": {"laion": 128, "laion_coco": 128, "mmc4": 64, "webvid": 16, "yt_storyboard": 16},
+    "equal": {"laion": 1, "laion_coco": 1, "mmc4": 1, "webvid": 1, "yt_storyboard": 1},
+}
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    weights: dict[str, float] = field(default_factory=lambda: dict(PRESETS["emu"]))
+    seed: int = 0
+    dedup_images: bool = True
+    dedup_urls: bool = True
+
+    def __post_init__(self):
+        if not self.weights or any(w < 0 for w in self.weights.values()) or not sum(self.weights.values()):
+            raise ValueError(f"weights must be non-negative and not all zero: {self.weights}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One input sample, as the plan sees it."""
+
+    key: str
+    source: str
+    shard: str   # absolute path of its shard
+    row: int
+    url: str | None
+    images: str  # digest of the sample's image bytes
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """'yt_storyboard=16,laion=128' -> {'yt_storyboard': 16.0, 'laion': 128.0}."""
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--weights: {part!r} is not SOURCE=NUMBER") from None
+    return weights
+
+
+def normalize_url(url: str) -> str:
+    """Lower-case scheme and host, no default port, fragment or tracking parameters, sorted
+    query, no trailing slash: the same resource written two ways dedups as one."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    if parts.port and (parts.scheme, parts.port) not in (("http", 80), ("https", 443)):
+        host = f"{host}:{parts.port}"
+    query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                   if not k.lower().startswith("utm_"))
+    return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/") or "/", urlencode(query), ""))
+
+
+# ---- 1. scan ----------------------------------------------------------------------
+
+def scan_shard(path: str) -> list[Entry]:
+    """Entries of one shard: key, source, dedup url and image digest of every row."""
+    table = read_shard(Path(path))
+    keys = table.column("key").to_pylist()
+    sources = table.column("source").cast("string").to_pylist()
+    metas = table.column("meta").to_pylist()
+    images = table.column("images")
+    entries = []
+    for row, (key, source, meta) in enumerate(zip(keys, sources, metas)):
+        cells = pc.struct_field(images[row].values, "bytes").to_pylist() if images[row].values else []
+        digest = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in cells if b)).hexdigest()
+        entries.append(Entry(key, source, path, row, _url_key(meta), digest))
+    return entries
+
+
+def _url_key(meta: str) -> str | None:
+    try:
+        value = json.loads(meta)
+    except ValueError:
+        return None
+    url = value.get("url") if isinstance(value, dict) else None
+    if not isinstance(url, str) or not url:
+        return None
+    chunk = value.get("chunk")  # chunks of one video share its URL and are not duplicates
+    return normalize_url(url) + (f"#chunk={chunk}" if chunk is not None else "")
+
+
+def scan(inputs: list[Path], ray: runtime.RayOptions) -> list[Entry]:
+    paths = [str(p) for d in inputs for p in corpus.shard_paths(d)]
+    by_path = {}
+    for path, result in runtime.map_tasks(scan_shard, paths, options=ray, desc="mix: scan", total=len(paths)):
+        if isinstance(result, runtime.TaskFailure):
+            raise ValueError(f"cannot read {path}: {result.error} (run emu-data validate on it)")
+        by_path[path] = result
+    return [e for path in paths for e in by_path[path]]  # input order, whatever finished first
+
+
+# ---- 2. dedup, 3. quotas, 4. shuffle ------------------------------------------------
+
+@dataclass
+class Plan:
+    selected: list[Entry]
+    left_out: list[tuple[Entry, str, str]]   # entry (key made unique for status), reason, message
+    counts: dict = field(default_factory=dict)
+
+
+def plan(entries: list[Entry], config: MixConfig) -> Plan:
+    unique, left_out = _dedup(entries, config)
+    selected, over = _take_by_weight(unique, config)
+    left_out += over
+    random.Random(config.seed).shuffle(selected)
+    reasons = Counter(reason for _, reason, _ in left_out)
+    return Plan(selected, left_out, {"selected": dict(Counter(e.source for e in selected)),
+                                     "left_out": dict(reasons), "inputs": len(entries)})
+
+
+def _dedup(entries: list[Entry], config: MixConfig):
+    seen: dict[str, dict[str, str]] = {"key": {}, "image": {}, "url": {}}
+    unique, dropped = [], []
+    for e in entries:
+        checks = [("key", e.key, "duplicate_key"),
+                  ("image", e.images if config.dedup_images else None, "dedup_image"),
+                  ("url", e.url if config.dedup_urls else None, "dedup_url")]
+        hit = next(((kind, value, reason) for kind, value, reason in checks
+                    if value is not None and value in seen[kind]), None)
+        if hit:
+            kind, value, reason = hit
+            dropped.append((_status_entry(e, kind, dropped), reason, f"same {kind} as {seen[kind][value]}"))
+            continue
+        for kind, value, _ in checks:
+            if value is not None:
+                seen[kind][value] = e.key
+        unique.append(e)
+    return unique, dropped
+
+
+def _status_entry(e: Entry, kind: str, dropped: list) -> Entry:
+    """A dropped duplicate of a key still needs a status key of its own: key#dupN."""
+    if kind != "key":
+        return e
+    n = sum(1 for d, _, _ in dropped if d.key.startswith(e.key + "#dup"))
+    return Entry(f"{e.key}#dup{n + 1}", e.source, e.shard, e.row, e.url, e.images)
+
+
+def _take_by_weight(entries: list[Entry], config: MixConfig):
+    by_source: dict[str, list[Entry]] = {}
+    for e in entries:
+        by_source.setdefault(e.source, []).append(e)
+    weights = {s: config.weights.get(s, 0.0) for s in by_source}
+    total_weight = sum(weights.values())
+    if not total_weight:
+        raise ValueError(f"no weight for any source present ({', '.join(sorted(by_source))})")
+    # the source with the fewest samples per unit of weight sets how many fit in all
+    scale = min(len(by_source[s]) / w for s, w in weights.items() if w > 0)
+    selected, over = [], []
+    for source in sorted(by_source):
+        rows = by_source[source]
+        want = min(len(rows), round(scale * weights[source]))
+        chosen = set(random.Random(f"{config.seed}:{source}").sample(range(len(rows)), want))
+        for i, e in enumerate(rows):
+            if i in chosen:
+                selected.append(e)
+            else:
+                over.append((e, "over_quota", f"left out to keep {source} at weight {weights[source]:g}"))
+    return selected, over
+
+
+def _identity(directory: Path) -> dict:
+    """What an input is: its path and a digest of the shards its manifest lists, so a
+    rebuilt input (same config, other content) is seen as changed."""
+    shards = manifest.read(directory)["shards"]
+    digest = hashlib.sha256(json.dumps([s["sha256"] for s in shards]).encode()).hexdigest()
+    return {"path": str(directory.resolve()), "shards": digest}
+
+
+# ---- write ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MixUnit:
+    rows: tuple[tuple[str, int], ...]                 # (shard, row) in output order
+    statuses: tuple[tuple[str, str, str, str], ...]   # key, source, reason, message
+
+
+def process(unit: MixUnit, writer: UnitWriter) -> None:
+    tables: dict[str, object] = {}
+    for shard, row in unit.rows:
+        if shard not in tables:
+            tables[shard] = read_shard(Path(shard))
+        sample = tables[shard].slice(row, 1).to_pylist()[0]
+        sample["source"] = str(sample["source"])
+        writer.add_sample(sample)
+        writer.add_status(records.status(sample["key"], sample["source"], "ok", input=f"{shard}:{row}",
+                                         samples=1))
+    for key, source, reason, message in unit.statuses:
+        writer.add_status(records.status(key, source, reason, error=message, samples=0))
+
+
+def units(p: Plan, shard_rows: int) -> list[Unit]:
+    chunks = [p.selected[i:i + shard_rows] for i in range(0, len(p.selected), shard_rows)] or [[]]
+    per = -(-len(p.left_out) // len(chunks))  # spread the left-out statuses over the units
+    return [Unit(f"mix-{i:06d}", MixUnit(
+        tuple((e.shard, e.row) for e in chunk),
+        tuple((e.key, e.source, reason, msg) for e, reason, msg in p.left_out[i * per:(i + 1) * per])))
+        for i, chunk in enumerate(chunks)]
+
+
+def make_mix(inputs: list[Path], config: MixConfig, output: stage.OutputOptions,
+             ray: runtime.RayOptions = runtime.RayOptions()) -> tuple[stage.StageResult, Plan]:
+    inputs = [Path(p) for p in inputs]
+    identity = [_identity(p) for p in inputs]
+    the_plan = plan(scan(inputs, ray), config)
+    resolved = {"mix": asdict(config), "inputs": identity, "plan": the_plan.counts,
+                "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray)}
+    result = stage.run_stage("mix", units(the_plan, output.shard_rows), process, output=output,
+                             layout={"mix": asdict(config), "inputs": identity}, config=resolved, ray=ray)
+    return result, the_plan

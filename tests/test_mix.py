@@ -1,0 +1,122 @@
+"""`emu-data mix`: proportions, dedup, determinism, and every input accounted for."""
+
+import io
+import json
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from emu_data import cli, mix, records
+from emu_data.corpus import Unit, shard_paths
+from emu_data.shards import read_shard
+from emu_data.stage import OutputOptions, run_stage
+from emu_data.validate import validate
+
+COUNTS = {"laion": 3000, "laion_coco": 3000, "mmc4": 1500, "webvid": 400, "yt_storyboard": 400}
+
+
+def _png(n: int, salt: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (2, 1), (n % 256, n // 256 % 256, salt)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _write_source(payload, writer):
+    """payload: (source, start, count, planted) -> tiny distinct samples; planted duplicates."""
+    source, start, count, planted = payload
+    salt = sorted(COUNTS).index(source)
+    for i in range(start, start + count):
+        image, url = _png(i, salt), f"https://img.invalid/{source}/{i}.png"
+        if (source, i) in planted:  # reuse laion's image i or URL i: a cross-source duplicate
+            kind = planted[(source, i)]
+            image = _png(i, sorted(COUNTS).index("laion")) if kind == "image" else image
+            url = f"HTTPS://IMG.invalid/laion/{i}.png?utm_source=x" if kind == "url" else url
+        meta = {"url": url, **({"chunk": 0} if source == "yt_storyboard" else {})}
+        key = f"{source}:{i:06d}"
+        writer.add_sample(records.sample(key, source, [image, f"caption {i}"], meta=meta))
+        writer.add_status(records.status(key, source, "ok", samples=1))
+
+
+PLANTED = {("laion_coco", 5): "image", ("laion_coco", 6): "url", ("mmc4", 7): "image"}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, ray_session):
+    dirs = []
+    for source, n in COUNTS.items():
+        out = tmp_path_factory.mktemp("src") / source
+        units = [Unit(f"{source}-{s}", (source, s, min(1000, n - s), PLANTED)) for s in range(0, n, 1000)]
+        run_stage("synthetic", units, _write_source, output=OutputOptions(out), layout={"s": source},
+                  config={}, ray=ray_session)
+        dirs.append(out)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def mixed(sources, tmp_path_factory, ray_session):
+    out = tmp_path_factory.mktemp("mix") / "out"
+    assert cli.main(["mix", *map(str, sources), "--out", str(out), "--shard-rows", "2000", "--seed", "7"]) == 0
+    return out
+
+
+def _rows(out, kind="data"):
+    return [r for p in shard_paths(out, kind) for r in read_shard(p).to_pylist()]
+
+
+def test_proportions_follow_emus_weights(mixed):
+    counts = Counter(r["source"] for r in _rows(mixed))
+    total, weights = sum(counts.values()), mix.PRESETS["emu"]
+    assert total > 8000
+    for source, weight in weights.items():
+        assert abs(counts[source] / total - weight / sum(weights.values())) < 0.02, (source, counts)
+
+
+def test_every_input_sample_is_accounted_for_once(mixed):
+    status = _rows(mixed, "status")
+    assert len(status) == sum(COUNTS.values())
+    assert len({r["key"] for r in status}) == len(status)
+    reasons = Counter(r["status"] for r in status)
+    assert reasons["dedup_image"] == 2 and reasons["dedup_url"] == 1
+    assert reasons["ok"] == len(_rows(mixed)) and reasons["over_quota"] > 0
+
+
+def test_output_validates_with_no_duplicate_images(mixed):
+    assert validate([mixed], deep=True).ok
+    images = [r["images"][0]["bytes"] for r in _rows(mixed)]
+    assert len(set(images)) == len(images)
+
+
+def test_the_shuffle_is_deterministic_and_seeded(sources, mixed, tmp_path, ray_session):
+    again = tmp_path / "again"
+    assert cli.main(["mix", *map(str, sources), "--out", str(again), "--shard-rows", "2000", "--seed", "7"]) == 0
+    assert [r["key"] for r in _rows(again)] == [r["key"] for r in _rows(mixed)]
+    other = tmp_path / "other"
+    assert cli.main(["mix", *map(str, sources), "--out", str(other), "--shard-rows", "2000", "--seed", "8"]) == 0
+    assert [r["key"] for r in _rows(other)] != [r["key"] for r in _rows(mixed)]
+    sources_in_order = [r["source"] for r in _rows(mixed)[:200]]
+    assert len(set(sources_in_order)) >= 4  # shuffled across sources, not concatenated
+
+
+def test_weights_override_and_a_rerun_skips(sources, mixed, tmp_path, capsys):
+    out = tmp_path / "w"
+    assert cli.main(["mix", *map(str, sources[:2]), "--out", str(out), "--weights", "laion=3,laion_coco=1"]) == 0
+    counts = Counter(r["source"] for r in _rows(out))
+    assert counts["laion"] == 3 * counts["laion_coco"]
+    capsys.readouterr()
+    assert cli.main(["mix", *map(str, sources[:2]), "--out", str(out), "--weights", "laion=3,laion_coco=1"]) == 0
+    assert "already complete" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("url, same", [
+    ("HTTPS://Example.invalid:443/a/?b=2&a=1&utm_campaign=x#top", "https://example.invalid/a?a=1&b=2"),
+    ("http://example.invalid:8080/x", "http://example.invalid:8080/x"),
+])
+def test_url_normalization(url, same):
+    assert mix.normalize_url(url) == same
+
+
+def test_bad_weights_are_clear_errors(sources, tmp_path, capsys):
+    assert cli.main(["mix", str(sources[0]), "--out", str(tmp_path / "x"), "--weights", "laion=lots"]) == 2
+    assert "SOURCE=NUMBER" in capsys.readouterr().err
+    assert cli.main(["mix", str(tmp_path / "nothing"), "--out", str(tmp_path / "y")]) == 2
