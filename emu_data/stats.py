@@ -37,7 +37,9 @@ class CorpusStats:
     file_bytes: int = 0
 
     def to_dict(self) -> dict:
+        total = sum(s.samples for s in self.sources.values()) or 1
         return {"shards": self.shards, "file_bytes": self.file_bytes,
+                "share": {s: round(v.samples / total, 4) for s, v in sorted(self.sources.items())},
                 "sources": {s: v.to_dict() for s, v in sorted(self.sources.items())},
                 "status": {s: dict(sorted(c.items())) for s, c in sorted(self.status.items())}}
 
@@ -77,14 +79,15 @@ def _add_status(stats: CorpusStats, table: pa.Table) -> None:
 
 def format_table(stats: CorpusStats) -> str:
     """A plain-text report a person reads in a terminal."""
-    head = f"{'source':<14}{'samples':>9}{'images':>9}{'texts':>8}{'img/smp':>9}{'txt/smp':>9}{'MB':>9}"
+    head = f"{'source':<14}{'samples':>9}{'share':>8}{'images':>9}{'texts':>8}{'img/smp':>9}{'txt/smp':>9}{'MB':>9}"
     lines = [head, "-" * len(head)]
     total = SourceStats()
+    all_samples = sum(s.samples for s in stats.sources.values()) or 1
     for name, s in sorted(stats.sources.items()):
-        lines.append(_row(name, s))
+        lines.append(_row(name, s, s.samples / all_samples))
         for f in ("samples", "images", "texts", "image_bytes", "text_bytes"):
             setattr(total, f, getattr(total, f) + getattr(s, f))
-    lines += ["-" * len(head), _row("total", total), "", "status by reason:"]
+    lines += ["-" * len(head), _row("total", total, 1.0), "", "status by reason:"]
     for source, counts in sorted(stats.status.items()):
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
         lines.append(f"  {source:<14}{reasons}")
@@ -92,8 +95,8 @@ def format_table(stats: CorpusStats) -> str:
     return "\n".join(lines)
 
 
-def _row(name: str, s: SourceStats) -> str:
+def _row(name: str, s: SourceStats, share: float) -> str:
     d = s.to_dict()
     mb = (s.image_bytes + s.text_bytes) / 2**20
-    return (f"{name:<14}{s.samples:>9}{s.images:>9}{s.texts:>8}{d['images_per_sample']:>9}"
+    return (f"{name:<14}{s.samples:>9}{share:>8.1%}{s.images:>9}{s.texts:>8}{d['images_per_sample']:>9}"
             f"{d['texts_per_sample']:>9}{mb:>9.2f}")
