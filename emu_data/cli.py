@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_sample, _add_youtube, _add_mix, _add_validate, _add_stats, _add_preview):
+    for add in (_add_sample, _add_youtube, _add_mmc4, _add_mix, _add_validate, _add_stats, _add_preview):
         add(commands)
     return parser
 
@@ -252,6 +252,48 @@ def _report(out, result) -> None:
         f"{result.ran_units} unit(s) run, {result.skipped_units} kept"
     print(f"wrote {out}: {m['rows']} samples in {len(m['shards'])} shard(s) ({state})")
     print("  status: " + ", ".join(f"{s} {n}" for s, n in m["status_counts"].items()))
+
+
+def _add_mmc4(commands) -> None:
+    p = commands.add_parser(
+        "mmc4", help="MMC4 interleaved documents (jsonl) -> samples with images at their sentences",
+        description="One sample per document: images downloaded and placed before their matched "
+                    "sentence; images below --min-sim dropped, the best --max-images kept, optionally "
+                    "re-assigned to sentences (linear assignment on the similarity matrix). Images "
+                    "that fail are recorded in the document's meta; a document left with no image "
+                    "gets a status reason.",
+        epilog="examples:\n  emu-data mmc4 --input docs_shard_*.jsonl --out runs/mmc4\n"
+               "  emu-data mmc4 --input docs/ --out runs/mmc4 --min-sim 0.32 --max-images 5   # Emu\n"
+               "  emu-data mmc4 --input docs/ --out runs/mmc4 --min-image-bytes 11000       # OpenFlamingo",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", type=Path, required=True, metavar="JSONL",
+                   help="MMC4 jsonl files, or directories of them")
+    g = p.add_argument_group("what to take")
+    g.add_argument("--min-sim", type=float, default=0.24, help="drop images below this similarity (default 0.24)")
+    g.add_argument("--max-images", type=_positive_int, default=6, help="images kept per document (default 6)")
+    g.add_argument("--reassign", action=argparse.BooleanOptionalAction, default=True,
+                   help="re-run the image-sentence assignment on the kept images (default on)")
+    g.add_argument("--min-image-bytes", type=_size, default=None, metavar="SIZE",
+                   help="drop images of at most SIZE bytes (default off)")
+    g.add_argument("--max-image-pixels", type=_positive_int, default=2**26,
+                   help="decompression-bomb guard (default 2^26 pixels)")
+    g.add_argument("--docs-per-unit", type=_positive_int, default=128, help="documents per unit of work (default 128)")
+    g.add_argument("--fetch-workers", type=_positive_int, default=16, help="parallel image fetches per unit (default 16)")
+    _net_options(p)
+    _output_options(p)
+    _ray_options(p)
+    p.set_defaults(handler=_run_mmc4)
+
+
+def _run_mmc4(args) -> int:
+    from emu_data.sources import mmc4
+
+    config = mmc4.Mmc4Config(min_sim=args.min_sim, max_images=args.max_images, reassign=args.reassign,
+                             min_image_bytes=args.min_image_bytes or 0, max_image_pixels=args.max_image_pixels,
+                             docs_per_unit=args.docs_per_unit, fetch_workers=args.fetch_workers)
+    result = mmc4.make_mmc4(args.input, config, _net_from(args), _output_from(args), _ray_from(args))
+    _report(args.out, result)
+    return 0
 
 
 def _add_mix(commands) -> None:

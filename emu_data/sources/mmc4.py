@@ -1,0 +1,459 @@
+"""`emu-data mmc4`: MMC4 interleaved web documents (jsonl) -> interleaved samples with images.
+
+Per document, as OpenFlamingo prepares MMC4: keep images whose matched_sim reaches --min-sim,
+the best --max-images of them by similarity (a failed download makes room for the next
+best), optionally drop tiny images, re-run the linear assignment of images to sentences over
+the images actually kept, and place each image before its matched sentence, the sentences
+between two images joined into one text position.
+
+Every document ends as one sample or one status row with a reason. Images that fail do not
+sink their document: they are listed in meta["dropped_images"] and summed up in the status
+row's error; only a document left with no image at all gets a status reason (no_images).
+
+Units are line ranges of the input files, found once by a sequential scan at planning time;
+a unit reads only its own bytes (seek + read) and checks they still hash the same.
+
+Keys are mmc4:<16 hex of the url's SHA-1>; a line with no url, no usable document, a url
+MMC4 flags could_have_url_duplicate or one already seen in the unit is keyed by file stem
+and line instead (mmc4:<stem>-<line>), so keys stay unique. An unflagged url repeated in
+two units would still give one key twice (validate reports it; mix drops the repeat).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+
+from emu_data import net, records
+from emu_data.corpus import Unit, UnitWriter
+
+SOURCE = "mmc4"
+# Formats the corpus stores as they come (what `emu-data validate` accepts); any other
+# format Pillow decodes (GIF, BMP, TIFF, ...) is re-encoded to JPEG.
+STORED_FORMATS = ("JPEG", "PNG", "WEBP")
+# Config fields that change how fast a run goes, not what it writes: kept out of the layout
+# fingerprint (and, by repr=False, out of unit digests) so changing them never forces a redo.
+_SPEED_ONLY = ("fetch_workers",)
+
+
+class DocumentError(ValueError):
+    """A document that cannot become a sample, with its status-table reason."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+class ImageDropped(Exception):
+    """One image left out of its document; the document goes on without it."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+class InputChanged(RuntimeError):
+    """A unit's bytes no longer hash as at planning: the file changed under the run."""
+
+
+@dataclass(frozen=True)
+class Mmc4Config:
+    min_sim: float = 0.24           # OpenFlamingo's threshold (Emu used 0.32)
+    max_images: int = 6             # OpenFlamingo's cap (Emu used 5)
+    reassign: bool = True           # re-run the image->sentence assignment on the kept images
+    min_image_bytes: int = 0        # drop images of at most this many bytes; OpenFlamingo: 10_000
+    max_image_pixels: int = 2**26   # decompression-bomb guard, below Pillow's own 89 Mpx warning
+    docs_per_unit: int = 128
+    fetch_workers: int = field(default=16, repr=False)  # documents fetched at once per unit
+
+    def __post_init__(self):
+        if self.max_images < 1 or self.docs_per_unit < 1 or self.fetch_workers < 1:
+            raise ValueError("--max-images, --docs-per-unit and --fetch-workers must be at least 1")
+        if self.min_image_bytes < 0 or self.max_image_pixels < 1:
+            raise ValueError("--min-image-bytes must be >= 0 and --max-image-pixels positive")
+        if not math.isfinite(self.min_sim):
+            raise ValueError("--min-sim must be a number")
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Lines [first_line, first_line + lines) of `path`, bytes [start, end); 1-based lines."""
+
+    path: str
+    stem: str
+    start: int
+    end: int
+    first_line: int
+    lines: int
+    sha1: str
+
+
+@dataclass(frozen=True)
+class Mmc4Unit:
+    slice: Slice
+    config: Mmc4Config
+    net: net.NetPolicy
+
+
+# ---- planning -----------------------------------------------------------------------------
+
+def input_files(inputs: list[Path]) -> list[Path]:
+    """Files as given; a directory stands for its *.jsonl files in name order."""
+    files = []
+    for path in map(Path, inputs):
+        if path.is_dir():
+            files += sorted(path.glob("*.jsonl"))
+        elif not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        elif path.suffix in (".zip", ".gz", ".zst"):
+            # compressed streams cannot be entered at a unit's offset without reading all before it
+            raise ValueError(f"{path}: compressed input; decompress it to .jsonl first")
+        else:
+            files.append(path)
+    return files
+
+
+def units(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy = net.NetPolicy()) -> list[Unit]:
+    """Each file's lines in runs of `docs_per_unit`, in input order."""
+    files = input_files(inputs)
+    stems = [_stem(p) for p in files]
+    clash = sorted(s for s, n in Counter(stems).items() if n > 1)
+    if clash:  # the stem names units and keys: two files with one stem would mix them up
+        raise ValueError(f"input files must have distinct names; repeated: {', '.join(clash)}")
+    return [Unit(f"mmc4-{s.stem}-{i:05d}", Mmc4Unit(s, config, net_policy))
+            for path, stem in zip(files, stems)
+            for i, s in enumerate(_slices(path, stem, config.docs_per_unit))]
+
+
+def _stem(path: Path) -> str:
+    """The file name without .jsonl, reduced to characters safe in file names and keys."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", path.name.removesuffix(".jsonl")) or "_"
+
+
+def _slices(path: Path, stem: str, per_unit: int) -> list[Slice]:
+    """One sequential read: byte offsets every `per_unit` lines, and each range's hash."""
+    slices, start, offset, count, first = [], 0, 0, 0, 1
+    digest = hashlib.sha1()
+    resolved = str(path.resolve())
+    with open(path, "rb") as f:
+        for line in f:
+            offset += len(line)
+            digest.update(line)
+            count += 1
+            if count == per_unit:
+                slices.append(Slice(resolved, stem, start, offset, first, count, digest.hexdigest()))
+                start, first, count, digest = offset, first + count, 0, hashlib.sha1()
+    if count:
+        slices.append(Slice(resolved, stem, start, offset, first, count, digest.hexdigest()))
+    return slices
+
+
+def read_lines(s: Slice) -> list[tuple[int, bytes]]:
+    """(line number, line) of one slice, read by seeking: never the rest of the file."""
+    with open(s.path, "rb") as f:
+        f.seek(s.start)
+        data = f.read(s.end - s.start)
+    if hashlib.sha1(data).hexdigest() != s.sha1:
+        raise InputChanged(f"{s.path}: lines {s.first_line}..{s.first_line + s.lines - 1} "
+                           "changed since the run was planned; rerun to plan again")
+    pieces = data.split(b"\n")
+    if data.endswith(b"\n"):
+        pieces.pop()  # the split after the last newline is not a line
+    return list(enumerate(pieces, s.first_line))
+
+
+# ---- parsing --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Candidate:
+    """One entry of image_info."""
+
+    index: int
+    url: str
+    name: str | None
+    matched: int
+    sim: float
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    ref: str                      # the status table's `input`: the url, else file:line
+    url: str | None
+    line: int
+    sentences: tuple[str, ...]
+    images: tuple[Candidate, ...]
+    similarity: tuple[tuple[float, ...], ...] | None
+    could_duplicate: bool = False  # MMC4's could_have_url_duplicate
+
+
+def parse(raw: bytes, line: int, s: Slice, config: Mmc4Config) -> Document:
+    """A checked document, or DocumentError(malformed_json | missing_field | bad_field |
+    bad_match_index | no_images)."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DocumentError("malformed_json", f"not JSON: {str(e)[:200]}") from None
+    if not isinstance(data, dict):
+        raise DocumentError("malformed_json", f"a JSON {type(data).__name__}, not an object")
+    sentences = _sentences(data)
+    images = tuple(_candidate(i, info, len(sentences)) for i, info in enumerate(_list(data, "image_info")))
+    if not images:
+        raise DocumentError("no_images", "image_info is empty")
+    similarity = _similarity(data, len(images), len(sentences)) if config.reassign else None
+    url = data.get("url")
+    if url is not None and not isinstance(url, str):
+        raise DocumentError("bad_field", f"url is a {type(url).__name__}, not a string")
+    return Document(id="", ref=url or f"{s.path}:{line}", url=url or None, line=line,
+                    sentences=sentences, images=images, similarity=similarity,
+                    could_duplicate=bool(data.get("could_have_url_duplicate")))
+
+
+def _list(data: dict, name: str) -> list:
+    if name not in data:
+        raise DocumentError("missing_field", f"no {name!r}")
+    value = data[name]
+    if not isinstance(value, list):
+        raise DocumentError("bad_field", f"{name} is a {type(value).__name__}, not a list")
+    return value
+
+
+def _sentences(data: dict) -> tuple[str, ...]:
+    sentences = _list(data, "text_list")
+    if not all(isinstance(t, str) for t in sentences):
+        raise DocumentError("bad_field", "text_list holds a non-string")
+    return tuple(sentences)
+
+
+def _candidate(i: int, info, n_sentences: int) -> Candidate:
+    if not isinstance(info, dict):
+        raise DocumentError("bad_field", f"image_info[{i}] is not an object")
+    for name in ("raw_url", "matched_text_index", "matched_sim"):
+        if name not in info:
+            raise DocumentError("missing_field", f"image_info[{i}] has no {name!r}")
+    url, index, sim = info["raw_url"], info["matched_text_index"], info["matched_sim"]
+    if not isinstance(url, str) or not _is_number(sim):
+        raise DocumentError("bad_field", f"image_info[{i}]: raw_url must be a string, matched_sim a number")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_sentences:
+        raise DocumentError("bad_match_index", f"image_info[{i}].matched_text_index {index!r} is not "
+                                               f"a sentence index (text_list has {n_sentences})")
+    name = info.get("image_name")
+    return Candidate(i, url, name if isinstance(name, str) else None, index, float(sim))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _similarity(data: dict, n_images: int, n_sentences: int) -> tuple[tuple[float, ...], ...]:
+    """similarity_matrix, images x sentences, checked: the reassignment needs every entry."""
+    rows = _list(data, "similarity_matrix")
+    if len(rows) != n_images or not all(isinstance(r, list) and len(r) == n_sentences for r in rows):
+        raise DocumentError("bad_field", f"similarity_matrix is not {n_images} x {n_sentences} "
+                                         "(images x sentences)")
+    if not all(_is_number(v) for r in rows for v in r):
+        raise DocumentError("bad_field", "similarity_matrix holds a non-number")
+    return tuple(tuple(float(v) for v in r) for r in rows)
+
+
+def document_id(url: str) -> str:
+    """The stable id of a document with a URL: 16 hex digits of its SHA-1."""
+    return hashlib.sha1(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _with_id(doc: Document, s: Slice, seen: set[str]) -> Document:
+    """Id from the URL's hash; file stem + line where there is no URL, or where the URL may
+    repeat (MMC4's could_have_url_duplicate, or seen earlier in this unit), so keys stay unique."""
+    positional = f"{s.stem}-{doc.line}"
+    uid = document_id(doc.url) if doc.url else positional
+    if doc.could_duplicate or uid in seen:
+        uid = positional
+    seen.add(uid)
+    return replace(doc, id=uid)
+
+
+# ---- one document ---------------------------------------------------------------------------
+
+def process(unit: Mmc4Unit, writer: UnitWriter) -> None:
+    """Parse the unit's lines in order, fetch the documents' images in parallel, write in order."""
+    parsed = _parse_all(unit)
+    with net.Fetcher(unit.net) as fetcher, ThreadPoolExecutor(unit.config.fetch_workers) as pool:
+        build = partial(_outcome, config=unit.config, fetcher=fetcher)
+        for row, status in pool.map(build, parsed):
+            if row is not None:
+                writer.add_sample(row)
+            writer.add_status(status)
+
+
+def _parse_all(unit: Mmc4Unit) -> list[Document | dict]:
+    """Documents, or the status row of a line that is not one. Blank lines are no documents."""
+    out, seen, s = [], set(), unit.slice
+    for line, raw in read_lines(s):
+        if not raw.strip():
+            continue
+        try:
+            doc = parse(raw, line, s, unit.config)
+        except DocumentError as e:
+            key = f"{SOURCE}:{s.stem}-{line}"
+            out.append(records.status(key, SOURCE, e.reason, input=f"{s.path}:{line}", error=str(e)))
+            continue
+        out.append(_with_id(doc, s, seen))
+    return out
+
+
+def _outcome(doc: Document | dict, *, config: Mmc4Config, fetcher: net.Fetcher) -> tuple[dict | None, dict]:
+    """(sample or None, status row) of one parsed line."""
+    if isinstance(doc, dict):
+        return None, doc
+    key = f"{SOURCE}:{doc.id}"
+    dropped: list[dict] = []
+    kept = _fetch_best(doc, config, fetcher, dropped)
+    if not kept:
+        return None, records.status(key, SOURCE, "no_images", input=doc.ref,
+                                    error=f"no image left of {len(doc.images)}: {_summary(dropped)}")
+    matched = _assign(doc, kept) if config.reassign else [c.matched for c, _ in kept]
+    try:
+        row = records.sample(key, SOURCE, _positions(doc.sentences, kept, matched),
+                             meta=_meta(doc, kept, matched, dropped, config))
+    except records.RecordError as e:
+        return None, records.status(key, SOURCE, "invalid_record", input=doc.ref, error=str(e))
+    note = f"{len(dropped)} of {len(doc.images)} image(s) dropped: {_summary(dropped)}" if dropped else None
+    return row, records.status(key, SOURCE, "ok", input=doc.ref, error=note, samples=1)
+
+
+def _summary(dropped: list[dict]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(Counter(d["reason"] for d in dropped).items()))
+
+
+def _fetch_best(doc: Document, config: Mmc4Config, fetcher: net.Fetcher,
+                dropped: list[dict]) -> list[tuple[Candidate, bytes]]:
+    """Up to max_images images, best similarity first; a failure makes room for the next best."""
+    ranked = sorted(doc.images, key=lambda c: (-c.sim, c.index))
+    queue = [c for c in ranked if c.sim >= config.min_sim]
+    dropped += [_drop(c, "below_min_sim", f"matched_sim {c.sim:.4f} < {config.min_sim}")
+                for c in ranked if c.sim < config.min_sim]
+    kept = []
+    while queue and len(kept) < config.max_images:
+        candidate = queue.pop(0)
+        try:
+            kept.append((candidate, fetch_image(candidate.url, config, fetcher)))
+        except ImageDropped as e:
+            dropped.append(_drop(candidate, e.reason, str(e)))
+    dropped += [_drop(c, "over_max_images", f"more than {config.max_images} images") for c in queue]
+    dropped.sort(key=lambda d: d["index"])
+    return kept
+
+
+def _drop(candidate: Candidate, reason: str, message: str) -> dict:
+    return {"index": candidate.index, "url": candidate.url, "reason": reason, "message": message[:300]}
+
+
+def fetch_image(url: str, config: Mmc4Config, fetcher: net.Fetcher) -> bytes:
+    """The image's bytes as the corpus stores them, or ImageDropped with the reason."""
+    try:
+        body = fetcher.get(url).body
+    except net.FetchError as e:
+        raise ImageDropped(e.reason, str(e)) from None
+    if config.min_image_bytes and len(body) <= config.min_image_bytes:
+        raise ImageDropped("too_small", f"{len(body)} bytes <= min_image_bytes {config.min_image_bytes}")
+    return checked_image(body, config.max_image_pixels)
+
+
+def checked_image(body: bytes, max_pixels: int) -> bytes:
+    """Bytes that decode in full (stored as they came if JPEG/PNG/WebP, else re-encoded to
+    JPEG), or ImageDropped(decode_error). The size is checked from the header, before load()."""
+    try:
+        with Image.open(io.BytesIO(body)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDropped("decode_error", f"{width}x{height} exceeds max_image_pixels {max_pixels}")
+            image.load()
+            if image.format in STORED_FORMATS:
+                return body
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="JPEG", quality=95)
+            return buffer.getvalue()
+    except Image.DecompressionBombError as e:
+        raise ImageDropped("decode_error", f"decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow's ways of saying "not an image"
+        raise ImageDropped("decode_error", f"does not decode: {e}") from None
+
+
+def _assign(doc: Document, kept: list[tuple[Candidate, bytes]]) -> list[int]:
+    """Sentence per kept image by linear assignment on -similarity over the kept images only
+    (MMC4's own assignment also counted images since dropped). With more images than
+    sentences some stay unassigned: those keep their original sentence."""
+    matched = [c.matched for c, _ in kept]
+    sim = np.array([doc.similarity[c.index] for c, _ in kept], dtype=float)
+    for row, col in zip(*linear_sum_assignment(-sim)):
+        matched[row] = int(col)
+    return matched
+
+
+def _positions(sentences: tuple[str, ...], kept: list[tuple[Candidate, bytes]],
+               matched: list[int]) -> list[str | bytes]:
+    """Each image before its sentence (several: in document order); consecutive sentences
+    read as one paragraph, so texts and images alternate."""
+    before: dict[int, list[bytes]] = {}
+    for (candidate, image), sentence in sorted(zip(kept, matched), key=lambda x: (x[1], x[0][0].index)):
+        before.setdefault(sentence, []).append(image)
+    items: list[str | bytes] = []
+    for i, sentence in enumerate(sentences):
+        items += before.get(i, [])
+        text = sentence.strip()
+        if not text:
+            continue
+        if items and isinstance(items[-1], str):
+            items[-1] += " " + text
+        else:
+            items.append(text)
+    return items
+
+
+def _meta(doc: Document, kept: list[tuple[Candidate, bytes]], matched: list[int],
+          dropped: list[dict], config: Mmc4Config) -> dict:
+    images = sorted(({"index": c.index, "url": c.url, "name": c.name, "bytes": len(body),
+                      "matched_text_index": m, "original_matched_text_index": c.matched,
+                      "matched_sim": round(doc.similarity[c.index][m], 4) if doc.similarity else c.sim,
+                      "original_matched_sim": c.sim}
+                     for (c, body), m in zip(kept, matched)), key=lambda i: i["index"])
+    return {"url": doc.url, "line": doc.line, "sentences": len(doc.sentences),
+            "images_in_document": len(doc.images), "images": images,
+            "matched_text_index": [i["matched_text_index"] for i in images],
+            "matched_sim": [i["matched_sim"] for i in images],
+            "dropped_images": [{k: d[k] for k in ("index", "url", "reason")} for d in dropped],
+            "reassigned": config.reassign}
+
+
+# ---- the stage --------------------------------------------------------------------------------
+
+def layout(config: Mmc4Config) -> dict:
+    return {"mmc4": {k: v for k, v in asdict(config).items() if k not in _SPEED_ONLY}}
+
+
+def make_mmc4(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy, output, ray=None):
+    """Run the stage over the jsonl `inputs` (files or directories of *.jsonl) into output.out;
+    resumable, every document accounted for."""
+    from emu_data import runtime, stage
+
+    ray = ray or runtime.RayOptions()
+    files = input_files(inputs)
+    if not files:
+        raise ValueError("no .jsonl input: give jsonl files or directories holding them")
+    resolved = {"mmc4": asdict(config), "net": asdict(net_policy),
+                "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray),
+                "inputs": [str(p) for p in files]}
+    return stage.run_stage("mmc4", units(files, config, net_policy), process, output=output,
+                           layout=layout(config), config=resolved, ray=ray)
