@@ -610,7 +610,7 @@ def test_check_url_unresolvable_fails_closed(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     with pytest.raises(FetchError) as info:
-        check_url("http://does-not-exist.example/", STRICT)
+        check_url("http://does-not-exist.invalid/", STRICT)
     assert info.value.reason == "connection_error"
 
 
