@@ -1,0 +1,701 @@
+"""`emu-data laion`: LAION-2B / LAION-COCO image-text pairs -> [image, text] samples.
+
+Per unit (a slice of one input parquet): read the rows, turn away those the thresholds drop
+or that lack a URL or a usable caption, run the address guard on the rest (img2dataset has
+none), hand the survivors to img2dataset itself in a temporary folder and read its per-row
+results back. A success whose stored bytes Pillow decodes becomes a sample; everything else
+becomes a status row with a reason. Every input row ends in exactly one of the two.
+
+Keys: `laion:<hash>` (`laion_coco:<hash>`) from the row's `hash` column when it is present
+and occurs once among all the inputs of the run, else `<source>:<file stem>-<row index>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import math
+import os
+import re
+import signal
+import struct
+import sys
+import tarfile
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image
+from urllib3.util import parse_url
+
+from emu_data import net, records
+from emu_data.corpus import Unit, UnitWriter
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("laion", "laion_coco")
+TEXT_COLUMN = {"laion": "TEXT", "laion_coco": "top_caption"}  # LAION-COCO: BLIP's caption
+ROW_ID = "emu_row"          # our row index, carried through img2dataset (save_additional_columns)
+HASH_COLUMN = "hash"
+STORED_FORMATS = ("JPEG", "PNG", "WEBP")   # what the interleaved record accepts
+RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
+ENCODE_FORMATS = ("jpg", "png", "webp")
+OUTPUT_FORMATS = ("parquet", "webdataset")
+# Worth a --retry-failed: the server or the network may answer next time.
+RETRYABLE = frozenset({"timeout", "connection_error", "truncated", "downloader_error", "http_408",
+                       "http_429", "http_500", "http_502", "http_503", "http_504"})
+# Integer or hex hashes only: they can never equal a `<stem>-<index>` key.
+_HASH_KEY = re.compile(r"^-?[0-9A-Fa-f]{1,64}$")
+_PARSE_ONLY = net.NetPolicy(allow_private_addresses=True)  # check_url: scheme and host, no DNS
+
+
+# ---- configuration ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """What img2dataset stores of each image. Part of the layout: changing it changes the data."""
+
+    resize_mode: str = "no"             # no = keep the served image; else img2dataset's modes
+    image_size: int = 256               # target size when resize_mode is not "no"
+    resize_only_if_bigger: bool = False
+    encode_format: str = "jpg"          # jpg | png | webp
+    encode_quality: int = 95            # png: compression level 0-9
+    skip_reencode: bool = True          # keep the served bytes when they already are encode_format
+    min_image_size: int = 0             # smaller side below this: too_small
+    max_image_pixels: int | None = Image.MAX_IMAGE_PIXELS  # above: too_large (Pillow's bomb limit)
+    max_aspect_ratio: float | None = None
+
+    def __post_init__(self):
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+        if self.encode_format not in ENCODE_FORMATS:
+            raise ValueError(f"encode format {self.encode_format!r} is not one of {', '.join(ENCODE_FORMATS)}")
+        top = 9 if self.encode_format == "png" else 100
+        if not 0 <= self.encode_quality <= top:
+            raise ValueError(f"{self.encode_format} quality must be within 0-{top}")
+        if self.image_size < 1 or self.min_image_size < 0:
+            raise ValueError("image size must be positive and min image size non-negative")
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """How img2dataset fetches. Not part of the layout: a rerun may change these freely."""
+
+    thread_count: int = 64
+    processes_count: int = 1            # Ray runs units in parallel; one process per unit is enough
+    retries: int = 0                    # img2dataset's retries of a failed download
+    timeout: int = 10                   # seconds per request
+    output_format: str = "parquet"      # parquet (bytes inline) | webdataset (tar + parquet)
+    user_agent_token: str | None = None
+    respect_opt_out: bool = True        # honour X-Robots-Tag noai / noimageai / noindex
+
+    def __post_init__(self):
+        if min(self.thread_count, self.processes_count, self.timeout) < 1 or self.retries < 0:
+            raise ValueError("threads, processes and timeout must be at least 1, retries >= 0")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output format {self.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+
+
+@dataclass(frozen=True)
+class LaionConfig:
+    source: str = "laion"               # laion | laion_coco
+    url_col: str = "URL"
+    caption_col: str | None = None      # None: TEXT for laion, top_caption for laion_coco
+    min_similarity: float | None = None  # thresholds: None = off; a row without the value fails
+    max_punsafe: float | None = None
+    max_pwatermark: float | None = None
+    max_caption_chars: int = 4096       # longer captions are cut here (meta caption_truncated)
+    rows_per_unit: int = 10_000
+    verify_hash: tuple[str, str] | None = None  # (column, md5|sha256|sha512) of the served bytes
+    image: ImageOptions = ImageOptions()
+    # repr=False: units' digests come from repr, and download speed settings must not make a
+    # rerun redo committed units.
+    download: DownloadOptions = field(default=DownloadOptions(), repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"source {self.source!r} is not one of {', '.join(SOURCES)}")
+        if self.rows_per_unit < 1 or self.max_caption_chars < 1:
+            raise ValueError("rows per unit and max caption chars must be at least 1")
+        if self.verify_hash and self.verify_hash[1] not in ("md5", "sha256", "sha512"):
+            raise ValueError(f"verify hash type {self.verify_hash[1]!r} is not md5, sha256 or sha512")
+
+    @property
+    def text_col(self) -> str:
+        return self.caption_col or TEXT_COLUMN[self.source]
+
+    def thresholds(self) -> list[tuple[str, str, float, bool]]:
+        """(column, reason, limit, is_minimum) for each threshold that is on."""
+        found = [("similarity", "filtered_similarity", self.min_similarity, True),
+                 ("punsafe", "filtered_punsafe", self.max_punsafe, False),
+                 ("pwatermark", "filtered_watermark", self.max_pwatermark, False)]
+        return [t for t in found if t[2] is not None]
+
+
+def layout(config: LaionConfig) -> dict:
+    data = asdict(config)
+    data.pop("download")
+    return {"laion": data}
+
+
+# ---- units -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LaionUnit:
+    path: str
+    file_bytes: int                     # a file replaced since its units committed is redone
+    stem: str
+    start: int
+    stop: int
+    repeated_hashes: tuple              # hashes of this slice found twice in the inputs: keyed by position
+    config: LaionConfig
+    net: net.NetPolicy = field(repr=False)
+
+
+def input_files(inputs: list[Path]) -> list[Path]:
+    """Parquet files, directories expanded, sorted; their stems name keys, so they must differ."""
+    files = sorted({p.resolve() for i in map(Path, inputs)
+                    for p in (sorted(i.glob("*.parquet")) if i.is_dir() else [i])})
+    if not files:
+        raise FileNotFoundError(f"no parquet files in {', '.join(map(str, inputs))}")
+    stems: dict[str, Path] = {}
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        other = stems.setdefault(_safe_stem(path), path)
+        if other != path:
+            raise ValueError(f"{other} and {path} have the same name; keys would collide")
+    return files
+
+
+def _safe_stem(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", path.stem)
+
+
+def units(inputs: list[Path], config: LaionConfig, net_policy: net.NetPolicy = net.NetPolicy()) -> list[Unit]:
+    """Each input file in slices of rows_per_unit rows, files in sorted order."""
+    files = input_files(inputs)
+    for path in files:
+        _check_columns(path, pq.read_schema(path), config)
+    hashes = {path: _hash_column(path) for path in files}
+    repeated = _repeated_hashes([c for c in hashes.values() if c is not None])
+    found, n = [], config.rows_per_unit
+    for path in files:
+        rows, size = pq.read_metadata(path).num_rows, path.stat().st_size
+        for start in range(0, rows, n):
+            stop = min(rows, start + n)
+            payload = LaionUnit(str(path), size, _safe_stem(path), start, stop,
+                                _repeats_in(hashes[path], start, stop, repeated), config, net_policy)
+            found.append(Unit(f"{_safe_stem(path)}-{start // n:05d}", payload))
+    return found
+
+
+def _check_columns(path: Path, schema: pa.Schema, config: LaionConfig) -> None:
+    needed = [config.url_col, config.text_col] + [column for column, *_ in config.thresholds()]
+    needed += [config.verify_hash[0]] if config.verify_hash else []
+    missing = [c for c in needed if c not in schema.names]
+    if missing:
+        raise ValueError(f"{path}: no column {', '.join(map(repr, missing))} "
+                         f"(has {', '.join(schema.names)})")
+
+
+def _hash_column(path: Path) -> pa.ChunkedArray | None:
+    if HASH_COLUMN not in pq.read_schema(path).names:
+        return None
+    return pq.read_table(path, columns=[HASH_COLUMN])[HASH_COLUMN]
+
+
+def _repeated_hashes(columns: list[pa.ChunkedArray]) -> pa.Array:
+    """Hash values found more than once among all inputs (costs ~16 bytes a row while counting)."""
+    if not columns:
+        return pa.array([], pa.string())
+    if len({c.type for c in columns}) > 1:  # files disagree on the type: compare the text
+        columns = [pc.cast(c, pa.string()) for c in columns]
+    counts = pc.value_counts(pa.chunked_array([k for c in columns for k in c.chunks], columns[0].type))
+    return counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+
+
+def _repeats_in(hashes: pa.ChunkedArray | None, start: int, stop: int, repeated: pa.Array) -> tuple[str, ...]:
+    """This slice's hashes that are not unique: their rows get positional keys."""
+    if hashes is None or not len(repeated):
+        return ()
+    part = hashes.slice(start, stop - start)
+    if part.type != repeated.type:
+        part = pc.cast(part, repeated.type)
+    return tuple(sorted({str(v) for v in part.filter(pc.is_in(part, value_set=repeated)).to_pylist()}))
+
+
+# ---- reading a slice -------------------------------------------------------------------
+
+@dataclass
+class InputRow:
+    index: int                          # the row's position in its input file
+    key: str
+    input: str                          # for the status table: the URL, else file:row
+    url: str | None = None
+    text: str | None = None
+    expected_hash: str | None = None    # verify_hash's value, handed to img2dataset
+    meta: dict = field(default_factory=dict)
+    problem: tuple[str, str] | None = None  # (reason, message): the row is not downloaded
+
+
+def read_rows(unit: LaionUnit) -> list[InputRow]:
+    table = _read_slice(unit)
+    columns = {name: _pylist(table[name]) for name in table.column_names}
+    return [_input_row(unit, unit.start + i, {name: values[i] for name, values in columns.items()})
+            for i in range(table.num_rows)]
+
+
+def _read_slice(unit: LaionUnit) -> pa.Table:
+    """Only the row groups the slice touches: a unit costs its own rows, not the whole file."""
+    with pq.ParquetFile(unit.path) as file:
+        wanted = [c for c in dict.fromkeys(_wanted_columns(unit.config)) if c in file.schema_arrow.names]
+        groups, first, offset = [], None, 0
+        for g in range(file.metadata.num_row_groups):
+            rows = file.metadata.row_group(g).num_rows
+            if offset < unit.stop and offset + rows > unit.start:
+                groups.append(g)
+                first = offset if first is None else first
+            offset += rows
+        table = file.read_row_groups(groups, columns=wanted)
+    return table.slice(unit.start - (first or 0), unit.stop - unit.start)
+
+
+def _wanted_columns(config: LaionConfig) -> list[str]:
+    extra = ["TEXT", "all_captions", "all_similarities"] if config.source == "laion_coco" else []
+    verify = [config.verify_hash[0]] if config.verify_hash else []
+    return [config.url_col, config.text_col, HASH_COLUMN, "similarity", "punsafe", "pwatermark",
+            *extra, *verify]
+
+
+def _pylist(column: pa.ChunkedArray) -> list:
+    """Python values, text as bytes: files do hold invalid UTF-8, and decoding it here would raise."""
+    return column.cast(_bytes_type(column.type)).to_pylist()
+
+
+def _bytes_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_string(t):
+        return pa.binary()
+    if pa.types.is_large_string(t):
+        return pa.large_binary()
+    if pa.types.is_list(t):
+        return pa.list_(_bytes_type(t.value_type))
+    if pa.types.is_large_list(t):
+        return pa.large_list(_bytes_type(t.value_type))
+    return t
+
+
+def _input_row(unit: LaionUnit, index: int, values: dict) -> InputRow:
+    config = unit.config
+    url, url_error = _decode(values.get(config.url_col))
+    url = url.strip() if url else url
+    text, caption_meta, caption_problem = _caption(values.get(config.text_col), config.max_caption_chars)
+    return InputRow(
+        index, _key(unit, index, values.get(HASH_COLUMN)),
+        input=url or f"{Path(unit.path).name}:{index}", url=url, text=text,
+        expected_hash=_lenient(values.get(config.verify_hash[0])) if config.verify_hash else None,
+        meta={**_meta(values, config, url), **caption_meta},
+        problem=(_threshold_problem(values, config) or _url_problem(url, url_error) or caption_problem))
+
+
+def _key(unit: LaionUnit, index: int, value) -> str:
+    text = _lenient(value)
+    if text is not None and _HASH_KEY.match(text) and text not in unit.repeated_hashes:
+        return f"{unit.config.source}:{text}"
+    return f"{unit.config.source}:{unit.stem}-{index:08d}"
+
+
+def _decode(raw) -> tuple[str | None, str | None]:
+    """(text, None), or (None, why) for bytes that are not UTF-8."""
+    if raw is None or isinstance(raw, str):
+        return raw, None
+    if not isinstance(raw, bytes):
+        return str(raw), None
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 ({e})"
+
+
+def _lenient(raw) -> str | None:
+    """Text for meta, where a bad byte must not cost the sample."""
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None if raw is None else str(raw)
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN
+        return None
+    return float(value)
+
+
+def _caption(raw, limit: int) -> tuple[str | None, dict, tuple[str, str] | None]:
+    """(text, meta flags, problem) for a caption cell."""
+    text, error = _decode(raw)
+    if error:
+        return None, {}, ("bad_caption", f"caption is {error}")
+    if text is None or not text.strip():
+        return None, {}, ("missing_caption", "no caption" if text is None else "caption is blank")
+    text = text.strip()
+    if len(text) <= limit:
+        return text, {}, None
+    # keep the pair: a long caption is still text about the image, only its tail is cut
+    return text[:limit], {"caption_truncated": True, "caption_chars": len(text)}, None
+
+
+def _url_problem(url: str | None, error: str | None) -> tuple[str, str] | None:
+    if error:
+        return "invalid_url", f"URL is {error}"
+    if not url:
+        return "missing_url", "no URL" if url is None else "URL is blank"
+    return None
+
+
+def _threshold_problem(values: dict, config: LaionConfig) -> tuple[str, str] | None:
+    for column, reason, limit, is_minimum in config.thresholds():
+        value = _number(values.get(column))
+        if value is None:
+            return reason, f"{column} is missing; the threshold {limit:g} needs a value"
+        if (value < limit) if is_minimum else (value > limit):
+            return reason, f"{column} {value:.4g} {'<' if is_minimum else '>'} {limit:g}"
+    return None
+
+
+def _meta(values: dict, config: LaionConfig, url: str | None) -> dict:
+    digest = values.get(HASH_COLUMN)
+    meta = {"url": url, "hash": _lenient(digest) if isinstance(digest, bytes) else digest}
+    meta.update({c: _number(values.get(c)) for c in ("similarity", "punsafe", "pwatermark")})
+    if config.source == "laion_coco":
+        meta["alt_text"] = _lenient(values.get("TEXT"))
+        meta["all_captions"] = [_lenient(c) for c in values.get("all_captions") or []]
+        meta["all_similarities"] = [_number(s) for s in values.get("all_similarities") or []]
+    return meta
+
+
+# ---- one unit --------------------------------------------------------------------------
+
+def process(unit: LaionUnit, writer: UnitWriter) -> None:
+    """Every row of the slice ends as one status row, and the downloaded ones also as a sample."""
+    ready = []
+    for row in read_rows(unit):
+        if row.problem:
+            writer.add_status(_status(row, unit, *row.problem, attempts=0))
+        else:
+            ready.append(row)
+    ready = _guarded(ready, unit, writer)
+    if ready:
+        _fetch(ready, unit, writer)
+
+
+def _status(row: InputRow, unit: LaionUnit, reason: str, message: str, *, attempts: int = 1) -> dict:
+    return records.status(row.key, unit.config.source, reason, input=row.input, error=message,
+                          attempts=attempts)
+
+
+def _guarded(rows: list[InputRow], unit: LaionUnit, writer: UnitWriter) -> list[InputRow]:
+    """img2dataset would fetch anything: URLs at internal addresses end here, unrequested."""
+    check = partial(_url_verdict, policy=unit.net, seen={})
+    if unit.net.allow_private_addresses:  # scheme and host only: no DNS, no threads
+        verdicts = list(map(check, (r.url for r in rows)))
+    else:  # one DNS lookup per host, many hosts at once
+        with ThreadPoolExecutor(min(unit.config.download.thread_count, 64)) as pool:
+            verdicts = list(pool.map(check, (r.url for r in rows)))
+    kept = []
+    for row, error in zip(rows, verdicts):
+        if error is None:
+            kept.append(row)
+        else:
+            writer.add_status(_status(row, unit, error.reason, error.message, attempts=0))
+    return kept
+
+
+def _url_verdict(url: str, *, policy: net.NetPolicy, seen: dict) -> net.FetchError | None:
+    try:
+        net.check_url(url, _PARSE_ONLY)
+    except net.FetchError as e:
+        return e
+    if policy.allow_private_addresses:
+        return None
+    parts = parse_url(url)
+    host = (parts.scheme, parts.host, parts.port)
+    if host not in seen:  # the first URL of a host decides for all of them in this unit
+        try:
+            net.check_url(url, policy)
+            seen[host] = None
+        except net.FetchError as e:
+            seen[host] = (url, e)
+    if seen[host] is None:
+        return None
+    first, error = seen[host]
+    return net.FetchError(error.reason, f"{url}: {error.message.removeprefix(f'{first}: ')}")
+
+
+def _fetch(rows: list[InputRow], unit: LaionUnit, writer: UnitWriter) -> None:
+    waiting = {row.index: row for row in rows}
+
+    def handle(result: dict) -> None:
+        row = waiting.pop(result.get(ROW_ID), None)
+        if row is not None:  # None: a row id seen twice (a retried shard); the first counts
+            _write_outcome(row, result, unit, writer)
+
+    with tempfile.TemporaryDirectory(prefix="emu-laion-") as tmp:
+        stop = threading.Event()
+        with ThreadPoolExecutor(1) as pool:
+            follower = pool.submit(follow_shards, Path(tmp) / "out", unit.config, handle, stop)
+            try:
+                run_img2dataset(rows, unit.config, Path(tmp))
+            finally:
+                stop.set()
+            follower.result()  # its errors are this unit's
+        lost = f"img2dataset wrote no result for this row; its log ends: {_tail(Path(tmp) / LOG_NAME)}"
+    for row in waiting.values():  # a shard that crashed inside img2dataset
+        writer.add_status(_status(row, unit, "downloader_error", lost))
+
+
+def _write_outcome(row: InputRow, result: dict, unit: LaionUnit, writer: UnitWriter) -> None:
+    if result.get("status") != "success":
+        message = result.get("error_message") or str(result.get("status"))
+        tries = unit.config.download.retries + 1 if result.get("status") == "failed_to_download" else 1
+        writer.add_status(_status(row, unit, error_reason(result.get("status"), message), message,
+                                  attempts=tries))
+        return
+    try:
+        sample = _sample(row, result, unit.config)
+    except BadImage as e:
+        writer.add_status(_status(row, unit, "decode_error", str(e)))
+        return
+    except records.RecordError as e:
+        writer.add_status(_status(row, unit, "invalid_record", str(e)))
+        return
+    writer.add_sample(sample)
+    writer.add_status(records.status(row.key, unit.config.source, "ok", input=row.input, samples=1))
+
+
+def _sample(row: InputRow, result: dict, config: LaionConfig) -> dict:
+    image = result.get("image")
+    if not image:
+        raise BadImage("img2dataset reported success but stored no bytes")
+    width, height = decoded_size(image)
+    meta = {**row.meta, "width": width, "height": height,
+            "original_width": result.get("original_width"), "original_height": result.get("original_height"),
+            "sha256": hashlib.sha256(image).hexdigest()}
+    return records.sample(row.key, config.source, [image, row.text], meta=meta)
+
+
+class BadImage(Exception):
+    """Stored bytes that Pillow will not decode (or that claim too many pixels)."""
+
+
+def decoded_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an image Pillow fully decodes; BadImage otherwise."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            size, fmt = image.size, image.format
+            limit = Image.MAX_IMAGE_PIXELS
+            # Pillow only refuses above twice its limit; a stored image must stay under it
+            if limit and size[0] * size[1] > limit:
+                raise Image.DecompressionBombError(f"{size[0]}x{size[1]} pixels exceed {limit}")
+            image.load()
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # Pillow's "not an image"
+        raise BadImage(f"does not decode: {e}") from None
+    if fmt not in STORED_FORMATS:
+        raise BadImage(f"stored as {fmt}, not {', '.join(STORED_FORMATS)}")
+    return size
+
+
+# ---- img2dataset -----------------------------------------------------------------------
+
+LOG_NAME = "img2dataset.log"
+# A few shards per img2dataset process, so finished ones can be read while the rest download;
+# at most 4, since img2dataset replaces a process (re-importing everything) after 5 tasks.
+SHARDS_PER_PROCESS = 4
+
+
+def run_img2dataset(rows: list[InputRow], config: LaionConfig, tmp: Path) -> Path:
+    """img2dataset itself on a parquet of these rows; returns its output folder."""
+    # albumentations (imported by img2dataset) asks PyPI for a newer version of itself in
+    # every process that imports it: in this one and in every process img2dataset starts
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from img2dataset import download  # heavy (torch, via webdataset): only where it runs
+
+    source = tmp / "input.parquet"
+    columns = {"url": [r.url for r in rows], ROW_ID: [r.index for r in rows]}
+    if config.verify_hash:
+        columns[config.verify_hash[0]] = [r.expected_hash for r in rows]
+    pq.write_table(pa.table(columns), source)
+    with _output_to(tmp / LOG_NAME), _sigint_kept():
+        download(**img2dataset_args(config, source, tmp / "out", len(rows)))
+    return tmp / "out"
+
+
+def img2dataset_args(config: LaionConfig, url_list: Path, output_folder: Path, rows: int) -> dict:
+    """download()'s arguments for a unit of `rows` rows (the benchmark reuses them)."""
+    image, fetch = config.image, config.download
+    hash_type = config.verify_hash[1] if config.verify_hash else None
+    return dict(
+        url_list=str(url_list), input_format="parquet", url_col="url", caption_col=None,
+        save_additional_columns=[ROW_ID], output_folder=str(output_folder),
+        output_format=fetch.output_format, distributor="multiprocessing", enable_wandb=False,
+        processes_count=fetch.processes_count, thread_count=fetch.thread_count,
+        number_sample_per_shard=max(1, math.ceil(rows / (fetch.processes_count * SHARDS_PER_PROCESS))),
+        timeout=fetch.timeout, retries=fetch.retries, user_agent_token=fetch.user_agent_token,
+        disallowed_header_directives=None if fetch.respect_opt_out else [],
+        resize_mode=image.resize_mode, image_size=image.image_size,
+        resize_only_if_bigger=image.resize_only_if_bigger, encode_format=image.encode_format,
+        encode_quality=image.encode_quality, skip_reencode=image.skip_reencode,
+        min_image_size=image.min_image_size, max_image_area=image.max_image_pixels or math.inf,
+        max_aspect_ratio=image.max_aspect_ratio or math.inf,
+        extract_exif=False,  # not kept: spare the parse
+        compute_hash=hash_type, verify_hash=[config.verify_hash[0], hash_type] if hash_type else None)
+
+
+@contextlib.contextmanager
+def _output_to(path: Path):
+    """img2dataset and its processes print progress for every shard, which in a Ray worker
+    floods the driver's console once per unit: fds 1 and 2 (inherited by its processes) go
+    to a file instead, whose tail explains rows that img2dataset lost."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+@contextlib.contextmanager
+def _sigint_kept():
+    """download() installs a SIGINT handler that exits the process; put the previous one back."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _tail(path: Path, chars: int = 600) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return " ".join(text[-chars:].split()) or "(empty)"
+
+
+def follow_shards(folder: Path, config: LaionConfig, handle, stop: threading.Event) -> None:
+    """Hand img2dataset's results to `handle` shard by shard while it is still downloading
+    (a shard is whole once its stats file exists), so that Pillow's decode and our writes
+    overlap the downloads instead of following them; after `stop`, whatever is left."""
+    done: set[str] = set()
+    while True:
+        last = stop.wait(0.2)
+        for path in sorted(folder.glob("*.parquet")):
+            if path.name not in done and (last or path.with_name(f"{path.stem}_stats.json").exists()):
+                done.add(path.name)
+                for result in shard_results(path, config):
+                    handle(result)
+        if last:
+            return
+
+
+def shard_results(path: Path, config: LaionConfig) -> Iterator[dict]:
+    """One img2dataset shard's rows (failures too), the stored bytes under "image"."""
+    fmt, tarred = config.image.encode_format, config.download.output_format == "webdataset"
+    images = _tar_images(path.with_suffix(".tar"), fmt) if tarred else None
+    try:
+        with pq.ParquetFile(path) as file:
+            for batch in file.iter_batches(batch_size=64):
+                for result in batch.to_pylist():
+                    if images is None:
+                        result["image"] = result.pop(fmt, None)
+                    else:  # the tar holds only the successes
+                        result["image"] = _next_image(images, result["key"]) if result["status"] == "success" else None
+                    yield result
+    except (pa.ArrowException, OSError, tarfile.TarError) as e:  # a shard img2dataset left half-written
+        log.warning("%s: img2dataset output unreadable past this point: %s", path, e)
+    finally:
+        if images is not None:
+            images.close()
+
+
+def _tar_images(path: Path, fmt: str) -> Iterator[tuple[str, bytes]]:
+    """(key, bytes) of the images of a webdataset shard, in the order img2dataset wrote them."""
+    with tarfile.open(path, "r|") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(f".{fmt}"):
+                yield member.name[:-len(fmt) - 1], tar.extractfile(member).read()
+
+
+def _next_image(images: Iterator[tuple[str, bytes]], key: str) -> bytes | None:
+    # the tar holds the successes in the parquet's order: the next image is this row's
+    for found, data in images:
+        if found == key:
+            return data
+    return None
+
+
+# Ordered: the first pattern that matches img2dataset's error message names the status.
+_DOWNLOAD_REASONS = (
+    (r"redirect error that would lead to an infinite loop", "too_many_redirects"),
+    (r"HTTP Error (\d{3})", r"http_\1"),
+    (r"timed out|timeout", "timeout"),
+    (r"X-Robots-Tag", "opted_out"),
+    (r"hash mismatch", "hash_mismatch"),
+    (r"unknown url type|no host given|nonnumeric port|control characters|codec can't encode|Invalid URL",
+     "invalid_url"),
+    (r"IncompleteRead", "truncated"),
+    (r"urlopen error|Connection|Errno|Remote end closed|SSL|certificate|BadStatusLine", "connection_error"),
+)
+_RESIZE_REASONS = (
+    (r"image too small", "too_small"),
+    (r"image area too large", "too_large"),
+    (r"aspect ratio too large", "bad_aspect_ratio"),
+    (r"decod|cannot identify image|truncated|corrupt|premature|unsupported", "decode_error"),
+)
+
+
+def error_reason(status: str | None, message: str | None) -> str:
+    """A status-table reason for one of img2dataset's failures."""
+    rules, fallback = ((_DOWNLOAD_REASONS, "download_error") if status == "failed_to_download"
+                       else (_RESIZE_REASONS, "resize_error"))
+    for pattern, reason in rules:
+        match = re.search(pattern, message or "", re.IGNORECASE)
+        if match:
+            return match.expand(reason)
+    return fallback
+
+
+# ---- the stage -------------------------------------------------------------------------
+
+def make_laion(inputs: list[Path], config: LaionConfig, net_policy: net.NetPolicy, output, ray=None, *,
+               retry_failed: bool = False):
+    """Run the stage over the input parquet files (or folders of them) into output.out.
+
+    Resumable: committed units are kept. retry_failed reruns units holding retryable reasons.
+    """
+    from emu_data import runtime, stage
+
+    ray = ray or runtime.RayOptions()
+    files = input_files(inputs)
+    resolved = {"laion": asdict(config), "net": asdict(net_policy), "ray": asdict(ray),
+                "output": {**asdict(output), "out": str(output.out)}, "inputs": [str(f) for f in files]}
+    redo = (lambda part: any(r in RETRYABLE for r in part["status_counts"])) if retry_failed else None
+    return stage.run_stage("laion", units(files, config, net_policy), process, output=output,
+                           layout=layout(config), config=resolved, ray=ray, redo=redo)
