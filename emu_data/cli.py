@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_sample, _add_youtube, _add_mmc4, _add_mix, _add_validate, _add_stats, _add_preview):
+    for add in (_add_sample, _add_youtube, _add_laion, _add_mmc4, _add_webvid, _add_mix, _add_validate,
+                _add_stats, _add_preview):
         add(commands)
     return parser
 
@@ -252,6 +253,100 @@ def _report(out, result) -> None:
         f"{result.ran_units} unit(s) run, {result.skipped_units} kept"
     print(f"wrote {out}: {m['rows']} samples in {len(m['shards'])} shard(s) ({state})")
     print("  status: " + ", ".join(f"{s} {n}" for s, n in m["status_counts"].items()))
+
+
+def _add_laion(commands) -> None:
+    p = commands.add_parser(
+        "laion", help="LAION-2B / LAION-COCO parquet -> [image, text] samples, downloaded by img2dataset",
+        description="Image URLs downloaded with img2dataset (the field's downloader), its per-row "
+                    "results converted to [image, text] samples and status rows. Threshold flags drop "
+                    "rows with a reason; every URL is checked against the address guard first.",
+        epilog="examples:\n  emu-data laion --input laion2B-en/part-0000*.parquet --out runs/laion --min-similarity 0.28\n"
+               "  emu-data laion --input laion-coco/ --source laion_coco --out runs/coco   # text = top_caption",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", type=Path, required=True, metavar="PARQUET",
+                   help="LAION parquet files, or directories of them")
+    g = p.add_argument_group("what to take")
+    g.add_argument("--source", choices=("laion", "laion_coco"), default="laion",
+                   help="laion (text = TEXT) or laion_coco (text = top_caption, the BLIP caption)")
+    g.add_argument("--caption-col", default=None, help="caption column (default TEXT, or top_caption for laion_coco)")
+    g.add_argument("--url-col", default="URL", help="URL column (default URL)")
+    g.add_argument("--min-similarity", type=float, default=None, help="drop rows below this CLIP similarity")
+    g.add_argument("--max-punsafe", type=float, default=None, help="drop rows above this NSFW probability")
+    g.add_argument("--max-pwatermark", type=float, default=None, help="drop rows above this watermark probability")
+    g.add_argument("--rows-per-unit", type=_positive_int, default=10_000, help="rows per unit of work (default 10000)")
+    g.add_argument("--retry-failed", action="store_true", help="rerun units holding retryable failures")
+    i = p.add_argument_group("img2dataset")
+    i.add_argument("--resize-mode", default="no", help="no (keep served images), border, keep_ratio, center_crop")
+    i.add_argument("--image-size", type=_positive_int, default=256, help="target size when resizing (default 256)")
+    i.add_argument("--encode-format", default="jpg", choices=("jpg", "png", "webp"))
+    i.add_argument("--encode-quality", type=int, default=95)
+    i.add_argument("--thread-count", type=_positive_int, default=64, help="download threads per unit (default 64)")
+    i.add_argument("--processes-count", type=_positive_int, default=1, help="img2dataset processes per unit (default 1)")
+    i.add_argument("--verify-hash", default=None, metavar="COL:TYPE",
+                   help="check downloaded bytes against a column, e.g. sha256:sha256")
+    _net_options(p)
+    _output_options(p)
+    _ray_options(p)
+    p.set_defaults(handler=_run_laion)
+
+
+def _run_laion(args) -> int:
+    from emu_data.sources import laion
+
+    verify = tuple(args.verify_hash.split(":", 1)) if args.verify_hash else None
+    config = laion.LaionConfig(
+        source=args.source, url_col=args.url_col, caption_col=args.caption_col,
+        min_similarity=args.min_similarity, max_punsafe=args.max_punsafe, max_pwatermark=args.max_pwatermark,
+        rows_per_unit=args.rows_per_unit, verify_hash=verify,
+        image=laion.ImageOptions(resize_mode=args.resize_mode, image_size=args.image_size,
+                                 encode_format=args.encode_format, encode_quality=args.encode_quality),
+        download=laion.DownloadOptions(thread_count=args.thread_count, processes_count=args.processes_count,
+                                       retries=args.retries, timeout=max(1, int(args.timeout))))
+    result = laion.make_laion(args.input, config, _net_from(args), _output_from(args), _ray_from(args),
+                              retry_failed=args.retry_failed)
+    _report(args.out, result)
+    return 0
+
+
+def _add_webvid(commands) -> None:
+    p = commands.add_parser(
+        "webvid", help="WebVid CSV -> N uniformly sampled frames (with times) + caption per video",
+        description="Each mp4 downloaded (size cap), decoded with PyAV, N frames sampled at the centres "
+                    "of N equal spans with their real times, caption from `name`. Short, corrupt or "
+                    "undecodable videos get status reasons.",
+        epilog="example: emu-data webvid --input results_2M_train.csv --out runs/webvid --frames 8",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", type=Path, required=True, metavar="CSV",
+                   help="WebVid CSV files, or directories of them")
+    g = p.add_argument_group("what to take")
+    g.add_argument("--frames", type=_positive_int, default=8, help="frames per video (default 8, as Emu)")
+    g.add_argument("--min-duration", type=float, default=1.0, help="shorter videos are too_short (default 1 s)")
+    g.add_argument("--frame-size", type=int, default=512, help="longest side of stored frames, 0 keeps (default 512)")
+    g.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames (default 90)")
+    g.add_argument("--rows-per-unit", type=_positive_int, default=256, help="CSV rows per unit of work (default 256)")
+    g.add_argument("--fetch-workers", type=_positive_int, default=8, help="videos fetched at once per unit (default 8)")
+    g.add_argument("--max-video-bytes", type=_size, default="64MB", help="size cap per video (default 64MB)")
+    g.add_argument("--retry-failed", action="store_true", help="rerun units holding retryable failures")
+    _net_options(p)
+    _output_options(p)
+    _ray_options(p)
+    p.set_defaults(handler=_run_webvid)
+
+
+def _run_webvid(args) -> int:
+    from dataclasses import replace
+
+    from emu_data.sources import webvid
+
+    config = webvid.WebvidConfig(frames=args.frames, min_duration=args.min_duration,
+                                 frame_size=args.frame_size or None, jpeg_quality=args.jpeg_quality,
+                                 rows_per_unit=args.rows_per_unit, fetch_workers=args.fetch_workers)
+    policy = replace(_net_from(args), max_bytes=args.max_video_bytes)
+    result = webvid.make_webvid(args.input, config, policy, _output_from(args), _ray_from(args),
+                                retry_failed=args.retry_failed)
+    _report(args.out, result)
+    return 0
 
 
 def _add_mmc4(commands) -> None:
