@@ -9,6 +9,7 @@ valid corpora whose status tables account for every input row exactly once.
 import http.server
 import json
 import threading
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -27,10 +28,12 @@ P = SitePair
 BATCH = [P(0), P(1), P(2, "404"), P(3, "html"), P(4, "truncated"), P(5, "redirect"), P(6, "refused"),
          P(7, "bad_scheme"), P(8, "null_url"), P(9, "null_caption"), P(10, "blank_caption"),
          P(11, "bad_utf8"), P(12, "long_caption"), P(13, "low_similarity"), P(14, "unsafe"),
-         P(15, "watermark"), P(16, "dup_hash"), P(17, "dup_hash"), P(18), P(19), P(20), P(21)]
+         P(15, "watermark"), P(16, "dup_hash"), P(17, "dup_hash"), P(18), P(19), P(20, "gif"), P(21, "png"),
+         P(22, "tiny"), P(23)]
 SERVED_503 = 19  # the server answers this one with a 503 (img2dataset retries 0 times here)
 EXPECTED = {
-    None: "ok", "redirect": "ok", "long_caption": "ok", "dup_hash": "ok",
+    None: "ok", "redirect": "ok", "long_caption": "ok", "dup_hash": "ok", "gif": "ok", "png": "ok",
+    "tiny": "too_small",
     "404": "http_404", "html": "decode_error", "truncated": "decode_error", "refused": "connection_error",
     "bad_scheme": "invalid_url", "null_url": "missing_url", "null_caption": "missing_caption",
     "blank_caption": "missing_caption", "bad_utf8": "bad_caption", "low_similarity": "filtered_similarity",
@@ -38,7 +41,7 @@ EXPECTED = {
 }
 FAST = laion.DownloadOptions(thread_count=8, timeout=5)
 CONFIG = laion.LaionConfig(min_similarity=0.2, max_punsafe=0.5, max_pwatermark=0.8, rows_per_unit=12,
-                           download=FAST)
+                           image=laion.ImageOptions(min_image_size=32), download=FAST)
 LOCAL = net.NetPolicy(allow_private_addresses=True)
 
 
@@ -62,9 +65,7 @@ def site(tmp_path_factory):
 def corpora(site, tmp_path_factory, ray_session):
     """Both files ingested once: LAION with img2dataset's parquet output, COCO with webdataset."""
     out = tmp_path_factory.mktemp("laion")
-    coco = laion.LaionConfig(source="laion_coco", rows_per_unit=12, min_similarity=0.2, max_punsafe=0.5,
-                             max_pwatermark=0.8, download=laion.DownloadOptions(
-                                 thread_count=8, timeout=5, output_format="webdataset"))
+    coco = replace(CONFIG, source="laion_coco", download=replace(FAST, output_format="webdataset"))
     laion.make_laion([site.laion], CONFIG, LOCAL, OutputOptions(out / "laion", shard_rows=8), ray_session)
     laion.make_laion([site.coco], coco, LOCAL, OutputOptions(out / "coco"), ray_session)
     return {"laion": out / "laion", "laion_coco": out / "coco", "coco_config": coco}
@@ -95,15 +96,21 @@ def test_the_corpus_validates(corpora, source):
 
 def test_samples_are_the_served_image_then_the_caption(corpora):
     by_key = {r["key"]: r for r in _rows(corpora["laion"])}
-    for pair in (BATCH[0], BATCH[5]):  # a plain one and the redirected one
+    for pair in (BATCH[0], BATCH[5], BATCH[21]):  # a plain one, the redirected one, a PNG
         row = by_key[_key("laion", pair, "laion")]
-        assert row["images"][0]["bytes"] == image_bytes(pair)  # resize_mode "no": the original bytes
+        assert row["images"][0]["bytes"] == image_bytes(pair)  # resize_mode "no": the served bytes
         assert row["texts"] == [None, world.alt_text(pair.scene(), pair.rng("alt"))]
         meta = json.loads(row["meta"])
         assert (meta["width"], meta["height"]) == pair.size() == (meta["original_width"], meta["original_height"])
         assert meta["hash"] == pair.hash and meta["url"].endswith(f"/laion/img/{pair.name}" + (
-            "" if pair.fault else ".jpg"))
+            "" if pair.fault == "redirect" else ".jpg"))
         assert {"similarity", "punsafe", "pwatermark", "sha256"} <= meta.keys()
+
+
+def test_a_format_the_corpus_does_not_store_is_re_encoded(corpora):
+    row = next(r for r in _rows(corpora["laion"]) if r["key"] == _key("laion", BATCH[20], "laion"))
+    assert row["images"][0]["bytes"][:3] == b"\xff\xd8\xff"  # served as GIF, stored as JPEG
+    assert json.loads(row["meta"])["transcoded_from"] == "GIF"
 
 
 def test_a_very_long_caption_is_kept_and_cut(corpora):
@@ -126,7 +133,7 @@ def test_a_rerun_skips(corpora, site, ray_session):
     result = laion.make_laion([site.laion], CONFIG, LOCAL, OutputOptions(corpora["laion"], shard_rows=8),
                               ray_session)
     ok = sum(_expected_status(p) == "ok" for p in BATCH)
-    assert result.reused and result.ran_units == 0 and result.manifest["status_counts"]["ok"] == ok == 9
+    assert result.reused and result.ran_units == 0 and result.manifest["status_counts"]["ok"] == ok == 10
 
 
 class _Counting(http.server.SimpleHTTPRequestHandler):
@@ -164,7 +171,7 @@ def test_units_are_deterministic_slices_and_need_the_threshold_columns(site, tmp
     # a folder gives its parquet files in name order; the same slices, the same ids
     assert [u.id for u in laion.units([site.laion.parent, site.laion], CONFIG)] == ids + [
         "laion_coco-00000", "laion_coco-00001"]
-    assert [(u.payload.start, u.payload.stop) for u in laion.units([site.laion], CONFIG)] == [(0, 12), (12, 22)]
+    assert [(u.payload.start, u.payload.stop) for u in laion.units([site.laion], CONFIG)] == [(0, 12), (12, 24)]
     bare = tmp_path / "bare.parquet"
     pq.write_table(pq.read_table(site.laion).drop_columns(["punsafe"]), bare)
     with pytest.raises(ValueError, match="punsafe"):
@@ -194,11 +201,17 @@ def test_img2dataset_messages_map_to_reasons(status, message, reason):
 
 
 def test_pillow_is_the_judge_of_stored_bytes():
+    options = laion.ImageOptions(min_image_size=32, max_aspect_ratio=3)
     good = image_bytes(P(0))
-    assert laion.decoded_size(good) == P(0).size()
+    assert laion.stored_image(good, options) == laion.StoredImage(good, *P(0).size())
     for bad in (good[:len(good) // 3], b"<html></html>", b""):
-        with pytest.raises(laion.BadImage):
-            laion.decoded_size(bad)
+        with pytest.raises(laion.BadImage) as caught:
+            laion.stored_image(bad, options)
+        assert caught.value.reason == "decode_error"
+    with pytest.raises(laion.BadImage) as caught:
+        laion.stored_image(image_bytes(P(1, "tiny")), options)
+    assert caught.value.reason == "too_small"
+    assert laion.stored_image(image_bytes(P(1, "tiny")), options, filters=False).width == 12
 
 
 def test_site_plants_invalid_utf8_in_a_string_column(site):

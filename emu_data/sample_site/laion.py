@@ -18,12 +18,17 @@ Faults (SitePair.fault):
   long_caption   a 10,000-character caption
   low_similarity, unsafe, watermark   similarity 0.05 / punsafe 0.95 / pwatermark 0.97
   dup_hash       every such row shares one `hash` value
+Not faults, other servings of a good pair:
+  gif            the image as a GIF (a format the corpus does not store: the ingest re-encodes it)
+  png            the image as a PNG
+  tiny           a 12 x 9 px image (for a min_image_size filter)
 The caption faults hit TEXT in the LAION file and top_caption in the LAION-COCO file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +39,8 @@ import pyarrow.parquet as pq
 from emu_data import world
 
 FAULTS = ("404", "html", "truncated", "redirect", "refused", "bad_scheme", "null_url", "null_caption",
-          "blank_caption", "bad_utf8", "long_caption", "low_similarity", "unsafe", "watermark", "dup_hash")
+          "blank_caption", "bad_utf8", "long_caption", "low_similarity", "unsafe", "watermark", "dup_hash",
+          "gif", "png", "tiny")
 _DUP_HASH = -4242424242424242
 
 
@@ -56,7 +62,7 @@ class SitePair:
 
     def size(self) -> tuple[int, int]:
         rng = self.rng("size")
-        return rng.randrange(160, 321, 8), rng.randrange(120, 241, 8)
+        return (12, 9) if self.fault == "tiny" else (rng.randrange(160, 321, 8), rng.randrange(120, 241, 8))
 
     @property
     def name(self) -> str:
@@ -87,7 +93,13 @@ def publish_laion(root: Path, base_url: str, pairs: list[SitePair], *, row_group
 
 
 def image_bytes(pair: SitePair) -> bytes:
-    return world.encode(world.render(pair.scene(), *pair.size()))
+    """The bytes the site serves for a pair (JPEG unless the pair asks for GIF or PNG)."""
+    image = world.render(pair.scene(), *pair.size())
+    if pair.fault == "gif":
+        out = io.BytesIO()
+        image.save(out, "GIF")
+        return out.getvalue()
+    return world.encode(image, "PNG" if pair.fault == "png" else "JPEG")
 
 
 def _write_image(folder: Path, base: str, pair: SitePair) -> str | None:

@@ -64,12 +64,14 @@ _PARSE_ONLY = net.NetPolicy(allow_private_addresses=True)  # check_url: scheme a
 class ImageOptions:
     """What img2dataset stores of each image. Part of the layout: changing it changes the data."""
 
-    resize_mode: str = "no"             # no = keep the served image; else img2dataset's modes
+    # "no": keep the served bytes when they are JPEG, PNG or WebP (other formats: re-encoded as
+    # encode_format); else one of img2dataset's resize modes, which re-encode as encode_format
+    resize_mode: str = "no"
     image_size: int = 256               # target size when resize_mode is not "no"
     resize_only_if_bigger: bool = False
     encode_format: str = "jpg"          # jpg | png | webp
     encode_quality: int = 95            # png: compression level 0-9
-    skip_reencode: bool = True          # keep the served bytes when they already are encode_format
+    skip_reencode: bool = True          # resize modes: keep bytes already in encode_format when not resized
     min_image_size: int = 0             # smaller side below this: too_small
     max_image_pixels: int | None = Image.MAX_IMAGE_PIXELS  # above: too_large (Pillow's bomb limit)
     max_aspect_ratio: float | None = None
@@ -470,7 +472,7 @@ def _write_outcome(row: InputRow, result: dict, unit: LaionUnit, writer: UnitWri
     try:
         sample = _sample(row, result, unit.config)
     except BadImage as e:
-        writer.add_status(_status(row, unit, "decode_error", str(e)))
+        writer.add_status(_status(row, unit, e.reason, str(e)))
         return
     except records.RecordError as e:
         writer.add_status(_status(row, unit, "invalid_record", str(e)))
@@ -480,37 +482,87 @@ def _write_outcome(row: InputRow, result: dict, unit: LaionUnit, writer: UnitWri
 
 
 def _sample(row: InputRow, result: dict, config: LaionConfig) -> dict:
-    image = result.get("image")
-    if not image:
+    served = result.get("image")
+    if not served:
         raise BadImage("img2dataset reported success but stored no bytes")
-    width, height = decoded_size(image)
-    meta = {**row.meta, "width": width, "height": height,
-            "original_width": result.get("original_width"), "original_height": result.get("original_height"),
-            "sha256": hashlib.sha256(image).hexdigest()}
-    return records.sample(row.key, config.source, [image, row.text], meta=meta)
+    # with originals kept img2dataset decodes nothing, so the size filters are applied here
+    image = stored_image(served, config.image, filters=keeps_originals(config.image))
+    meta = {**row.meta, "width": image.width, "height": image.height,
+            "original_width": result.get("original_width") or image.width,
+            "original_height": result.get("original_height") or image.height,
+            "sha256": hashlib.sha256(image.data).hexdigest()}
+    if image.transcoded_from:
+        meta["transcoded_from"] = image.transcoded_from
+    return records.sample(row.key, config.source, [image.data, row.text], meta=meta)
 
 
 class BadImage(Exception):
-    """Stored bytes that Pillow will not decode (or that claim too many pixels)."""
+    """Bytes that will not be stored, with the status reason (decode_error, too_small, ...)."""
+
+    def __init__(self, message: str, reason: str = "decode_error"):
+        super().__init__(message)
+        self.reason = reason
 
 
-def decoded_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of an image Pillow fully decodes; BadImage otherwise."""
+@dataclass(frozen=True)
+class StoredImage:
+    data: bytes
+    width: int
+    height: int
+    transcoded_from: str | None = None  # the served format, when it was not JPEG, PNG or WebP
+
+
+_PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+def keeps_originals(options: ImageOptions) -> bool:
+    return options.resize_mode == "no"
+
+
+def stored_image(data: bytes, options: ImageOptions, *, filters: bool = True) -> StoredImage:
+    """What to store for these bytes once Pillow has fully decoded them; BadImage otherwise.
+
+    JPEG, PNG and WebP are kept byte for byte; other formats Pillow reads (GIF, BMP, TIFF,
+    MPO, ...) are re-encoded as options.encode_format. filters: apply the size filters."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            size, fmt = image.size, image.format
-            limit = Image.MAX_IMAGE_PIXELS
-            # Pillow only refuses above twice its limit; a stored image must stay under it
-            if limit and size[0] * size[1] > limit:
-                raise Image.DecompressionBombError(f"{size[0]}x{size[1]} pixels exceed {limit}")
+            _check_pixels(image.size, options if filters else None)
             image.load()
+            if image.format in STORED_FORMATS:
+                return StoredImage(data, *image.size)
+            return StoredImage(_encode(image, options), *image.size, transcoded_from=image.format)
     except Image.DecompressionBombError as e:
         raise BadImage(f"decompression bomb: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # Pillow's "not an image"
         raise BadImage(f"does not decode: {e}") from None
-    if fmt not in STORED_FORMATS:
-        raise BadImage(f"stored as {fmt}, not {', '.join(STORED_FORMATS)}")
-    return size
+
+
+def _check_pixels(size: tuple[int, int], options: ImageOptions | None) -> None:
+    width, height = size
+    if options is not None:
+        if min(width, height) < options.min_image_size:
+            raise BadImage(f"{width}x{height}: smaller than {options.min_image_size} px", "too_small")
+        if options.max_image_pixels and width * height > options.max_image_pixels:
+            raise BadImage(f"{width}x{height}: more than {options.max_image_pixels} pixels", "too_large")
+        if options.max_aspect_ratio and max(size) / min(size) > options.max_aspect_ratio:
+            raise BadImage(f"{width}x{height}: aspect ratio above {options.max_aspect_ratio:g}", "bad_aspect_ratio")
+    bomb = Image.MAX_IMAGE_PIXELS
+    if bomb and width * height > bomb:  # Pillow itself refuses only above twice its limit
+        raise BadImage(f"decompression bomb: {width}x{height} pixels exceed {bomb}")
+
+
+def _encode(image: Image.Image, options: ImageOptions) -> bytes:
+    """Re-encode a decoded image: its first frame, transparency onto white (as img2dataset does)."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", image.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+    else:
+        flat = image.convert("RGB")
+    fmt, out = _PIL_FORMAT[options.encode_format], io.BytesIO()
+    level = {"compress_level": options.encode_quality} if fmt == "PNG" else {"quality": options.encode_quality}
+    flat.save(out, fmt, **level)
+    return out.getvalue()
 
 
 # ---- img2dataset -----------------------------------------------------------------------
@@ -556,6 +608,9 @@ def img2dataset_args(config: LaionConfig, url_list: Path, output_folder: Path, r
         min_image_size=image.min_image_size, max_image_area=image.max_image_pixels or math.inf,
         max_aspect_ratio=image.max_aspect_ratio or math.inf,
         extract_exif=False,  # not kept: spare the parse
+        # originals kept: img2dataset hands the served bytes on untouched and Pillow, which
+        # must decode every stored image anyway, is the only decoder (one decode, not two)
+        disable_all_reencoding=keeps_originals(image),
         compute_hash=hash_type, verify_hash=[config.verify_hash[0], hash_type] if hash_type else None)
 
 
