@@ -11,11 +11,17 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def best_of_pair(a, b, repeats: int = 3) -> tuple[tuple[float, object], tuple[float, object]]:
-    """Alternate a and b `repeats` times and keep each one's fastest run: warm-up and
-    page-cache effects then favour neither side."""
+def alternate(a, b, repeats: int = 3) -> tuple[list, list]:
+    """Every (seconds, result) run of a and of b, alternating, a first."""
     runs_a, runs_b = [], []
     for _ in range(repeats):
         runs_a.append(timed(a))
         runs_b.append(timed(b))
+    return runs_a, runs_b
+
+
+def best_of_pair(a, b, repeats: int = 3) -> tuple[tuple[float, object], tuple[float, object]]:
+    """Alternate a and b `repeats` times and keep each one's fastest run: warm-up and
+    page-cache effects then favour neither side."""
+    runs_a, runs_b = alternate(a, b, repeats)
     return min(runs_a, key=lambda r: r[0]), min(runs_b, key=lambda r: r[0])

@@ -282,7 +282,6 @@ def _add_laion(commands) -> None:
     i.add_argument("--encode-format", default="jpg", choices=("jpg", "png", "webp"))
     i.add_argument("--encode-quality", type=int, default=95)
     i.add_argument("--thread-count", type=_positive_int, default=64, help="download threads per unit (default 64)")
-    i.add_argument("--processes-count", type=_positive_int, default=1, help="img2dataset processes per unit (default 1)")
     i.add_argument("--verify-hash", default=None, metavar="COL:TYPE",
                    help="check downloaded bytes against a column, e.g. sha256:sha256")
     _net_options(p)
@@ -301,7 +300,7 @@ def _run_laion(args) -> int:
         rows_per_unit=args.rows_per_unit, verify_hash=verify,
         image=laion.ImageOptions(resize_mode=args.resize_mode, image_size=args.image_size,
                                  encode_format=args.encode_format, encode_quality=args.encode_quality),
-        download=laion.DownloadOptions(thread_count=args.thread_count, processes_count=args.processes_count,
+        download=laion.DownloadOptions(thread_count=args.thread_count,
                                        retries=args.retries, timeout=max(1, int(args.timeout))))
     result = laion.make_laion(args.input, config, _net_from(args), _output_from(args), _ray_from(args),
                               retry_failed=args.retry_failed)

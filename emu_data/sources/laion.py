@@ -2,8 +2,8 @@
 
 Per unit (a slice of one input parquet): read the rows, turn away those the thresholds drop
 or that lack a URL or a usable caption, run the address guard on the rest (img2dataset has
-none), hand the survivors to img2dataset itself in a temporary folder and read its per-row
-results back. A success whose stored bytes Pillow decodes becomes a sample; everything else
+none), hand the survivors to img2dataset's Downloader in this worker (laion_download.py),
+which passes each row's result back as it comes. A success whose stored bytes Pillow decodes becomes a sample; everything else
 becomes a status row with a reason. Every input row ends in exactly one of the two.
 
 Keys: `laion:<hash>` (`laion_coco:<hash>`) from the row's `hash` column when it is present
@@ -12,24 +12,16 @@ and occurs once among all the inputs of the run, else `<source>:<file stem>-<row
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
 import math
-import os
 import re
-import signal
 import struct
-import sys
-import tarfile
-import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +31,7 @@ from urllib3.util import parse_url
 
 from emu_data import net, records
 from emu_data.corpus import Unit, UnitWriter
+from emu_data.sources import laion_download
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +42,6 @@ HASH_COLUMN = "hash"
 STORED_FORMATS = ("JPEG", "PNG", "WEBP")   # what the interleaved record accepts
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")
-OUTPUT_FORMATS = ("parquet", "webdataset")
 # Worth a --retry-failed: the server or the network may answer next time.
 RETRYABLE = frozenset({"timeout", "connection_error", "truncated", "downloader_error", "http_408",
                        "http_429", "http_500", "http_502", "http_503", "http_504"})
@@ -92,19 +84,15 @@ class ImageOptions:
 class DownloadOptions:
     """How img2dataset fetches. Not part of the layout: a rerun may change these freely."""
 
-    thread_count: int = 64
-    processes_count: int = 1            # Ray runs units in parallel; one process per unit is enough
+    thread_count: int = 64              # per unit; Ray runs units in parallel, one per CPU
     retries: int = 0                    # img2dataset's retries of a failed download
     timeout: int = 10                   # seconds per request
-    output_format: str = "parquet"      # parquet (bytes inline) | webdataset (tar + parquet)
     user_agent_token: str | None = None
     respect_opt_out: bool = True        # honour X-Robots-Tag noai / noimageai / noindex
 
     def __post_init__(self):
-        if min(self.thread_count, self.processes_count, self.timeout) < 1 or self.retries < 0:
-            raise ValueError("threads, processes and timeout must be at least 1, retries >= 0")
-        if self.output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"output format {self.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+        if min(self.thread_count, self.timeout) < 1 or self.retries < 0:
+            raise ValueError("threads and timeout must be at least 1, retries >= 0")
 
 
 @dataclass(frozen=True)
@@ -445,21 +433,37 @@ def _fetch(rows: list[InputRow], unit: LaionUnit, writer: UnitWriter) -> None:
 
     def handle(result: dict) -> None:
         row = waiting.pop(result.get(ROW_ID), None)
-        if row is not None:  # None: a row id seen twice (a retried shard); the first counts
+        if row is not None:  # None: a row id seen twice; the first counts
             _write_outcome(row, result, unit, writer)
 
-    with tempfile.TemporaryDirectory(prefix="emu-laion-") as tmp:
-        stop = threading.Event()
-        with ThreadPoolExecutor(1) as pool:
-            follower = pool.submit(follow_shards, Path(tmp) / "out", unit.config, handle, stop)
-            try:
-                run_img2dataset(rows, unit.config, Path(tmp))
-            finally:
-                stop.set()
-            follower.result()  # its errors are this unit's
-        lost = f"img2dataset wrote no result for this row; its log ends: {_tail(Path(tmp) / LOG_NAME)}"
-    for row in waiting.values():  # a shard that crashed inside img2dataset
-        writer.add_status(_status(row, unit, "downloader_error", lost))
+    columns = {"url": [r.url for r in rows], ROW_ID: [r.index for r in rows]}
+    if unit.config.verify_hash:  # img2dataset looks for it under the hash type's name
+        columns[unit.config.verify_hash[1]] = [r.expected_hash for r in rows]
+    try:
+        laion_download.download(columns, download_job(unit.config), handle)
+    except laion_download.DownloaderFailed as e:  # img2dataset itself stopped: the rest is lost
+        for row in waiting.values():
+            writer.add_status(_status(row, unit, "downloader_error", str(e)))
+
+
+def download_job(config: LaionConfig) -> laion_download.Job:
+    """img2dataset's Downloader and Resizer settings for this config (the benchmark reuses them)."""
+    image, fetch = config.image, config.download
+    return laion_download.Job(
+        thread_count=fetch.thread_count, timeout=fetch.timeout, retries=fetch.retries,
+        user_agent_token=fetch.user_agent_token,
+        opt_out_directives=laion_download.OPT_OUT_DIRECTIVES if fetch.respect_opt_out else (),
+        encode_format=image.encode_format,
+        verify_hash_type=config.verify_hash[1] if config.verify_hash else None,
+        resizer=dict(
+            image_size=image.image_size, resize_mode=image.resize_mode,
+            resize_only_if_bigger=image.resize_only_if_bigger, encode_format=image.encode_format,
+            encode_quality=image.encode_quality, skip_reencode=image.skip_reencode,
+            min_image_size=image.min_image_size, max_image_area=image.max_image_pixels or math.inf,
+            max_aspect_ratio=image.max_aspect_ratio or math.inf,
+            # originals kept: img2dataset hands the served bytes on untouched and Pillow, which
+            # must decode every stored image anyway, is the only decoder (one decode, not two)
+            disable_all_reencoding=keeps_originals(image)))
 
 
 def _write_outcome(row: InputRow, result: dict, unit: LaionUnit, writer: UnitWriter) -> None:
@@ -565,146 +569,7 @@ def _encode(image: Image.Image, options: ImageOptions) -> bytes:
     return out.getvalue()
 
 
-# ---- img2dataset -----------------------------------------------------------------------
-
-LOG_NAME = "img2dataset.log"
-# A few shards per img2dataset process, so finished ones can be read while the rest download;
-# at most 4, since img2dataset replaces a process (re-importing everything) after 5 tasks.
-SHARDS_PER_PROCESS = 4
-
-
-def run_img2dataset(rows: list[InputRow], config: LaionConfig, tmp: Path) -> Path:
-    """img2dataset itself on a parquet of these rows; returns its output folder."""
-    # albumentations (imported by img2dataset) asks PyPI for a newer version of itself in
-    # every process that imports it: in this one and in every process img2dataset starts
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    from img2dataset import download  # heavy (torch, via webdataset): only where it runs
-
-    source = tmp / "input.parquet"
-    columns = {"url": [r.url for r in rows], ROW_ID: [r.index for r in rows]}
-    if config.verify_hash:
-        columns[config.verify_hash[0]] = [r.expected_hash for r in rows]
-    pq.write_table(pa.table(columns), source)
-    with _output_to(tmp / LOG_NAME), _sigint_kept():
-        download(**img2dataset_args(config, source, tmp / "out", len(rows)))
-    return tmp / "out"
-
-
-def img2dataset_args(config: LaionConfig, url_list: Path, output_folder: Path, rows: int) -> dict:
-    """download()'s arguments for a unit of `rows` rows (the benchmark reuses them)."""
-    image, fetch = config.image, config.download
-    hash_type = config.verify_hash[1] if config.verify_hash else None
-    return dict(
-        url_list=str(url_list), input_format="parquet", url_col="url", caption_col=None,
-        save_additional_columns=[ROW_ID], output_folder=str(output_folder),
-        output_format=fetch.output_format, distributor="multiprocessing", enable_wandb=False,
-        processes_count=fetch.processes_count, thread_count=fetch.thread_count,
-        number_sample_per_shard=max(1, math.ceil(rows / (fetch.processes_count * SHARDS_PER_PROCESS))),
-        timeout=fetch.timeout, retries=fetch.retries, user_agent_token=fetch.user_agent_token,
-        disallowed_header_directives=None if fetch.respect_opt_out else [],
-        resize_mode=image.resize_mode, image_size=image.image_size,
-        resize_only_if_bigger=image.resize_only_if_bigger, encode_format=image.encode_format,
-        encode_quality=image.encode_quality, skip_reencode=image.skip_reencode,
-        min_image_size=image.min_image_size, max_image_area=image.max_image_pixels or math.inf,
-        max_aspect_ratio=image.max_aspect_ratio or math.inf,
-        extract_exif=False,  # not kept: spare the parse
-        # originals kept: img2dataset hands the served bytes on untouched and Pillow, which
-        # must decode every stored image anyway, is the only decoder (one decode, not two)
-        disable_all_reencoding=keeps_originals(image),
-        compute_hash=hash_type, verify_hash=[config.verify_hash[0], hash_type] if hash_type else None)
-
-
-@contextlib.contextmanager
-def _output_to(path: Path):
-    """img2dataset and its processes print progress for every shard, which in a Ray worker
-    floods the driver's console once per unit: fds 1 and 2 (inherited by its processes) go
-    to a file instead, whose tail explains rows that img2dataset lost."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(path, "ab") as log:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, copy in zip((1, 2), saved):
-            os.dup2(copy, fd)
-            os.close(copy)
-
-
-@contextlib.contextmanager
-def _sigint_kept():
-    """download() installs a SIGINT handler that exits the process; put the previous one back."""
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _tail(path: Path, chars: int = 600) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return " ".join(text[-chars:].split()) or "(empty)"
-
-
-def follow_shards(folder: Path, config: LaionConfig, handle, stop: threading.Event) -> None:
-    """Hand img2dataset's results to `handle` shard by shard while it is still downloading
-    (a shard is whole once its stats file exists), so that Pillow's decode and our writes
-    overlap the downloads instead of following them; after `stop`, whatever is left."""
-    done: set[str] = set()
-    while True:
-        last = stop.wait(0.2)
-        for path in sorted(folder.glob("*.parquet")):
-            if path.name not in done and (last or path.with_name(f"{path.stem}_stats.json").exists()):
-                done.add(path.name)
-                for result in shard_results(path, config):
-                    handle(result)
-        if last:
-            return
-
-
-def shard_results(path: Path, config: LaionConfig) -> Iterator[dict]:
-    """One img2dataset shard's rows (failures too), the stored bytes under "image"."""
-    fmt, tarred = config.image.encode_format, config.download.output_format == "webdataset"
-    images = _tar_images(path.with_suffix(".tar"), fmt) if tarred else None
-    try:
-        with pq.ParquetFile(path) as file:
-            for batch in file.iter_batches(batch_size=64):
-                for result in batch.to_pylist():
-                    if images is None:
-                        result["image"] = result.pop(fmt, None)
-                    else:  # the tar holds only the successes
-                        result["image"] = _next_image(images, result["key"]) if result["status"] == "success" else None
-                    yield result
-    except (pa.ArrowException, OSError, tarfile.TarError) as e:  # a shard img2dataset left half-written
-        log.warning("%s: img2dataset output unreadable past this point: %s", path, e)
-    finally:
-        if images is not None:
-            images.close()
-
-
-def _tar_images(path: Path, fmt: str) -> Iterator[tuple[str, bytes]]:
-    """(key, bytes) of the images of a webdataset shard, in the order img2dataset wrote them."""
-    with tarfile.open(path, "r|") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(f".{fmt}"):
-                yield member.name[:-len(fmt) - 1], tar.extractfile(member).read()
-
-
-def _next_image(images: Iterator[tuple[str, bytes]], key: str) -> bytes | None:
-    # the tar holds the successes in the parquet's order: the next image is this row's
-    for found, data in images:
-        if found == key:
-            return data
-    return None
-
+# ---- img2dataset's verdicts ---------------------------------------------------------
 
 # Ordered: the first pattern that matches img2dataset's error message names the status.
 _DOWNLOAD_REASONS = (
