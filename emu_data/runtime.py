@@ -1,7 +1,9 @@
-"""The one module that touches Ray: start or join a cluster, and run tasks with a bound.
+"""The one module that touches Ray: start or join a cluster, run tasks with a bound, and
+run batch inference (Ray Data: CPU read tasks feeding a pool of model actors).
 
-Everything else hands plain picklable functions and arguments to `map_tasks`, so a change
-in Ray's API is an edit here only.
+Everything else hands plain picklable functions, classes and arguments to `map_tasks` and
+`batch_inference`, so a change in Ray's API (its actor-pool API changed twice) is an edit
+here only.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def cluster_cpus(ray=None) -> int:
     import ray as _ray
 
     return int((ray or _ray).cluster_resources().get("CPU", 1))
+
+
+def cluster_gpus(ray=None) -> int:
+    import ray as _ray
+
+    return int((ray or _ray).cluster_resources().get("GPU", 0))
 
 
 def shutdown() -> None:
@@ -113,3 +121,51 @@ def _result(ray, ref, item):
         cause = getattr(e, "cause", None) or e
         log.warning("task for %s failed: %s", _describe(item), cause)
         return TaskFailure(item, f"{type(cause).__name__}: {cause}")
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """How batch inference spreads: `read` tasks on CPUs, `actors` model replicas."""
+
+    batch_size: int = 256
+    actors: int = 1
+    gpus_per_actor: float = 0.0       # 0: CPU actors
+    cpus_per_actor: float = 1.0
+    cpus_per_read: float = 1.0
+    memory_per_read: int = 256 * 2**20  # bytes a read task may hold (decoded pixels, buffers)
+
+
+def batch_inference(items: list[dict], read: Callable[[dict], dict], model_cls: type, model_args: tuple,
+                    plan: InferencePlan, options: RayOptions = RayOptions()) -> Iterator[dict]:
+    """Ray Data: read(item) -> a batch of numpy columns on CPU tasks, then model_cls(*model_args)
+    actors (__init__ loads once, __call__ maps a batch) in batches of plan.batch_size; yields
+    the output batches (dicts of numpy arrays) in the order of `items`."""
+    ray = ensure_ray(options)
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # outputs line up with the items' order
+    context.enable_progress_bars = False              # the caller shows its own progress
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    # Decoding must run in CPU tasks of its own, never inside a model actor that would wait
+    # on it. Ray Data fuses a task map into the next actor map when their resource requests
+    # are equal; the read tasks declare their memory, which keeps them apart.
+    dataset = dataset.map_batches(_ReadItems(read), batch_size=1, num_cpus=plan.cpus_per_read,
+                                  memory=plan.memory_per_read)
+    dataset = dataset.map_batches(
+        model_cls, fn_constructor_args=model_args, batch_size=plan.batch_size, batch_format="numpy",
+        num_gpus=plan.gpus_per_actor or None, num_cpus=plan.cpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(size=plan.actors))
+    yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+
+
+class _ReadItems:
+    """Ray Data hands a one-row batch of columns; read() wants the row as a dict."""
+
+    def __init__(self, read: Callable[[dict], dict]):
+        self.read = read
+
+    def __call__(self, batch: dict) -> dict:
+        item = {name: values[0].item() if hasattr(values[0], "item") else values[0]
+                for name, values in batch.items()}
+        return self.read(item)

@@ -193,12 +193,37 @@ def iter_batches(path: Path) -> Iterator[pa.RecordBatch]:
 
 def write_table(path: Path, table: pa.Table, root: Path) -> ShardInfo:
     """Write one whole table as one shard, atomically."""
-    path = Path(path)
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    _fsync(tmp)
-    os.replace(tmp, path)
-    return ShardInfo(path.relative_to(root).as_posix(), table.num_rows, path.stat().st_size,
-                     file_sha256(path))
+    shard = OneShard(path, table.schema, root)
+    shard.write(table)
+    return shard.close()
+
+
+class OneShard:
+    """One shard of a known name, written batch by batch to a temporary file and renamed into
+    place (fsynced) by close(): memory stays bounded by a batch, never a half shard on disk."""
+
+    def __init__(self, path: Path, schema: pa.Schema, root: Path):
+        self.path, self.root, self.schema = Path(path), Path(root), schema
+        self.tmp = self.path.with_name(TMP_PREFIX + self.path.name)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._sink = pa.OSFile(str(self.tmp), "wb")
+        self._writer = pa.ipc.new_file(self._sink, schema)
+        self.rows = 0
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        self._writer.write(data)
+        self.rows += data.num_rows
+
+    def close(self) -> ShardInfo:
+        self._writer.close()
+        self._sink.close()
+        _fsync(self.tmp)
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return ShardInfo(self.path.relative_to(self.root).as_posix(), self.rows, self.path.stat().st_size,
+                         file_sha256(self.path))
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._sink.close()
+        self.tmp.unlink(missing_ok=True)
