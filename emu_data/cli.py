@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_sample, _add_youtube, _add_laion, _add_mmc4, _add_webvid, _add_mix, _add_validate,
-                _add_stats, _add_preview):
+    for add in (_add_sample, _add_youtube, _add_laion, _add_mmc4, _add_webvid, _add_mix, _add_features,
+                _add_validate, _add_stats, _add_preview):
         add(commands)
     return parser
 
@@ -429,6 +429,60 @@ def _run_mix(args) -> int:
     total = sum(result.manifest["source_counts"].values()) or 1
     print("  share:  " + ", ".join(f"{s} {n / total:.1%} (weight {weights.get(s, 0):g})"
                                    for s, n in result.manifest["source_counts"].items()))
+    return 0
+
+
+def _add_features(commands) -> None:
+    p = commands.add_parser(
+        "features", help="EVA-CLIP embeddings of every corpus image, in shards aligned with the corpus",
+        description="Embed every image of CORPUS with an open_clip vision tower (EVA-CLIP by default): "
+                    "decode and resize on CPU tasks, encode on GPU actors (one model per GPU; with no GPU, "
+                    "one CPU actor). One feature shard per corpus shard, same name, rows in corpus order "
+                    "(key, image_index, embedding). Resumable per shard.",
+        epilog="examples:\n"
+               "  emu-data features runs/mix --out runs/mix-eva --model EVA02-L-14 --pretrained merged2b_s4b_b131k\n"
+               "  emu-data features runs/mix --out runs/mix-eva --model EVA01-g-14 --pretrained ~/eva01_g14.bin --tokens patch\n"
+               "  emu-data features runs/sample --out runs/sample-feat --model tiny.json --pretrained none  # random init\n"
+               "then: emu-data validate runs/mix-eva   (checked against the corpus its manifest names)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("corpus", type=Path, metavar="CORPUS", help="a finished corpus directory")
+    p.add_argument("--out", type=Path, required=True, help="features directory to write (created)")
+    p.add_argument("--overwrite", action="store_true", help="replace features of another model/layout in --out")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="EVA02-B-16",
+                   help="open_clip model name (EVA02-B-16, EVA02-L-14, EVA01-g-14, ...) or the path of an "
+                        "open_clip JSON model config (default EVA02-B-16)")
+    m.add_argument("--pretrained", required=True, metavar="TAG|PATH|none",
+                   help="open_clip hub tag (needs network or a cache), a local checkpoint file, or none "
+                        "(random init: for tests and speed runs only; warned and recorded)")
+    m.add_argument("--tokens", choices=("pooled", "patch"), default="pooled",
+                   help="pooled: the image embedding; patch: the last block's tokens, what Emu reads (default pooled)")
+    m.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16",
+                   help="autocast precision, also the stored dtype (default bf16)")
+    m.add_argument("--seed", type=int, default=0, help="random init seed with --pretrained none (default 0)")
+    r = p.add_argument_group("speed")
+    r.add_argument("--batch-size", type=_positive_int, default=256, help="images per encoder call (default 256)")
+    r.add_argument("--gpus", type=int, default=None,
+                   help="encoder actors, one GPU each (default: every GPU Ray sees; 0: encode on CPU)")
+    r.add_argument("--encoder-cpus", type=_positive_int, default=None,
+                   help="CPUs of the CPU encoder when there is no GPU (default: half the CPUs)")
+    r.add_argument("--images-per-read", type=_positive_int, default=64, help="images per CPU decode task (default 64)")
+    _ray_options(p)
+    p.set_defaults(handler=_run_features)
+
+
+def _run_features(args) -> int:
+    from emu_data import encoder, features
+
+    spec = encoder.ModelSpec(model=args.model, pretrained=args.pretrained, tokens=args.tokens,
+                             precision=args.precision, seed=args.seed)
+    run = features.RunOptions(batch_size=args.batch_size, gpus=args.gpus, encoder_cpus=args.encoder_cpus,
+                              images_per_read=args.images_per_read)
+    built = features.make_features(args.corpus, args.out, spec, run, _ray_from(args), overwrite=args.overwrite)
+    first = built["shards"][0]["path"] if built["shards"] else None
+    print(f"wrote {args.out}: {built['rows']} embeddings in {len(built['shards'])} shard(s), aligned with {args.corpus}")
+    if first:
+        print(f"  {spec.model} ({'RANDOM INIT' if spec.random_init else spec.pretrained}), {spec.tokens}, {spec.precision}")
     return 0
 
 

@@ -40,7 +40,7 @@ STAGE = "features"
 META_PREFIX = "emu_data."
 
 
-class FeatureError(RuntimeError):
+class FeatureError(ValueError):
     """The features stage cannot run on this input (the message says why)."""
 
 
@@ -138,6 +138,9 @@ def make_features(corpus: Path, out: Path, spec: encoder.ModelSpec, run: RunOpti
     """Embed every image of `corpus` into aligned feature shards under `out`; returns the manifest."""
     corpus, out = Path(corpus), Path(out)
     built = _corpus_manifest(corpus)
+    if spec.random_init:
+        log.warning("*** --pretrained none: %s with RANDOM weights; these features are for tests and "
+                    "speed runs, not training (recorded in the shards' metadata) ***", spec.model)
     preprocess = encoder.preprocess_for(spec)
     fixed = layout(spec, preprocess)
     fingerprint = manifest.fingerprint(fixed)

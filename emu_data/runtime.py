@@ -132,7 +132,7 @@ class InferencePlan:
     gpus_per_actor: float = 0.0       # 0: CPU actors
     cpus_per_actor: float = 1.0
     cpus_per_read: float = 1.0
-    memory_per_read: int = 256 * 2**20  # bytes a read task may hold (decoded pixels, buffers)
+    memory_per_read: int = 768 * 2**20  # a read task: its imports (torch, via open_clip) + pixels
 
 
 def batch_inference(items: list[dict], read: Callable[[dict], dict], model_cls: type, model_args: tuple,

@@ -1,0 +1,173 @@
+"""`emu-data features` on the sample corpus with a tiny random-init open_clip config (CPU):
+the stage runs through Ray Data, writes shards aligned with the corpus, resumes per shard,
+and equals direct open_clip output (exactly in fp32, within bf16's precision in bf16)."""
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emu_data import encoder, features
+from emu_data.cli import main
+from emu_data.corpus import LayoutChanged, shard_paths
+from emu_data.shards import read_shard
+
+TINY = {"embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny-vit.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def fp32(sample_dir, tiny, tmp_path_factory, ray_session):
+    """Pooled fp32 features, one image per encoder call (the direct calls below do the same)."""
+    out = tmp_path_factory.mktemp("features") / "fp32"
+    spec = encoder.ModelSpec(tiny, tokens="pooled", precision="fp32")
+    built = features.make_features(sample_dir, out, spec, features.RunOptions(batch_size=1, images_per_read=16),
+                                   ray_session)
+    return out, built
+
+
+def corpus_images(corpus):
+    """(shard name, key, image_index, bytes) of every corpus image, in corpus order."""
+    for path in shard_paths(corpus):
+        for row in read_shard(path).to_pylist():
+            for index, image in enumerate(row["images"]):
+                if image is not None:
+                    yield path.name, row["key"], index, image["bytes"]
+
+
+def feature_rows(out):
+    for path in sorted((out / "data").glob("*.arrow")):
+        table = read_shard(path)
+        for key, index, emb in zip(table.column("key").to_pylist(), table.column("image_index").to_pylist(),
+                                   table.column("embedding").to_numpy(zero_copy_only=False)):
+            yield path.name, key, index, emb
+
+
+def direct_model(tiny, tokens="pooled"):
+    """open_clip called directly: same config, same seed, its own eval transform."""
+    import open_clip
+
+    encoder.model_name(tiny)  # registers the JSON config under its stem
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("tiny-vit", pretrained=None)
+    return model.eval(), preprocess
+
+
+def direct_pooled(model, preprocess, data: bytes) -> np.ndarray:
+    with torch.no_grad():
+        return model.encode_image(preprocess(Image.open(io.BytesIO(data))).unsqueeze(0))[0].numpy()
+
+
+def test_one_embedding_per_image_in_corpus_order(sample_dir, fp32):
+    out, built = fp32
+    expected = [(s, k, i) for s, k, i, _ in corpus_images(sample_dir)]
+    assert [(s, k, i) for s, k, i, _ in feature_rows(out)] == expected
+    assert built["rows"] == len(expected)
+    assert sorted(p.name for p in (out / "data").glob("*.arrow")) == sorted(p.name for p in shard_paths(sample_dir))
+
+
+def test_fp32_embeddings_equal_direct_open_clip_exactly(sample_dir, fp32, tiny):
+    out, _ = fp32
+    model, preprocess = direct_model(tiny)
+    ours = [emb for *_, emb in feature_rows(out)]
+    theirs = [direct_pooled(model, preprocess, data) for *_, data in corpus_images(sample_dir)]
+    assert len(ours) == len(theirs) > 20
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_metadata_records_model_weights_layout_and_preprocessing(fp32, tiny):
+    out, built = fp32
+    meta = read_shard(next((out / "data").glob("*.arrow"))).schema.metadata
+    meta = {k.decode(): v.decode() for k, v in meta.items()}
+    assert meta["model"] == tiny and meta["pretrained"] == "none" and meta["tokens"] == "pooled"
+    assert json.loads(meta["shape"]) == [32] and meta["dtype"] == "float32"
+    assert json.loads(meta["preprocess"])["size"] == [64, 64]
+    assert meta["emu_data.random_init_seed"] == "0"
+    assert built["schema"]["name"] == "features" and built["config"]["model"]["pretrained"] == "none"
+
+
+def test_bf16_patch_tokens_match_the_last_block_within_bf16_precision(sample_dir, tiny, tmp_path, ray_session):
+    out = tmp_path / "patch"
+    spec = encoder.ModelSpec(tiny, tokens="patch", precision="bf16")
+    features.make_features(sample_dir, out, spec, features.RunOptions(batch_size=8), ray_session)
+    model, preprocess = direct_model(tiny)
+    kept = {}
+    model.visual.transformer.resblocks[-1].register_forward_hook(lambda m, i, o: kept.update(tokens=o))
+    rows = list(feature_rows(out))
+    for (_, key, index, emb), (*_, data) in zip(rows[:12], corpus_images(sample_dir)):
+        direct_pooled(model, preprocess, data)
+        ours = encoder.as_float32(emb, "bf16").reshape(17, 64)
+        np.testing.assert_allclose(ours, kept["tokens"][0].numpy(), rtol=0.05, atol=0.05)
+    meta = read_shard(next(out.glob("data/*.arrow"))).schema.metadata
+    assert json.loads(meta[b"shape"]) == [17, 64] and meta[b"dtype"] == b"bfloat16"
+
+
+def test_a_deleted_shard_is_recomputed_and_only_it(sample_dir, fp32, tiny, tmp_path, ray_session):
+    out = tmp_path / "resume"
+    shutil.copytree(fp32[0], out)
+    shards = sorted((out / "data").glob("*.arrow"))
+    before = {p.name: os.stat(p).st_mtime_ns for p in shards}
+    gone = shards[1]
+    gone.unlink()
+    spec = encoder.ModelSpec(tiny, tokens="pooled", precision="fp32")
+    built = features.make_features(sample_dir, out, spec, features.RunOptions(batch_size=1), ray_session)
+    after = {p.name: os.stat(p).st_mtime_ns for p in sorted((out / "data").glob("*.arrow"))}
+    assert set(after) == set(before)
+    assert {name for name in after if after[name] != before[name]} == {gone.name}
+    assert [s["sha256"] for s in built["shards"]] == [s["sha256"] for s in fp32[1]["shards"]]
+
+
+def test_another_layout_in_the_same_directory_is_refused(sample_dir, fp32, tiny, tmp_path, ray_session):
+    out = tmp_path / "other"
+    shutil.copytree(fp32[0], out)
+    with pytest.raises(LayoutChanged):
+        features.make_features(sample_dir, out, encoder.ModelSpec(tiny, precision="bf16"),
+                               features.RunOptions(), ray_session)
+
+
+def test_cli_runs_features_and_validate_accepts_them(sample_dir, tiny, tmp_path, ray_session):
+    out = tmp_path / "cli"
+    assert main(["features", str(sample_dir), "--out", str(out), "--model", tiny, "--pretrained", "none",
+                 "--precision", "fp16", "--batch-size", "16"]) == 0
+    assert main(["validate", str(out)]) == 0
+    emb = next(feature_rows(out))[3]
+    assert emb.dtype == np.float16
+
+
+def test_bad_model_and_weights_are_clear_errors(sample_dir, tiny, tmp_path, capsys):
+    assert main(["features", str(sample_dir), "--out", str(tmp_path / "x"), "--model", "no-such-model",
+                 "--pretrained", "none"]) == 2
+    assert "not an open_clip model name" in capsys.readouterr().err
+    with pytest.raises(encoder.ModelError, match="cannot load weights"):
+        encoder.load_visual(encoder.ModelSpec(tiny, pretrained=str(tmp_path / "missing.pt")))
+
+
+def test_the_stage_pickles():
+    import pickle
+
+    reader = features.ChunkReader("/corpus", encoder.preprocess_for(encoder.ModelSpec("EVA02-B-16")))
+    assert pickle.loads(pickle.dumps(reader)).preprocess.size == (224, 224)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_features_match_cpu_fp32(sample_dir, fp32, tiny, tmp_path, ray_session):
+    out = tmp_path / "gpu"
+    spec = encoder.ModelSpec(tiny, tokens="pooled", precision="fp32")
+    features.make_features(sample_dir, out, spec, features.RunOptions(batch_size=64, gpus=1), ray_session)
+    for (*_, gpu), (*_, cpu) in zip(feature_rows(out), feature_rows(fp32[0])):
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
