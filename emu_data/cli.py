@@ -489,13 +489,22 @@ def _run_features(args) -> int:
 def _add_validate(commands) -> None:
     p = commands.add_parser(
         "validate", help="check shards and manifests against the schemas",
-        description="Check every shard and manifest under each PATH: schema (names, types), "
-                    "per-row invariants, images decode, unique keys, manifest vs files. Prints one "
-                    "line per violation (file:row: [rule] key=... message) and a summary. Exit 0 "
-                    "clean, 1 violations, 2 unusable input.",
-        epilog="example: emu-data validate runs/sample --deep")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="corpus directory (or a folder of them)")
+        description="Check every shard and manifest under each PATH: schema (names, types), per-row\n"
+                    "invariants, images decode, unique keys, manifest vs files.\n"
+                    "A features directory (emu-data features) is checked against its corpus instead: one\n"
+                    "feature shard per corpus shard, one embedding per non-null image in corpus order,\n"
+                    "consistent metadata, finite values.\n"
+                    "Prints one line per violation (file:row: [rule] key=... message) and a summary.\n"
+                    "Exit 0 clean, 1 violations, 2 unusable input.",
+        epilog="examples:\n"
+               "  emu-data validate runs/sample --deep\n"
+               "  emu-data validate runs/mix-eva --corpus /data/mix   # features, corpus moved since",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="corpus or features directory (or a folder of them)")
     p.add_argument("--deep", action="store_true", help="fully decode every image (default: a sample per shard)")
+    p.add_argument("--corpus", type=Path, default=None, metavar="CORPUS",
+                   help="corpus a features directory is checked against (default: the one its manifest names)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--max-lines", type=int, default=200, help="violation lines to print (default 200)")
     p.set_defaults(handler=_run_validate)
@@ -504,7 +513,7 @@ def _add_validate(commands) -> None:
 def _run_validate(args) -> int:
     from emu_data.validate import validate
 
-    report = validate(args.paths, deep=args.deep)
+    report = validate(args.paths, deep=args.deep, corpus=args.corpus)
     if args.json:
         print(json.dumps({"ok": report.ok, "summary": report.summary(),
                           "violations": [v.__dict__ for v in report.violations]}, indent=2))

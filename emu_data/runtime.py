@@ -143,6 +143,8 @@ def batch_inference(items: list[dict], read: Callable[[dict], dict], model_cls: 
     ray = ensure_ray(options)
     import ray.data
 
+    if not log.isEnabledFor(logging.DEBUG):  # Ray Data's per-dataset INFO lines drown our progress bar
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # outputs line up with the items' order
     context.enable_progress_bars = False              # the caller shows its own progress
