@@ -38,6 +38,7 @@ from scipy.optimize import linear_sum_assignment
 
 from emu_data import net, records
 from emu_data.corpus import Unit, UnitWriter
+from emu_data.sources import textfiles
 
 SOURCE = "mmc4"
 # Formats the corpus stores as they come (what `emu-data validate` accepts); any other
@@ -62,10 +63,6 @@ class ImageDropped(Exception):
     def __init__(self, reason: str, message: str):
         self.reason = reason
         super().__init__(message)
-
-
-class InputChanged(RuntimeError):
-    """A unit's bytes no longer hash as at planning: the file changed under the run."""
 
 
 @dataclass(frozen=True)
@@ -109,29 +106,10 @@ class Mmc4Unit:
 
 # ---- planning -----------------------------------------------------------------------------
 
-def input_files(inputs: list[Path]) -> list[Path]:
-    """Files as given; a directory stands for its *.jsonl files in name order."""
-    files = []
-    for path in map(Path, inputs):
-        if path.is_dir():
-            files += sorted(path.glob("*.jsonl"))
-        elif not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        elif path.suffix in (".zip", ".gz", ".zst"):
-            # compressed streams cannot be entered at a unit's offset without reading all before it
-            raise ValueError(f"{path}: compressed input; decompress it to .jsonl first")
-        else:
-            files.append(path)
-    return files
-
-
 def units(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy = net.NetPolicy()) -> list[Unit]:
     """Each file's lines in runs of `docs_per_unit`, in input order."""
-    files = input_files(inputs)
-    stems = [_stem(p) for p in files]
-    clash = sorted(s for s, n in Counter(stems).items() if n > 1)
-    if clash:  # the stem names units and keys: two files with one stem would mix them up
-        raise ValueError(f"input files must have distinct names; repeated: {', '.join(clash)}")
+    files = textfiles.input_files(inputs, ".jsonl")
+    stems = textfiles.distinct_stems(files, _stem)
     return [Unit(f"mmc4-{s.stem}-{i:05d}", Mmc4Unit(s, config, net_policy))
             for path, stem in zip(files, stems)
             for i, s in enumerate(_slices(path, stem, config.docs_per_unit))]
@@ -162,12 +140,8 @@ def _slices(path: Path, stem: str, per_unit: int) -> list[Slice]:
 
 def read_lines(s: Slice) -> list[tuple[int, bytes]]:
     """(line number, line) of one slice, read by seeking: never the rest of the file."""
-    with open(s.path, "rb") as f:
-        f.seek(s.start)
-        data = f.read(s.end - s.start)
-    if hashlib.sha1(data).hexdigest() != s.sha1:
-        raise InputChanged(f"{s.path}: lines {s.first_line}..{s.first_line + s.lines - 1} "
-                           "changed since the run was planned; rerun to plan again")
+    data = textfiles.read_range(s.path, s.start, s.end, s.sha1,
+                                f"lines {s.first_line}..{s.first_line + s.lines - 1}")
     pieces = data.split(b"\n")
     if data.endswith(b"\n"):
         pieces.pop()  # the split after the last newline is not a line
@@ -449,7 +423,7 @@ def make_mmc4(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy,
     from emu_data import runtime, stage
 
     ray = ray or runtime.RayOptions()
-    files = input_files(inputs)
+    files = textfiles.input_files(inputs, ".jsonl")
     if not files:
         raise ValueError("no .jsonl input: give jsonl files or directories holding them")
     resolved = {"mmc4": asdict(config), "net": asdict(net_policy),

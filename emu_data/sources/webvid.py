@@ -29,7 +29,6 @@ import math
 import re
 from array import array
 from bisect import bisect_left, bisect_right
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -47,6 +46,7 @@ import numpy as np
 
 from emu_data import net, records
 from emu_data.corpus import Unit, UnitWriter
+from emu_data.sources import textfiles
 
 SOURCE = "webvid"
 REQUIRED_COLUMNS = ("videoid", "name", "duration", "contentUrl")
@@ -68,10 +68,6 @@ class VideoError(ValueError):
     def __init__(self, reason: str, message: str):
         self.reason = reason
         super().__init__(message)
-
-
-class InputChanged(RuntimeError):
-    """A unit's bytes no longer hash as at planning: the file changed under the run."""
 
 
 @dataclass(frozen=True)
@@ -141,29 +137,10 @@ class WebvidUnit:
     net: net.NetPolicy
 
 
-def input_files(inputs: list[Path]) -> list[Path]:
-    """Files as given; a directory stands for its *.csv files in name order."""
-    files = []
-    for path in map(Path, inputs):
-        if path.is_dir():
-            files += sorted(path.glob("*.csv"))
-        elif not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        elif path.suffix in (".zip", ".gz", ".zst", ".bz2", ".xz"):
-            # compressed streams cannot be entered at a unit's offset without reading all before it
-            raise ValueError(f"{path}: compressed input; decompress it to .csv first")
-        else:
-            files.append(path)
-    return files
-
-
 def units(inputs: list[Path], config: WebvidConfig, net_policy: net.NetPolicy = net.NetPolicy()) -> list[Unit]:
     """Each file's data rows in runs of `rows_per_unit`, in input order."""
-    files = input_files(inputs)
-    stems = [_stem(p) for p in files]
-    clash = sorted(s for s, n in Counter(stems).items() if n > 1)
-    if clash:  # the stem names units and keys: two files with one stem would mix them up
-        raise ValueError(f"input files must have distinct names; repeated: {', '.join(clash)}")
+    files = textfiles.input_files(inputs, ".csv")
+    stems = textfiles.distinct_stems(files, _stem)
     ids = _IdScan()
     per_file = [_slices(path, stem, config.rows_per_unit, partial(ids.add, n))
                 for n, (path, stem) in enumerate(zip(files, stems))]
@@ -311,12 +288,7 @@ def _with_repeats(s: Slice, repeats: list[tuple[int, str]]) -> Slice:
 
 def read_rows(s: Slice) -> list[tuple[int, tuple[str, ...] | str]]:
     """(line, fields) of one slice, read by seeking: never the rest of the file."""
-    with open(s.path, "rb") as f:
-        f.seek(s.start)
-        data = f.read(s.end - s.start)
-    if hashlib.sha1(data).hexdigest() != s.sha1:
-        raise InputChanged(f"{s.path}: rows from line {s.first_line} changed since the run was "
-                           "planned; rerun to plan again")
+    data = textfiles.read_range(s.path, s.start, s.end, s.sha1, f"rows from line {s.first_line}")
     return list(parse_rows(_Lines(io.BytesIO(data), s.first_line)))
 
 
@@ -593,7 +565,7 @@ def make_webvid(inputs: list[Path], config: WebvidConfig, net_policy: net.NetPol
     from emu_data import runtime, stage
 
     ray = ray or runtime.RayOptions()
-    files = input_files(inputs)
+    files = textfiles.input_files(inputs, ".csv")
     if not files:
         raise ValueError("no .csv input: give WebVid CSV files or directories holding them")
     resolved = {"webvid": asdict(config), "net": asdict(net_policy),
