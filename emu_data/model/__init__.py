@@ -1,0 +1,1 @@
+"""The bundled lightweight Emu: model, data loader, tokenizer, metrics."""

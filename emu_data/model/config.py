@@ -1,0 +1,164 @@
+"""The training configuration: four small dataclasses, loaded from JSON/YAML, saved in every run.
+
+A config file holds any subset of the sections below; what it leaves out keeps the default.
+Unknown keys are an error (a typo must not silently train the wrong model).
+
+    model:  width, depth, heads, queries, ct_depth, ct_heads, mlp_ratio, regression_weight
+    data:   seq_len, batch_size, weights, holdout, vocab_size, workers
+    optim:  lr, min_lr_ratio, betas, weight_decay, warmup, grad_clip
+    run:    steps, checkpoint_every, seed, device, precision
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+# Emu's per-step mixture (relative): LAION-2B 128, LAION-COCO 128, MMC4 64, WebVid 16, YT-Storyboard 16.
+EMU_WEIGHTS = {"laion": 128.0, "laion_coco": 128.0, "mmc4": 64.0, "webvid": 16.0, "yt_storyboard": 16.0}
+
+
+class ConfigError(ValueError):
+    """A training config that cannot be used (the message names the key)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Emu scaled down: the same parts and objective, a few million parameters."""
+
+    width: int = 256               # LM width (the causal transformer projects to it)
+    depth: int = 4                 # LM blocks
+    heads: int = 4
+    mlp_ratio: int = 4
+    queries: int = 32              # visual embeddings per image (Emu: 32)
+    ct_width: int = 256            # causal transformer width
+    ct_depth: int = 2              # causal transformer blocks
+    ct_heads: int = 4
+    regression_weight: float = 1.0  # lambda in CE + lambda * l2 (Emu's weights are unpublished)
+
+    def __post_init__(self):
+        if self.width % self.heads or self.ct_width % self.ct_heads:
+            raise ConfigError("model.width (ct_width) must be divisible by model.heads (ct_heads)")
+        if min(self.width, self.depth, self.heads, self.queries, self.ct_width, self.ct_depth,
+               self.ct_heads, self.mlp_ratio) < 1:
+            raise ConfigError("model sizes must be positive")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    seq_len: int = 256
+    batch_size: int = 16           # packed rows per step
+    weights: dict = field(default_factory=lambda: dict(EMU_WEIGHTS))  # per-source sampling weight
+    holdout: float = 0.05          # fraction of samples (by key hash) kept out for eval
+    vocab_size: int = 8192         # LM vocabulary: the most frequent BPE ids of the corpus; 0: all of BPE
+    workers: int = 2               # loader processes (0: in the training process)
+
+    def __post_init__(self):
+        if self.seq_len < 48 or self.batch_size < 1 or self.workers < 0:
+            raise ConfigError("data.seq_len must be >= 48, data.batch_size >= 1, data.workers >= 0")
+        if not 0 < self.holdout < 1:
+            raise ConfigError("data.holdout must be in (0, 1)")
+        if any(not isinstance(w, (int, float)) or w < 0 for w in self.weights.values()) \
+                or not any(self.weights.values()):
+            raise ConfigError("data.weights must be non-negative numbers, at least one positive")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1      # cosine decays to lr * min_lr_ratio
+    betas: tuple = (0.9, 0.98)     # Emu's AdamW betas
+    weight_decay: float = 0.05     # Emu's
+    warmup: float = 0.2            # fraction of steps (Emu: 20%)
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if self.lr <= 0 or not 0 <= self.warmup < 1 or self.grad_clip <= 0:
+            raise ConfigError("optim.lr and optim.grad_clip must be positive, optim.warmup in [0, 1)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    steps: int = 1000
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"           # auto (cuda if there is one) | cpu | cuda | cuda:N
+    precision: str = "bf16"        # bf16: autocast on GPU (CPU always trains in fp32) | fp32
+
+    def __post_init__(self):
+        if self.steps < 1 or self.checkpoint_every < 1:
+            raise ConfigError("run.steps and run.checkpoint_every must be positive")
+        if self.precision not in ("bf16", "fp32"):
+            raise ConfigError("run.precision must be bf16 or fp32")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["optim"]["betas"] = list(self.optim.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("a training config is a mapping of sections: model, data, optim, run")
+        unknown = set(data) - set(_SECTIONS)
+        if unknown:
+            raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        built = {name: _section(name, kind, data.get(name) or {}) for name, kind in _SECTIONS.items()}
+        return cls(**built)
+
+    def with_overrides(self, **sections: dict) -> "TrainConfig":
+        """A copy with some keys replaced, e.g. with_overrides(run={"steps": 10})."""
+        changed = {name: replace(getattr(self, name), **values)
+                   for name, values in sections.items() if values}
+        return replace(self, **changed)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+
+
+def _section(name: str, kind: type, values: dict):
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {name!r} must be a mapping")
+    known = {f.name for f in fields(kind)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {name}: {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(known))})")
+    try:
+        return kind(**values)
+    except TypeError as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def load(path: Path | None) -> TrainConfig:
+    """A config file (.json, .yaml or .yml); None gives the defaults."""
+    if path is None:
+        return TrainConfig()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config: {e}") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON: {e}") from None
+    return TrainConfig.from_dict(data)
