@@ -59,3 +59,31 @@ def sample_dir(tmp_path_factory, ray_session) -> Path:
 def corpus_copy(sample_dir, tmp_path) -> Path:
     """A private copy of the sample corpus, to plant faults in."""
     return Path(shutil.copytree(sample_dir, tmp_path / "corpus"))
+
+
+# A tiny random-init open_clip vision tower whose patch projection (8x8x3 pixels -> 192) keeps
+# the pixels: random features that still say which colour sits where (tests cannot download
+# EVA-CLIP weights; RANDOM INIT is recorded in the features' metadata).
+TINY_PIXEL_VIT = {"embed_dim": 32,
+                  "vision_cfg": {"image_size": 48, "layers": 1, "width": 192, "head_width": 64, "patch_size": 8},
+                  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> Path:
+    import json
+
+    path = tmp_path_factory.mktemp("models") / "tiny-pixel-vit.json"
+    path.write_text(json.dumps(TINY_PIXEL_VIT))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_features(sample_dir, tiny_vit, tmp_path_factory, ray_session) -> Path:
+    """Patch-token features (bf16) of the sample corpus from the tiny tower, written once."""
+    from emu_data import encoder, features
+
+    out = tmp_path_factory.mktemp("sample-features") / "features"
+    spec = encoder.ModelSpec(str(tiny_vit), tokens="patch", precision="bf16")
+    features.make_features(sample_dir, out, spec, features.RunOptions(batch_size=64), ray_session)
+    return out
