@@ -1,0 +1,92 @@
+"""`emu-data train` / `emu-data eval` on the sample corpus and its tiny-tower features: exact
+resume, refused config changes, the CLI, the report; and (slow) proof that training learns."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emu_data import evaluate, train
+from emu_data.cli import main
+from emu_data.corpus import LayoutChanged
+from emu_data.model.config import TrainConfig
+
+TINY = TrainConfig().with_overrides(
+    model={"width": 64, "depth": 2, "heads": 2, "queries": 4, "ct_width": 32, "ct_depth": 1, "ct_heads": 2},
+    data={"seq_len": 96, "batch_size": 4, "holdout": 0.3, "workers": 0},
+    run={"steps": 8, "checkpoint_every": 4})
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_continues_the_uninterrupted_loss_curve_exactly(sample_dir, sample_features, tmp_path):
+    whole = train.train(sample_dir, sample_features, tmp_path / "whole", TINY, progress=False)
+    assert whole["steps"] == 8
+    first = train.train(sample_dir, sample_features, tmp_path / "split", TINY, stop_after=3, progress=False)
+    assert first["steps"] == 3 and len(_losses(tmp_path / "split")) == 3
+    faster = TINY.with_overrides(data={"workers": 2}, run={"checkpoint_every": 2})   # speed-only changes
+    second = train.train(sample_dir, sample_features, tmp_path / "split", faster, progress=False)
+    assert second["resumed_from"] == 3 and second["steps"] == 8
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "whole")
+    assert len(set(_losses(tmp_path / "whole"))) == 8   # it did train: the loss moves every step
+    again = train.train(sample_dir, sample_features, tmp_path / "split", TINY, progress=False)
+    assert "loss" not in again and again["steps"] == 8   # a finished run is not trained further
+
+
+def test_a_run_refuses_another_config_or_other_data(sample_dir, sample_features, tmp_path, corpus_copy):
+    train.train(sample_dir, sample_features, tmp_path / "run", TINY, stop_after=1, progress=False)
+    with pytest.raises(LayoutChanged, match="model.width"):
+        train.train(sample_dir, sample_features, tmp_path / "run",
+                    TINY.with_overrides(model={"width": 32}), progress=False)
+    built = json.loads((corpus_copy / "_manifest.json").read_text())
+    built["shards"][0]["sha256"] = "0" * 64   # as if that shard had been rewritten
+    (corpus_copy / "_manifest.json").write_text(json.dumps(built))
+    with pytest.raises(LayoutChanged, match="other corpus"):
+        evaluate.evaluate(tmp_path / "run", corpus_copy, sample_features)
+
+
+def test_metrics_and_resolved_config_are_written(sample_dir, sample_features, tmp_path):
+    train.train(sample_dir, sample_features, tmp_path / "run", TINY, stop_after=2, progress=False)
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"step", "loss", "text_ce", "visual_mse", "lr", "grad_norm", "tokens_per_s", "samples_per_s"} <= set(line)
+    assert line["step"] == 2 and line["lr"] > 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert TrainConfig.from_dict(saved["train"]) == TINY
+    assert saved["feature_shape"] == [37, 192] and saved["vocab_size"] > 6
+    assert train.learning_rate(0, 10, TINY.optim) < train.learning_rate(1, 10, TINY.optim)   # warmup
+    assert train.learning_rate(9, 10, TINY.optim) < train.learning_rate(5, 10, TINY.optim)   # cosine
+
+
+def test_cli_train_then_eval_writes_a_report(sample_dir, sample_features, tmp_path, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY.to_dict()))
+    run = tmp_path / "run"
+    args = ["--corpus", str(sample_dir), "--features", str(sample_features)]
+    assert main(["train", *args, "--out", str(run), "--config", str(config), "--steps", "4"]) == 0
+    assert "step 4" in capsys.readouterr().out
+    assert main(["eval", "--run", str(run), *args, "--max-pairs", "6", "--shots", "0,2"]) == 0
+    out = capsys.readouterr().out
+    assert "| CIDEr-D, 2-shot captioning |" in out and "| text-to-image R@1 |" in out
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert set(report["models"]) == {"trained", "untrained", "prior"}
+    for name in ("trained", "untrained"):
+        metrics = report["models"][name]
+        assert {"text_ce", "perplexity", "visual_mse", "visual_cosine", "cider_d_0shot", "cider_d_2shot",
+                "retrieval_r1", "retrieval_r5"} <= set(metrics)
+    assert report["models"]["trained"]["text_ce"] < report["models"]["untrained"]["text_ce"]
+    assert (run / "eval" / "report.md").read_text().startswith("Eval of")
+
+
+def test_cli_errors_are_clear(sample_dir, sample_features, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {widht: 3}\n")
+    args = ["--corpus", str(sample_dir), "--features", str(sample_features), "--out", str(tmp_path / "r")]
+    assert main(["train", *args, "--config", str(bad)]) == 2
+    assert "widht" in capsys.readouterr().err
+    assert main(["train", "--corpus", str(sample_dir), "--features", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "r2")]) == 2
+    assert "finished emu-data" in capsys.readouterr().err
+    assert main(["eval", "--run", str(tmp_path / "never"), "--corpus", str(sample_dir),
+                 "--features", str(sample_features)]) == 2
