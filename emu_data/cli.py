@@ -492,7 +492,7 @@ def _add_train(commands) -> None:
         description="Smoke-scale Emu pretraining: a causal transformer (learned queries over the EVA-CLIP "
                     "patch tokens) feeding a decoder-only LM; loss = next-token CE on text + lambda x l2 "
                     "regression of the next visual embedding. Sources mixed by weight (Emu's by default), "
-                    "samples packed to --seq-len. AdamW (0.9, 0.98), wd 0.05, cosine with 20%% warmup. "
+                    "samples packed to --seq-len. AdamW (0.9, 0.98), wd 0.05, cosine with 20% warmup. "
                     "A checkpoint every N steps; rerunning the same command resumes exactly.",
         epilog="examples:\n"
                "  emu-data train --corpus runs/sample --features runs/sample-feat --out runs/emu-smoke --steps 300\n"
