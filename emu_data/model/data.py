@@ -193,7 +193,7 @@ def _index_shard(corpus_path: Path, feature_path: Path, number: int, holdout: fl
 def _check_keys(feature_path: Path, keys: list[str], images: np.ndarray) -> None:
     expected = pa.array(np.repeat(np.array(keys, dtype=object), images), pa.string())
     found = read_shard(feature_path).column("key").combine_chunks()
-    if not pc.all(pc.equal(expected, found)).as_py() if len(expected) else False:
+    if len(expected) and not pc.all(pc.equal(expected, found)).as_py():
         raise DataError(f"{feature_path}: feature rows are not in the corpus shard's image order: "
                         "the features are stale, rerun `emu-data features`")
 
