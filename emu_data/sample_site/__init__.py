@@ -54,10 +54,11 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve(root: Path, faults: dict[str, list[int]] | None = None):
-    """Serve root on 127.0.0.1 (a free port) while the block runs; yields the base URL."""
+def serve(root: Path, faults: dict[str, list[int]] | None = None, port: int = 0):
+    """Serve root on 127.0.0.1 while the block runs; yields the base URL. port 0 picks a free
+    one; a given port that is taken raises OSError."""
     handler = type("Handler", (_Handler,), {"faults": {k: list(v) for k, v in (faults or {}).items()}})
-    server = _QuietServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
+    server = _QuietServer(("127.0.0.1", port), partial(handler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
