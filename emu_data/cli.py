@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_sample, _add_youtube, _add_laion, _add_mmc4, _add_webvid, _add_mix, _add_features,
+    for add in (_add_run, _add_sample, _add_youtube, _add_laion, _add_mmc4, _add_webvid, _add_mix, _add_features,
                 _add_train, _add_eval, _add_validate, _add_stats, _add_preview):
         add(commands)
     return parser
@@ -144,6 +144,47 @@ def _size(text: str) -> int:
 
 
 # ---- commands ----------------------------------------------------------------------------
+
+def _add_run(commands) -> None:
+    p = commands.add_parser(
+        "run", help="run a recipe (pipelines/*.yaml): ingest, mix, features, validate, train, eval in one go",
+        description="Run the stages of a recipe in order, each an emu-data command with the options the "
+                    "recipe gives it, outputs under --out/<stage>. The whole recipe is checked first (unknown "
+                    "stages and options, missing inputs: errors name the line). A rerun skips finished "
+                    "stages and resumes an interrupted one; --from reruns a stage and all after it. The "
+                    "resolved recipe is saved as OUT/recipe.json, progress as OUT/pipeline.json.",
+        epilog="examples:\n  emu-data run pipelines/smoke.yaml --out runs/smoke\n"
+               "  emu-data run pipelines/emu_pretrain.yaml --out runs/emu --dry-run\n"
+               "  emu-data run pipelines/smoke.yaml --out runs/smoke --from train",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", type=Path, metavar="RECIPE", help="a recipe file (YAML)")
+    p.add_argument("--out", type=Path, required=True, help="run directory: every stage writes under it")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the recipe and print each stage's command line; run nothing")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE",
+                   help="run STAGE and every later stage again, from empty outputs")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="STAGE.OPTION=VALUE",
+                   help="override one option of the recipe (also site.KEY=VALUE, defaults.OPTION=VALUE); "
+                        "repeatable, e.g. --set train.steps=50")
+    _ray_options(p)
+    p.set_defaults(handler=_run_run)
+
+
+def _run_run(args) -> int:
+    from emu_data.pipeline import runner, summary
+
+    options = runner.RunOptions(args.out, dry_run=args.dry_run, from_stage=args.from_stage,
+                                ray_address=args.ray_address, num_cpus=args.num_cpus,
+                                settings=tuple(args.settings))
+    try:
+        plan = runner.run(args.recipe, options)
+    except runner.StageFailed as e:
+        print(f"emu-data run: {e}", file=sys.stderr)
+        return e.code
+    if not args.dry_run:
+        print(f"\nfinished {args.recipe} in {plan.out}\n\n{summary.summarize(plan.stages)}")
+    return 0
+
 
 def _add_sample(commands) -> None:
     p = commands.add_parser(

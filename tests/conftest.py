@@ -64,18 +64,13 @@ def corpus_copy(sample_dir, tmp_path) -> Path:
 # A tiny random-init open_clip vision tower whose patch projection (8x8x3 pixels -> 192) keeps
 # the pixels: random features that still say which colour sits where (tests cannot download
 # EVA-CLIP weights; RANDOM INIT is recorded in the features' metadata).
-TINY_PIXEL_VIT = {"embed_dim": 32,
-                  "vision_cfg": {"image_size": 48, "layers": 1, "width": 192, "head_width": 64, "patch_size": 8},
-                  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+# The smoke recipe uses the same file.
+TINY_PIXEL_VIT_PATH = Path(__file__).resolve().parent.parent / "pipelines" / "encoders" / "tiny-pixel-vit.json"
 
 
 @pytest.fixture(scope="session")
-def tiny_vit(tmp_path_factory) -> Path:
-    import json
-
-    path = tmp_path_factory.mktemp("models") / "tiny-pixel-vit.json"
-    path.write_text(json.dumps(TINY_PIXEL_VIT))
-    return path
+def tiny_vit() -> Path:
+    return TINY_PIXEL_VIT_PATH
 
 
 @pytest.fixture(scope="session")

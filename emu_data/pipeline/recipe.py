@@ -1,0 +1,163 @@
+"""Reading a recipe: YAML with the line of every key kept, so each error can name its line.
+
+A recipe is a mapping with three sections:
+
+    site:      (optional) publish the bundled sample world and serve it on 127.0.0.1
+    defaults:  (optional) options given to every stage whose command takes them
+    stages:    an ordered mapping, stage name -> its command's options
+
+A stage runs the `emu-data` command of its name, or the one its `command:` names (two LAION
+stages, say). Its options are that command's long options with underscores
+(`min_similarity: 0.2` is `--min-similarity 0.2`); its output directory is RUN_DIR/<name>.
+`${name}` in a value is that earlier stage's output, `${site.laion}` a published site input,
+`${recipe_dir}` the folder the recipe is in (for files shipped beside it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SECTIONS = ("site", "defaults", "stages")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the file and line."""
+
+
+@dataclass
+class StageSpec:
+    name: str
+    command: str
+    params: dict
+    line: int                                        # where the stage is named
+    lines: dict[str, int] = field(default_factory=dict)   # param -> its line
+
+    def where(self, param: str | None = None) -> int:
+        return self.lines.get(param, self.line) if param else self.line
+
+
+@dataclass
+class Recipe:
+    path: Path
+    site: dict | None
+    site_line: int
+    defaults: dict
+    default_lines: dict[str, int]
+    stages: list[StageSpec]
+
+    def error(self, line: int, message: str) -> RecipeError:
+        return RecipeError(f"{self.path}:{line}: {message}")
+
+    def stage(self, name: str) -> StageSpec:
+        return next(s for s in self.stages if s.name == name)
+
+
+def load(path: Path) -> Recipe:
+    """Parse and check the recipe's shape (sections, mappings, names); options are checked
+    against their commands by `stages.plan`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read the recipe: {e.strerror or e}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise RecipeError(f"{path}:1: a recipe is a mapping with sections {', '.join(SECTIONS)}")
+    sections = _entries(path, root)
+    for name, (key, _) in sections.items():
+        if name not in SECTIONS:
+            raise RecipeError(f"{path}:{_line(key)}: unknown section {name!r}; sections are {', '.join(SECTIONS)}")
+    if "stages" not in sections:
+        raise RecipeError(f"{path}:1: the recipe has no `stages:` section")
+    site_key, site_node = sections.get("site", (None, None))
+    defaults, default_lines = _options(path, sections.get("defaults", (None, None))[1], "defaults")
+    return Recipe(path, _site(path, site_node), _line(site_key) if site_key else 0,
+                  defaults, default_lines, _stages(path, sections["stages"][1]))
+
+
+def _site(path: Path, node) -> dict | None:
+    if node is None:
+        return None
+    if isinstance(node, yaml.ScalarNode) and _value(node) in (None, "sample"):
+        return {}   # `site: sample` or an empty `site:`: the default sample site
+    return _options(path, node, "site")[0]
+
+
+def _stages(path: Path, node) -> list[StageSpec]:
+    if not isinstance(node, yaml.MappingNode) or not node.value:
+        raise RecipeError(f"{path}:{_line(node)}: `stages:` is a mapping of stage name -> options")
+    stages = []
+    for name, (key, value) in _entries(path, node).items():
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise RecipeError(f"{path}:{_line(key)}: stage name {name!r}: use letters, digits, - and _")
+        params, lines = _options(path, value, f"stage {name!r}") if value is not None else ({}, {})
+        command = params.pop("command", name)
+        if not isinstance(command, str):
+            raise RecipeError(f"{path}:{lines.get('command', _line(key))}: stage {name!r}: command is a name")
+        stages.append(StageSpec(name, command, params, _line(key), lines))
+    return stages
+
+
+def _options(path: Path, node, what: str) -> tuple[dict, dict[str, int]]:
+    if node is None:
+        return {}, {}
+    if not isinstance(node, yaml.MappingNode):
+        raise RecipeError(f"{path}:{_line(node)}: {what} is a mapping of option: value")
+    entries = _entries(path, node)
+    return ({name: _value(v) for name, (_, v) in entries.items()},
+            {name: _line(k) for name, (k, _) in entries.items()})
+
+
+def _entries(path: Path, node: yaml.MappingNode) -> dict[str, tuple]:
+    """key text -> (key node, value node), refusing duplicate and non-string keys (YAML's
+    loader would keep the last duplicate silently)."""
+    out = {}
+    for key, value in node.value:
+        name = _value(key)
+        if not isinstance(name, str):
+            raise RecipeError(f"{path}:{_line(key)}: keys are names, got {name!r}")
+        if name in out:
+            raise RecipeError(f"{path}:{_line(key)}: {name!r} is given twice (first on line {_line(out[name][0])})")
+        out[name] = (key, value)
+    return out
+
+
+def _value(node):
+    """A node's plain Python value (YAML's own typing of scalars)."""
+    return yaml.SafeLoader(b"").construct_object(node, deep=True)
+
+
+def _line(node) -> int:
+    return node.start_mark.line + 1
+
+
+def apply_settings(recipe: Recipe, settings: list[str]) -> None:
+    """`--set stage.option=value` (also site.key, defaults.option): the value is read as YAML,
+    so numbers, booleans and lists keep their types."""
+    for setting in settings:
+        target, sep, text = setting.partition("=")
+        section, dot, key = target.partition(".")
+        if not sep or not dot or not key:
+            raise RecipeError(f"--set {setting}: write STAGE.OPTION=VALUE (or site.KEY=VALUE, defaults.OPTION=VALUE)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"--set {setting}: the value is not valid YAML: {e}") from None
+        if section == "site":
+            if recipe.site is None:
+                raise RecipeError(f"--set {setting}: the recipe has no `site:` section")
+            recipe.site[key] = value
+        elif section == "defaults":
+            recipe.defaults[key] = value
+            recipe.default_lines.setdefault(key, 0)
+        elif any(s.name == section for s in recipe.stages):
+            recipe.stage(section).params[key] = value
+        else:
+            raise RecipeError(f"--set {setting}: no stage {section!r}; stages are "
+                              f"{', '.join(s.name for s in recipe.stages)}")

@@ -1,0 +1,230 @@
+"""`emu-data run`: a recipe's stages in order, each once, resumable between and within stages.
+
+Before anything runs the whole recipe is planned and checked (stages.plan). Then each stage
+is skipped when the ledger (RUN_DIR/pipeline.json) says it finished with the same command
+line and the same upstream results; otherwise its command runs, and since every command
+resumes its own committed work, a run killed inside a stage picks up inside it. The ledger
+entry is written (atomically) only after a stage succeeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from emu_data import __version__
+from emu_data.manifest import write_json_atomic
+from emu_data.pipeline import recipe as recipes
+from emu_data.pipeline import stages as stage_plan
+from emu_data.pipeline.recipe import RecipeError
+from emu_data.sample_site import bundle
+
+log = logging.getLogger(__name__)
+LEDGER = "pipeline.json"
+RESOLVED = "recipe.json"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path
+    dry_run: bool = False
+    from_stage: str | None = None
+    ray_address: str | None = None
+    num_cpus: int | None = None
+    settings: tuple[str, ...] = ()    # --set STAGE.OPTION=VALUE
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, name: str, code: int):
+        self.code = code
+        super().__init__(f"stage {name!r} failed (exit code {code}); what it committed is kept: "
+                         f"rerun the same command to resume (finished stages are skipped)")
+
+
+@dataclass
+class Plan:
+    recipe: recipes.Recipe
+    site: bundle.SiteConfig | None
+    stages: list[stage_plan.PlannedStage]
+    out: Path
+
+    @property
+    def site_dir(self) -> Path:
+        return self.out / "site"
+
+
+def prepare(recipe_path: Path, options: RunOptions) -> Plan:
+    """Load, check and plan the recipe; nothing is written."""
+    recipe = recipes.load(recipe_path)
+    recipes.apply_settings(recipe, list(options.settings))
+    out = Path(options.out).resolve()
+    site = _site_config(recipe)
+    site_inputs = bundle.inputs(out / "site").as_dict() if site else None
+    overrides = {"ray_address": options.ray_address, "num_cpus": options.num_cpus}
+    planned = stage_plan.plan(recipe, out, site_inputs, overrides)
+    if options.from_stage is not None and options.from_stage not in {s.name for s in planned}:
+        raise RecipeError(f"--from {options.from_stage}: no such stage; stages are "
+                          f"{', '.join(s.name for s in planned)}")
+    return Plan(recipe, site, planned, out)
+
+
+def _site_config(recipe: recipes.Recipe) -> bundle.SiteConfig | None:
+    if recipe.site is None:
+        return None
+    try:
+        return bundle.SiteConfig(**recipe.site)
+    except TypeError as e:
+        raise recipe.error(recipe.site_line, f"site: {e}; it takes: "
+                           f"{', '.join(bundle.SiteConfig.__dataclass_fields__)}") from None
+    except ValueError as e:
+        raise recipe.error(recipe.site_line, str(e)) from None
+
+
+def run(recipe_path: Path, options: RunOptions) -> Plan:
+    """Plan, then (unless dry_run) run every stage that is not done."""
+    plan = prepare(recipe_path, options)
+    if options.dry_run:
+        print(describe(plan))
+        return plan
+    missing = [m for s in plan.stages for m in s.missing]
+    if missing:
+        raise RecipeError(f"{plan.recipe.path}: missing input(s):\n  " + "\n  ".join(missing))
+    plan.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan.out / RESOLVED, resolved(plan))
+    ledger = _read_ledger(plan.out)
+    if options.from_stage is not None:
+        _forget_from(plan, ledger, options.from_stage)
+    digests = _digests(plan)
+    todo = [s for s in plan.stages if not _done(s, ledger, digests)]
+    with _site_served(plan, todo):
+        for number, stage in enumerate(plan.stages, 1):
+            header = f"[{number}/{len(plan.stages)}] {stage.name}"
+            if stage not in todo:
+                print(f"{header}: done earlier, skipped", flush=True)
+                continue
+            print(f"{header}: {stage.command_line()}", flush=True)
+            started = time.monotonic()
+            _run_stage(stage)
+            ledger["stages"][stage.name] = {"digest": digests[stage.name], "command": stage.command_line(),
+                                            "seconds": round(time.monotonic() - started, 1)}
+            write_json_atomic(plan.out / LEDGER, ledger)
+    return plan
+
+
+def _run_stage(stage: stage_plan.PlannedStage) -> None:
+    from emu_data import cli
+
+    for path, content in stage.files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(path), content)
+    code = cli.main([stage.command, *stage.argv])
+    if code != 0:
+        raise StageFailed(stage.name, code)
+
+
+# ---- what is done --------------------------------------------------------------------------
+
+def _digests(plan: Plan) -> dict[str, str]:
+    """A stage's identity: its command line, files, and the identities of what it reads."""
+    site = json.dumps(asdict(plan.site), sort_keys=True) if plan.site else ""
+    out: dict[str, str] = {}
+    for s in plan.stages:
+        reads_site = plan.site is not None and _reads_site(plan, s)
+        payload = {"argv": stage_plan.identity_argv(s.argv), "files": s.files, "needs": [out[n] for n in s.needs],
+                   "site": site if reads_site else ""}
+        out[s.name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return out
+
+
+def _done(stage: stage_plan.PlannedStage, ledger: dict, digests: dict) -> bool:
+    entry = ledger["stages"].get(stage.name)
+    return bool(entry) and entry["digest"] == digests[stage.name] and (stage.out is None or stage.out.exists())
+
+
+def _read_ledger(out: Path) -> dict:
+    try:
+        ledger = json.loads((out / LEDGER).read_text())
+    except FileNotFoundError:
+        return {"tool": {"name": "emu-data", "version": __version__}, "stages": {}}
+    except json.JSONDecodeError as e:
+        raise RecipeError(f"{out / LEDGER} is not valid JSON ({e}); remove it to rerun every stage") from None
+    ledger.setdefault("stages", {})
+    return ledger
+
+
+def _forget_from(plan: Plan, ledger: dict, first: str) -> None:
+    """--from: that stage and every later one run again, from an empty output."""
+    names = [s.name for s in plan.stages]
+    for stage in plan.stages[names.index(first):]:
+        ledger["stages"].pop(stage.name, None)
+        if stage.out is not None and stage.out.is_dir():
+            log.warning("--from %s: removing %s", first, stage.out)
+            shutil.rmtree(stage.out)
+        elif stage.out is not None and stage.out.exists():
+            stage.out.unlink()
+    write_json_atomic(plan.out / LEDGER, ledger)
+
+
+# ---- the sample site -------------------------------------------------------------------------
+
+def _reads_site(plan: Plan, stage: stage_plan.PlannedStage) -> bool:
+    return any(Path(word).is_relative_to(plan.site_dir) for word in stage.argv if word.startswith("/"))
+
+
+@contextlib.contextmanager
+def _site_served(plan: Plan, todo: list):
+    """Serve the sample site while stages that read it run: the files embed its URL, so the
+    site is served on the port it was published with, or published again on a new one."""
+    from emu_data import sample_site
+
+    needs_site = plan.site is not None and any(_reads_site(plan, s) for s in todo)
+    if not needs_site:
+        yield None
+        return
+    base = bundle.published_base(plan.site_dir, plan.site)
+    port = int(base.rsplit(":", 1)[1]) if base else 0
+    try:
+        server = sample_site.serve(plan.site_dir, port=port)
+        url = server.__enter__()
+    except OSError:
+        log.warning("port %d of the published site is taken: publishing the site again on another", port)
+        base, server = None, sample_site.serve(plan.site_dir)
+        url = server.__enter__()
+    try:
+        if base is None:
+            plan.site_dir.mkdir(parents=True, exist_ok=True)
+            print(f"publishing the sample site under {plan.site_dir}, served at {url}", flush=True)
+            bundle.publish(plan.site_dir, url, plan.site)
+        yield url
+    finally:
+        server.__exit__(None, None, None)
+
+
+# ---- describing the plan ----------------------------------------------------------------------
+
+def resolved(plan: Plan) -> dict:
+    return {"tool": {"name": "emu-data", "version": __version__}, "recipe": str(plan.recipe.path.resolve()),
+            "out": str(plan.out), "site": asdict(plan.site) if plan.site else None,
+            "stages": [{"name": s.name, "command": s.command, "options": s.params, "needs": s.needs,
+                        "command_line": s.command_line()} for s in plan.stages]}
+
+
+def describe(plan: Plan) -> str:
+    lines = [f"recipe {plan.recipe.path}: {len(plan.stages)} stage(s), outputs under {plan.out}"]
+    if plan.site:
+        lines.append(f"  site: the sample world ({', '.join(f'{k} {v}' for k, v in asdict(plan.site).items())}), "
+                     f"published under {plan.site_dir} and served on 127.0.0.1")
+    for number, s in enumerate(plan.stages, 1):
+        lines.append(f"  [{number}] {s.name}: {s.command_line()}")
+    missing = [m for s in plan.stages for m in s.missing]
+    if missing:
+        lines.append("inputs not there yet (a real run stops on these before it starts):")
+        lines += [f"  {m}" for m in missing]
+    lines.append("dry run: the recipe is valid; nothing was run")
+    return "\n".join(lines)
