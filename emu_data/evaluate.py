@@ -254,7 +254,8 @@ def _until_eos(ids: list[int]) -> list[int]:
 
 
 def retrieval(model, run, pairs: Pairs, device, options) -> dict:
-    """Regress each caption's image (z1..zQ, autoregressively) and rank every pair's true z by cosine."""
+    """Regress each caption's image (z1..zQ, autoregressively) and rank every pair's true z by
+    cosine, both centred on the mean true z."""
     queries = run.config.model.queries
     true = model.visual(torch.from_numpy(pairs.features).to(device)).flatten(1)
     predicted = []
@@ -265,7 +266,11 @@ def retrieval(model, run, pairs: Pairs, device, options) -> dict:
             _text(prompt, [BOS] + run.vocab.encode(caption) + [IMG])
             prompts.append(prompt)
         predicted.append(regress_image(model, prompts, device, queries))
-    scores = torch.nn.functional.normalize(torch.cat(predicted), dim=-1) @ torch.nn.functional.normalize(true, dim=-1).t()
+    # Centred on the candidates' mean: every image's z shares a large common part (the learned
+    # queries), and plain cosine would rank by how close an image is to that common part.
+    centre = true.mean(0, keepdim=True)
+    normalize = torch.nn.functional.normalize
+    scores = normalize(torch.cat(predicted) - centre, dim=-1) @ normalize(true - centre, dim=-1).t()
     rank = (scores > scores.diagonal()[:, None]).sum(1)   # images scored above the true one
     return {"retrieval_r1": float((rank < 1).float().mean()), "retrieval_r5": float((rank < 5).float().mean())}
 

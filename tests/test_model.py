@@ -178,6 +178,27 @@ def test_the_loss_has_one_visual_target_per_query_and_text_targets_skip_slots(in
     assert _model(vocab, index)(batch).loss == losses.loss        # the seeded init is reproducible
 
 
+def test_the_text_conditioned_z1_term_carries_image_start_weight(indexed, sample_dir, sample_features):
+    """visual_mse = (w * n1 * a + n_rest * b) / (w * n1 + n_rest): a, the mean error of the z1
+    targets ([IMG] -> z1), b of the continuations, w = image_start_weight."""
+    index, vocab, _ = indexed
+    batch = _first_batch(indexed, sample_dir, sample_features)
+    model = _model(vocab, index)
+
+    def mse(weight):
+        model.config = ModelConfig(**{**SMALL.__dict__, "image_start_weight": weight})
+        return float(model(batch).visual_mse)
+
+    a, b = mse(1e9), mse(0.0)          # the z1 terms alone, the continuations alone
+    n1 = batch.features.shape[0]
+    n_rest = n1 * (SMALL.queries - 1)
+    for w in (1.0, 32.0):
+        assert mse(w) == pytest.approx((w * n1 * a + n_rest * b) / (w * n1 + n_rest), rel=1e-4)
+    assert a != pytest.approx(b)
+    with pytest.raises(ConfigError):
+        ModelConfig(image_start_weight=-1)
+
+
 def test_regression_targets_are_detached(indexed, sample_dir, sample_features):
     """The l2 term moves the causal transformer only through the LM's inputs, never by pulling
     the target toward the prediction: with the LM's input path cut, its gradient is zero."""

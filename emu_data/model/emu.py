@@ -12,7 +12,8 @@ instead of a token embedding.
 Losses, as Emu: next-token cross-entropy wherever the next position is text (predicting
 [IMG] included; outputs at slot positions are ignored), and l2 regression of the next
 visual embedding: [IMG] predicts z1, zk predicts z(k+1), against the z that was fed in,
-detached. The causal transformer's output is layer-normalised without a learned scale, so
+detached; the z1 term (the only one predicted from text alone) is weighted by
+model.image_start_weight (see config.py). The causal transformer's output is layer-normalised without a learned scale, so
 the regression cannot be won by shrinking every z toward zero.
 """
 
@@ -172,13 +173,21 @@ class Emu(nn.Module):
         next_tokens, next_slot = batch.tokens[:, 1:], slot[:, 1:]
         text = ~slot[:, :-1] & ~next_slot & (next_tokens != PAD) & (next_tokens != BOS)
         text_ce = F.cross_entropy(self.logits(h[text]).float(), next_tokens[text]) if text.any() else h.sum() * 0
-        target = z[batch.slot_image[:, 1:][next_slot], batch.slot_query[:, 1:][next_slot]].detach()
+        query = batch.slot_query[:, 1:][next_slot]
+        target = z[batch.slot_image[:, 1:][next_slot], query].detach()
         predicted = self.regress(h[next_slot]).float()
-        visual_mse = F.mse_loss(predicted, target.float()) if next_slot.any() else h.sum() * 0
+        visual_mse = _weighted_mse(predicted, target.float(), query, self.config.image_start_weight) \
+            if next_slot.any() else h.sum() * 0
         cosine = F.cosine_similarity(predicted.detach(), target.float(), dim=-1).mean() if next_slot.any() \
             else h.new_zeros(())
         loss = text_ce + self.config.regression_weight * visual_mse
         return Losses(loss, text_ce, visual_mse, cosine, int(text.sum()), int(next_slot.sum()))
+
+
+def _weighted_mse(predicted, target, query, start_weight: float):
+    """Mean squared error per target, the z1 targets (query 0) weighted by start_weight."""
+    weight = torch.where(query == 0, start_weight, 1.0).to(predicted.dtype)
+    return ((predicted - target).pow(2).mean(-1) * weight).sum() / weight.sum().clamp(min=1e-8)
 
 
 def _init(module):
