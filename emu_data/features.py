@@ -211,7 +211,8 @@ def _metadata(path: Path) -> dict:
 
 
 def plan_inference(run: RunOptions, ray: runtime.RayOptions) -> runtime.InferencePlan:
-    """One encoder actor per GPU; with none, one CPU actor holding half the CPUs."""
+    """One encoder actor per GPU; with none, one CPU actor holding half the CPUs (on a
+    one-CPU cluster, half of it)."""
     runtime.ensure_ray(ray)
     have = runtime.cluster_gpus()
     gpus = have if run.gpus is None else run.gpus
@@ -219,7 +220,14 @@ def plan_inference(run: RunOptions, ray: runtime.RayOptions) -> runtime.Inferenc
         raise FeatureError(f"asked for {gpus} GPU(s), the Ray cluster has {have}")
     if gpus:
         return runtime.InferencePlan(batch_size=run.batch_size, actors=gpus, gpus_per_actor=1, cpus_per_actor=1)
-    cpus = run.encoder_cpus or max(1, runtime.cluster_cpus() // 2)
+    total = runtime.cluster_cpus()
+    if total < 2 and not run.encoder_cpus:
+        # One CPU: the encoder actor and the decode tasks share it. Whole CPUs each would
+        # deadlock (the actor holds the only CPU, the reads it waits on never start).
+        return runtime.InferencePlan(batch_size=run.batch_size, actors=1, cpus_per_actor=0.5, cpus_per_read=0.5)
+    cpus = run.encoder_cpus or total // 2
+    if cpus >= total:
+        raise FeatureError(f"--encoder-cpus {cpus} leaves none of the cluster's {total} CPU(s) to decode images")
     return runtime.InferencePlan(batch_size=run.batch_size, actors=1, cpus_per_actor=cpus)
 
 

@@ -156,6 +156,20 @@ def test_bad_model_and_weights_are_clear_errors(sample_dir, tiny, tmp_path, caps
         encoder.load_visual(encoder.ModelSpec(tiny, pretrained=str(tmp_path / "missing.pt")))
 
 
+def test_a_one_cpu_cluster_shares_its_cpu_between_encoder_and_decoding(monkeypatch, ray_session):
+    """Whole CPUs each on a 1-CPU Ray would deadlock: the actor holds the CPU the reads need."""
+    from emu_data import runtime
+
+    monkeypatch.setattr(runtime, "cluster_cpus", lambda ray=None: 1)
+    monkeypatch.setattr(runtime, "cluster_gpus", lambda ray=None: 0)
+    plan = features.plan_inference(features.RunOptions(), ray_session)
+    assert plan.cpus_per_actor + plan.cpus_per_read <= 1
+    monkeypatch.setattr(runtime, "cluster_cpus", lambda ray=None: 4)
+    assert features.plan_inference(features.RunOptions(), ray_session).cpus_per_actor == 2
+    with pytest.raises(features.FeatureError, match="leaves none"):
+        features.plan_inference(features.RunOptions(encoder_cpus=4), ray_session)
+
+
 def test_the_stage_pickles():
     import pickle
 
