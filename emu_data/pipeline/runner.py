@@ -189,21 +189,17 @@ def _site_served(plan: Plan, todo: list):
         return
     base = bundle.published_base(plan.site_dir, plan.site)
     port = int(base.rsplit(":", 1)[1]) if base else 0
-    try:
-        server = sample_site.serve(plan.site_dir, port=port)
-        url = server.__enter__()
-    except OSError:
-        log.warning("port %d of the published site is taken: publishing the site again on another", port)
-        base, server = None, sample_site.serve(plan.site_dir)
-        url = server.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(sample_site.serve(plan.site_dir, port=port))
+        except OSError:
+            log.warning("port %d of the published site is taken: publishing the site again on another", port)
+            base, url = None, stack.enter_context(sample_site.serve(plan.site_dir))
         if base is None:
             plan.site_dir.mkdir(parents=True, exist_ok=True)
             print(f"publishing the sample site under {plan.site_dir}, served at {url}", flush=True)
             bundle.publish(plan.site_dir, url, plan.site)
         yield url
-    finally:
-        server.__exit__(None, None, None)
 
 
 # ---- describing the plan ----------------------------------------------------------------------
