@@ -187,7 +187,7 @@ def test_the_text_conditioned_z1_term_carries_image_start_weight(indexed, sample
 
     def mse(weight):
         model.config = ModelConfig(**{**SMALL.__dict__, "image_start_weight": weight})
-        return float(model(batch).visual_mse)
+        return float(model(batch).visual_mse.detach())
 
     a, b = mse(1e9), mse(0.0)          # the z1 terms alone, the continuations alone
     n1 = batch.features.shape[0]
