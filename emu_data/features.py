@@ -13,6 +13,11 @@ tasks; the GPU half (normalise, encode) in a pool of encoder actors, one model p
 Resumable per shard: a feature shard whose metadata names the same layout fingerprint and
 the same corpus shard sha256 is kept; the others are recomputed. A rerun with another
 model, weights, token layout, precision or preprocessing is refused (LayoutChanged).
+
+Every corpus image gets a feature row (alignment is the contract), so an image that does not
+decode, or is a decompression bomb (above Pillow's MAX_IMAGE_PIXELS), stops the run with a
+FeatureError naming the shard, key and image; ingest never stores one, and
+`emu-data validate --deep` lists any that got in.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import logging
 import math
 import shutil
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 from tqdm import tqdm
 
 from emu_data import encoder, manifest, runtime, schema
@@ -120,7 +126,10 @@ class ChunkReader:
                     continue
                 try:
                     pixels.append(encoder.pixels(image["bytes"].as_py(), self._steps))
-                except (OSError, ValueError, SyntaxError) as e:  # Pillow's "not an image"
+                except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                    raise FeatureError(f"{chunk['shard']}: {key} image {index} is a decompression bomb ({e}); "
+                                       "run `emu-data validate --deep` on the corpus") from None
+                except (OSError, ValueError, SyntaxError, EOFError) as e:  # Pillow's "not an image"
                     raise FeatureError(f"{chunk['shard']}: {key} image {index} does not decode ({e}); "
                                        "run `emu-data validate --deep` on the corpus") from None
                 keys.append(key)
@@ -161,7 +170,20 @@ def _corpus_manifest(corpus: Path) -> dict:
     built = manifest.read(corpus)
     if built["schema"]["name"] != "interleaved":
         raise FeatureError(f"{corpus} holds {built['schema']['name']} records, not a corpus of interleaved samples")
+    for entry in built["shards"]:
+        _check_shard_path(corpus, entry["path"])
     return built
+
+
+def _check_shard_path(corpus: Path, rel: str) -> None:
+    """Feature shards are written at their corpus shard's path under OUT, so a manifest's path
+    must stay a plain data/...arrow path: never absolute, never '..' (the manifest schema's
+    pattern allows both)."""
+    parts = PurePosixPath(rel).parts
+    if (rel.startswith("/") or "\\" in rel or "\0" in rel or len(parts) < 2 or parts[0] != DATA_DIR
+            or any(part in (".", "..") for part in parts) or not rel.endswith(SHARD_SUFFIX)):
+        raise FeatureError(f"{corpus / manifest.MANIFEST_NAME}: shard path {rel[:200]!r} is not a "
+                           f"{DATA_DIR}/...{SHARD_SUFFIX} path inside the corpus")
 
 
 def _prepare(out: Path, fingerprint: str, config: dict, overwrite: bool) -> None:

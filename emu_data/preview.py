@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from collections.abc import Iterable, Mapping
 
 # Badge colours; an unknown source still renders, in grey, rather than failing the page.
@@ -76,7 +77,10 @@ def sniff_mime(data: bytes) -> str | None:
 
 
 def format_time(seconds: float) -> str:
-    """Seconds as m:ss.s; round first so 59.96 reads 1:00.0, never 0:60.0."""
+    """Seconds as m:ss.s; round first so 59.96 reads 1:00.0, never 0:60.0. A time that is
+    no finite number (a broken record) reads as itself rather than failing the page."""
+    if not math.isfinite(seconds):
+        return str(seconds)
     tenths = round(float(seconds) * 10)
     minutes, rest = divmod(tenths, 600)
     return f"{minutes}:{rest // 10:02d}.{rest % 10}"

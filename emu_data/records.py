@@ -28,10 +28,21 @@ def sample(key: str, source: str, items: Sequence[str | bytes], *,
         "texts": texts,
         "images": images,
         "times": [float(t) for t in times] if times is not None else None,
-        "meta": json.dumps(meta or {}, sort_keys=True, ensure_ascii=False),
+        "meta": _meta_json(meta or {}),
     }
     check(row)
     return row
+
+
+def _meta_json(meta: dict) -> str:
+    """Readable JSON; but a lone surrogate from a hostile source (a title, a caption) cannot
+    be stored as UTF-8 and would fail the whole shard: escape such a value instead."""
+    text = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(meta, sort_keys=True, ensure_ascii=True)
+    return text
 
 
 def check(row: dict) -> None:

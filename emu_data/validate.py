@@ -302,7 +302,8 @@ class _CorpusCheck(_DirCheck):
                 self.decoded[path] += 1
                 self.report.decoded += 1
             if problem:
-                self.flag(path, "image_decode", f"images[{i}]: {problem}", row=row, key=key)
+                rule, message = problem
+                self.flag(path, rule, f"images[{i}]: {message}", row=row, key=key)
 
     # ---- totals ------------------------------------------------------------------
     def _check_counts(self, built: dict) -> None:
@@ -573,16 +574,20 @@ def _has_positions(actual: pa.Schema) -> bool:
             and "image_index" in names and pa.types.is_integer(actual.field("image_index").type))
 
 
-def image_problem(data: bytes, *, decode: bool) -> str | None:
-    """Why `data` is not a usable image, or None. decode=False parses the header only."""
+def image_problem(data: bytes, *, decode: bool) -> tuple[str, str] | None:
+    """(rule, why) when `data` is not a usable image, else None. decode=False parses the
+    header only. Above Pillow's MAX_IMAGE_PIXELS (its warning zone too) the rule is
+    decompression_bomb, found from the header and never decoded; else image_decode."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in ("JPEG", "PNG", "WEBP"):
-                return f"format {image.format} is not JPEG, PNG or WebP"
+                return "image_decode", f"format {image.format} is not JPEG, PNG or WebP"
+            encoder.refuse_decompression_bomb(image.size)
             if decode:
                 image.load()
-    except Image.DecompressionBombError as e:
-        return f"decompression bomb: {e}"
-    except (OSError, SyntaxError, ValueError) as e:  # PIL's ways of saying "not an image"
-        return f"does not decode: {e}"
+                encoder.refuse_decompression_bomb(image.size)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning: under -W error
+        return "decompression_bomb", f"decompression bomb: {e}"
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's ways of saying "not an image"
+        return "image_decode", f"does not decode: {e}"
     return None

@@ -190,6 +190,8 @@ def parse(raw: bytes, line: int, s: Slice, config: Mmc4Config) -> Document:
     url = data.get("url")
     if url is not None and not isinstance(url, str):
         raise DocumentError("bad_field", f"url is a {type(url).__name__}, not a string")
+    if url is not None and not _unicode(url):  # it becomes the status row's input
+        raise DocumentError("bad_field", "url holds a lone surrogate escape (\\ud800), not text")
     return Document(id="", ref=url or f"{s.path}:{line}", url=url or None, line=line,
                     sentences=sentences, images=images, similarity=similarity,
                     could_duplicate=bool(data.get("could_have_url_duplicate")))
@@ -208,7 +210,19 @@ def _sentences(data: dict) -> tuple[str, ...]:
     sentences = _list(data, "text_list")
     if not all(isinstance(t, str) for t in sentences):
         raise DocumentError("bad_field", "text_list holds a non-string")
+    if not all(_unicode(t) for t in sentences):
+        raise DocumentError("bad_field", "text_list holds a lone surrogate escape (\\ud800), not text")
     return tuple(sentences)
+
+
+def _unicode(text: str) -> bool:
+    """No lone surrogates: JSON escapes can spell them, and the shard writer cannot store them
+    (the whole unit would fail at its commit)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _candidate(i: int, info, n_sentences: int) -> Candidate:
@@ -218,17 +232,23 @@ def _candidate(i: int, info, n_sentences: int) -> Candidate:
         if name not in info:
             raise DocumentError("missing_field", f"image_info[{i}] has no {name!r}")
     url, index, sim = info["raw_url"], info["matched_text_index"], info["matched_sim"]
-    if not isinstance(url, str) or not _is_number(sim):
-        raise DocumentError("bad_field", f"image_info[{i}]: raw_url must be a string, matched_sim a number")
+    if not isinstance(url, str) or not _unicode(url) or not _is_number(sim):
+        raise DocumentError("bad_field", f"image_info[{i}]: raw_url must be a string (no lone surrogate), "
+                                         "matched_sim a finite number")
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_sentences:
         raise DocumentError("bad_match_index", f"image_info[{i}].matched_text_index {index!r} is not "
                                                f"a sentence index (text_list has {n_sentences})")
     name = info.get("image_name")
-    return Candidate(i, url, name if isinstance(name, str) else None, index, float(sim))
+    return Candidate(i, url, name if isinstance(name, str) and _unicode(name) else None, index, float(sim))
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer past the float range (10**400)
+        return False
 
 
 def _similarity(data: dict, n_images: int, n_sentences: int) -> tuple[tuple[float, ...], ...]:
@@ -347,22 +367,33 @@ def fetch_image(url: str, config: Mmc4Config, fetcher: net.Fetcher) -> bytes:
 
 def checked_image(body: bytes, max_pixels: int) -> bytes:
     """Bytes that decode in full (stored as they came if JPEG/PNG/WebP, else re-encoded to
-    JPEG), or ImageDropped(decode_error). The size is checked from the header, before load()."""
+    JPEG), or ImageDropped(decode_error | decompression_bomb). The size is checked from the
+    header, before load(), and again after (some formats learn their size while loading)."""
     try:
         with Image.open(io.BytesIO(body)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDropped("decode_error", f"{width}x{height} exceeds max_image_pixels {max_pixels}")
+            _refuse_bomb(image.size, max_pixels)
             image.load()
+            _refuse_bomb(image.size, max_pixels)
             if image.format in STORED_FORMATS:
                 return body
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, format="JPEG", quality=95)
             return buffer.getvalue()
-    except Image.DecompressionBombError as e:
-        raise ImageDropped("decode_error", f"decompression bomb: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning: under -W error
+        raise ImageDropped("decompression_bomb", f"decompression bomb: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow's ways of saying "not an image"
         raise ImageDropped("decode_error", f"does not decode: {e}") from None
+
+
+def _refuse_bomb(size: tuple[int, int], max_pixels: int) -> None:
+    """ImageDropped(decompression_bomb) above max_pixels or Pillow's MAX_IMAGE_PIXELS (Pillow
+    itself refuses only above twice its limit, and merely warns in between)."""
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageDropped("decompression_bomb", f"{width}x{height} exceeds max_image_pixels {max_pixels}")
+    pillow = Image.MAX_IMAGE_PIXELS
+    if pillow and width * height > pillow:
+        raise ImageDropped("decompression_bomb", f"{width}x{height} exceeds Pillow's limit of {pillow} pixels")
 
 
 def _assign(doc: Document, kept: list[tuple[Candidate, bytes]]) -> list[int]:

@@ -7,7 +7,7 @@ JPEG, and put the caption (`name`) last, at the last frame's time.
 
 Every data row ends as one sample or one status row with a reason: malformed_row,
 invalid_id, duplicate_id, missing_url, missing_caption, bad_duration, too_short, a fetch
-reason (http_404, timeout, too_large, ...), decode_error or invalid_record.
+reason (http_404, timeout, too_large, ...), decode_error, decompression_bomb or invalid_record.
 
 Keys are webvid:<videoid>. A videoid is used only after it matched `\\w+` (ASCII), and only
 in keys, never in a path. A row with no usable id (malformed, invalid, or an id already
@@ -43,6 +43,7 @@ from typing import BinaryIO, Iterator
 # video2dataset also uses.
 import av
 import numpy as np
+from PIL import Image
 
 from emu_data import net, records
 from emu_data.corpus import Unit, UnitWriter
@@ -108,7 +109,10 @@ def parse_duration(text: str) -> float:
     if not match or not any(match.groups()) or value.upper().endswith("T"):
         raise VideoError("bad_duration", f"duration {value[:40]!r} is not an ISO-8601 duration like PT00H00M17S")
     days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if not math.isfinite(total):  # 400 digits of seconds parse as inf, which passes min_duration
+        raise VideoError("bad_duration", f"duration {value[:40]!r}... is not a finite number of seconds")
+    return total
 
 
 # ---- planning -----------------------------------------------------------------------------
@@ -201,8 +205,8 @@ def parse_rows(lines: _Lines) -> Iterator[tuple[int, tuple[str, ...] | str]]:
 
 def _header(path: Path, rows: Iterator) -> tuple[str, ...]:
     first = next(rows, None)
-    if first is None or isinstance(first[1], str):
-        raise ValueError(f"{path}: no CSV header row")
+    if first is None or isinstance(first[1], str):  # str: the csv module's complaint about it
+        raise ValueError(f"{path}: no CSV header row" + (f" ({first[1]})" if first else ""))
     header = tuple(name.strip() for name in first[1])
     header = (header[0].removeprefix("\ufeff"), *header[1:])  # a BOM some exporters write
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -459,9 +463,17 @@ def _video_stream(container, config: WebvidConfig):
     width, height = stream.codec_context.width, stream.codec_context.height
     if width < 1 or height < 1:
         raise VideoError("decode_error", f"video stream without a frame size ({width}x{height})")
-    if width * height > config.max_pixels:
-        raise VideoError("decode_error", f"{width}x{height} exceeds max_pixels {config.max_pixels}")
+    _refuse_bomb(width, height, config)
     return stream
+
+
+def _refuse_bomb(width: int, height: int, config: WebvidConfig) -> None:
+    """VideoError(decompression_bomb) for frames above max_pixels or Pillow's MAX_IMAGE_PIXELS
+    (each stored frame becomes a Pillow image, which never passes Pillow's own check)."""
+    limit = min(config.max_pixels, Image.MAX_IMAGE_PIXELS or config.max_pixels)
+    if width * height > limit:
+        raise VideoError("decompression_bomb", f"{width}x{height} frames exceed {limit} pixels "
+                         f"(max_pixels {config.max_pixels}, Pillow's limit {Image.MAX_IMAGE_PIXELS})")
 
 
 def _stream_info(container, stream) -> _Stream:
@@ -541,6 +553,7 @@ def _fit(width: int, height: int, longest: int | None) -> tuple[int, int]:
 def _encode(frame, config: WebvidConfig) -> tuple[bytes, tuple[int, int]]:
     """JPEG of the frame: scaled and converted to RGB in one swscale pass (AREA averages
     the pixels each output pixel covers: the right filter for shrinking)."""
+    _refuse_bomb(frame.width, frame.height, config)  # a stream may change its frame size midway
     size = _fit(frame.width, frame.height, config.frame_size)
     if size == (frame.width, frame.height):
         image = frame.to_image()

@@ -44,20 +44,30 @@ class VideoInput:
 def video_id_of(text: str) -> str | None:
     """The 11-character id in a bare id or any of YouTube's video URL forms, else None."""
     text = text.strip()
-    if VIDEO_ID.match(text):
+    # fullmatch: VIDEO_ID's $ also matches before a final newline (v=...%0A)
+    if VIDEO_ID.fullmatch(text):
         return text
-    url = urlparse(text if "://" in text else f"https://{text}")
-    host = (url.hostname or "").lower()
+    url = _parsed(text if "://" in text else f"https://{text}")
+    host = (url.hostname or "").lower() if url else ""
     if host.endswith("youtu.be"):
         candidate = url.path.lstrip("/").split("/")[0]
-        return candidate if VIDEO_ID.match(candidate) else None
+        return candidate if VIDEO_ID.fullmatch(candidate) else None
     if host.endswith("youtube.com") or host.endswith("youtube-nocookie.com"):
         match = _VIDEO_PATHS.match(url.path)
         if match:
             return match.group(1)
         ids = parse_qs(url.query).get("v", [])
-        return ids[0] if ids and VIDEO_ID.match(ids[0]) else None
+        return ids[0] if ids and VIDEO_ID.fullmatch(ids[0]) else None
     return None
+
+
+def _parsed(text: str):
+    """urlparse's result, or None for text it refuses ("http://[::1", an unclosed IPv6 host):
+    such a ref stays a plain URL input, and yt-dlp's refusal becomes its status row."""
+    try:
+        return urlparse(text)
+    except ValueError:
+        return None
 
 
 def is_list_url(text: str) -> bool:
@@ -65,12 +75,16 @@ def is_list_url(text: str) -> bool:
     is not itself a YouTube video (yt-dlp's flat extraction decides what it holds)."""
     if video_id_of(text):
         return False
-    return urlparse(text.strip()).scheme in ("http", "https")
+    url = _parsed(text.strip())
+    return url is not None and url.scheme in ("http", "https")
 
 
 def read_ids_file(path: Path) -> list[str]:
     """One id or URL per line; blank lines and # comments ignored."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:  # a ValueError, but one that does not name the file
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
 
 

@@ -34,12 +34,18 @@ _CONTENT_ID = re.compile(r"<?(\d+)\.[^@>]*@[^>]*>?")  # yt-dlp: <{i}.{boundary}@
 _STUB_CID = re.compile(rb'src="cid:(\d+)\.')  # the HTML stub names every fragment, skipped or not
 # What Pillow raises for bytes that are not a decodable image (UnidentifiedImageError and
 # truncation are OSErrors; some plugins raise SyntaxError or ValueError on bad headers).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+# Pillow refuses images above twice its MAX_IMAGE_PIXELS and only warns between once and
+# twice; both are refused here (the warning too, where it is raised as an error).
+_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+# Tiles of one level past this are a broken or hostile spec, not a video (12 h at one tile a
+# second is 43,200): refused before a URL per mosaic is built for them.
+_MAX_TILES = 10**6
 
 
 class StoryboardError(ValueError):
     """A storyboard that cannot become tiles; `reason` is a stable code for stats and retries:
-    "no_storyboard", "decode_error" or "malformed_storyboard"."""
+    "no_storyboard", "decode_error", "decompression_bomb" or "malformed_storyboard"."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(f"{reason}: {message}")
@@ -77,17 +83,18 @@ class Tile:
 
 
 def _positive_int(value) -> int | None:
+    """A positive int up to 2**53, so that sums and ratios of them stay exact floats."""
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         return None
-    return number if number > 0 else None
+    return number if 0 < number <= 2**53 else None
 
 
 def _positive_float(value) -> float | None:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: float(10**400)
         return None
     return number if number > 0 and math.isfinite(number) else None
 
@@ -107,11 +114,14 @@ def _duration_interval(duration: float, count: int) -> float:
     slack = 1 if duration == int(duration) else 0
     # Only i in [duration / (count - 1), (duration + slack) / (count - 2)] can qualify.
     low, high = int(duration / max(count - 1, 1)), math.ceil((duration + slack) / max(count - 2, 1))
-    consistent = [i for i in range(max(1, low), high + 1)
-                  if math.ceil(duration / i) <= count - 1 <= math.ceil((duration + slack) / i)]
-    if consistent:
-        target = duration / max(count - 1, 1)
-        return float(min(consistent, key=lambda i: abs(i - target)))
+    # The first bound holds from duration / (count - 1), the target, upwards and the second
+    # from some i downwards, so the first i meeting the first bound is the closest candidate:
+    # found in a step or two (scanning the whole range took minutes for a huge duration).
+    for i in range(max(1, low), high + 1):
+        if math.ceil(duration / i) <= count - 1:
+            if count - 1 <= math.ceil((duration + slack) / i):
+                return float(i)
+            break  # the second bound fails here, so for every larger i too
     return float(max(1, round(duration / count)))
 
 
@@ -126,21 +136,28 @@ def levels_from_info(info: dict) -> list[Level]:
     Spacing comes from the duration and count (see _duration_interval), never 1/fps. Formats
     that cannot be timed or fetched (no fragments, count < 1, bad geometry) are skipped.
     """
-    formats = [f for f in info.get("formats") or ()
-               if f.get("format_note") == "storyboard" or f.get("protocol") == "mhtml"]
+    formats = info.get("formats")  # untrusted JSON: anything may stand where a list belongs
+    formats = [f for f in formats if isinstance(f, dict)
+               and (f.get("format_note") == "storyboard" or f.get("protocol") == "mhtml")
+               ] if isinstance(formats, list) else []
     levels = [_info_level(f, _positive_float(info.get("duration"))) for f in formats]
     return _largest_first([level for level in levels if level is not None])
 
 
 def _info_level(fmt: dict, duration: float | None) -> Level | None:
     fragments = fmt.get("fragments") or ()
+    if not isinstance(fragments, list) or not all(isinstance(f, dict) for f in fragments):
+        return None  # fragments we cannot read are fragments we cannot fetch
     if not duration:  # yt-dlp splits the video's duration over the fragments
         duration = _positive_float(sum(_positive_float(f.get("duration")) or 0 for f in fragments))
     fps = _positive_float(fmt.get("fps"))
     geometry = [_positive_int(fmt.get(k)) for k in ("width", "height", "columns", "rows")]
     if not fragments or not duration or not fps or not all(geometry):
         return None
-    count = round(fps * duration)  # yt-dlp's fps is count / duration
+    count = fps * duration  # yt-dlp's fps is count / duration
+    if not count <= _MAX_TILES:  # inf too: round() would raise
+        return None
+    count = round(count)
     urls = tuple(_fragment_url(fmt, f) for f in fragments)
     width, height, columns, rows = geometry
     if count < 1 or not all(urls) or len(urls) < math.ceil(count / (columns * rows)):
@@ -150,10 +167,25 @@ def _info_level(fmt: dict, duration: float | None) -> Level | None:
 
 
 def _fragment_url(fmt: dict, fragment: dict) -> str | None:
+    """The fragment's URL, or None for one that cannot be fetched: not text, not a URL
+    ("https://[::1/"), or holding a lone surrogate (JSON can spell one; HTTP cannot send it)."""
     if fragment.get("url"):
-        return fragment["url"]
-    base, path = fmt.get("fragment_base_url"), fragment.get("path")
-    return urljoin(base, path) if base and path else None
+        url = fragment["url"]
+    else:
+        base, path = fmt.get("fragment_base_url"), fragment.get("path")
+        if not (isinstance(base, str) and isinstance(path, str) and base and path):
+            return None
+        try:
+            url = urljoin(base, path)
+        except ValueError:
+            return None
+    if not isinstance(url, str):
+        return None
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return url
 
 
 def levels_from_player_response(player_response: dict, duration: float | None = None) -> list[Level]:
@@ -164,18 +196,28 @@ def levels_from_player_response(player_response: dict, duration: float | None = 
     are timed from duration and count when the duration is known (argument, else
     videoDetails.lengthSeconds), and are skipped otherwise.
     """
-    spec = ((player_response.get("storyboards") or {}).get("playerStoryboardSpecRenderer") or {}).get("spec")
+    spec = _field(player_response, "storyboards", "playerStoryboardSpecRenderer", "spec")
     if not isinstance(spec, str) or not spec.split("|")[0]:
         return []
     if duration is None:
-        duration = (player_response.get("videoDetails") or {}).get("lengthSeconds")
+        duration = _field(player_response, "videoDetails", "lengthSeconds")
     base, *entries = spec.split("|")
-    base_url = urljoin(_SPEC_BASE, base)
+    try:
+        base_url = urljoin(_SPEC_BASE, base)
+    except ValueError:  # "//[::1": not a URL
+        return []
     entries.reverse()
     top = len(entries) - 1  # $L counts from the first spec entry; yt-dlp's sb{i} from the last
     levels = [_spec_level(f"sb{i}", top - i, entry, base_url, _positive_float(duration))
               for i, entry in enumerate(entries)]
     return _largest_first([level for level in levels if level is not None])
+
+
+def _field(obj, *names):
+    """obj[name][name]..., or None where a step is missing or not an object (untrusted JSON)."""
+    for name in names:
+        obj = obj.get(name) if isinstance(obj, dict) else None
+    return obj
 
 
 def _spec_level(format_id: str, spec_index: int, entry: str, base_url: str,
@@ -186,7 +228,7 @@ def _spec_level(format_id: str, spec_index: int, entry: str, base_url: str,
         return None
     width, height, count, columns, rows = (_positive_int(a) for a in args[:5])
     interval_ms = _positive_int(args[5]) or (0 if args[5] == "0" else None)  # 0: the "default" level
-    if not all((width, height, count, columns, rows)) or interval_ms is None:
+    if not all((width, height, count, columns, rows)) or interval_ms is None or count > _MAX_TILES:
         return None
     if interval_ms:
         interval, source = interval_ms / 1000, "spec"
@@ -206,7 +248,9 @@ def playability_reason(player_response: dict) -> str | None:
 
     A response that needs a PO token still says OK here: only its caption URLs differ.
     """
-    status = player_response.get("playabilityStatus") or {}
+    status = _field(player_response, "playabilityStatus") or {}
+    if not isinstance(status, dict):  # "OK" as a bare string is no status we can read
+        status = {}
     if status.get("status") == "OK":
         return None
     reason = str(status.get("reason") or "").lower()
@@ -297,10 +341,21 @@ def _slice_one(data: bytes, m: int, level: Level, first: int, quality: int) -> l
 def _decode(data: bytes, m: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
+        _refuse_bomb(image.size)  # from the header, before a pixel is decoded
         image.load()  # decode now: a truncated file fails here, not at the first crop
+        _refuse_bomb(image.size)  # some formats learn their real size only while loading
+    except _BOMB_ERRORS as error:
+        raise StoryboardError("decompression_bomb", f"mosaic {m}: {error}") from error
     except _DECODE_ERRORS as error:
         raise StoryboardError("decode_error", f"mosaic {m} does not decode: {error}") from error
     return image if image.mode in ("RGB", "L") else image.convert("RGB")
+
+
+def _refuse_bomb(size: tuple[int, int]) -> None:
+    """DecompressionBombError above Pillow's MAX_IMAGE_PIXELS, its warning zone included."""
+    limit, (width, height) = Image.MAX_IMAGE_PIXELS, size
+    if limit and width * height > limit:
+        raise Image.DecompressionBombError(f"{width}x{height} pixels exceed Pillow's limit of {limit}")
 
 
 def _tile_boxes(size: tuple[int, int], level: Level, want: int, m: int) -> list[tuple[int, int, int, int]]:

@@ -38,7 +38,8 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # Tags (<c.colorE5E5E5>, </c>, <i>, <v Bob>) and VTT inline timestamps (<00:00:03.500>);
 # a bare "<" in text (srv1 after XML unescaping, "a < b") is not followed by a letter.
 _TAG = re.compile(r"<(?:/?[A-Za-z][^<>]*|\d[\d:.]*)>")
-_INLINE_TS = re.compile(r"<((?:\d+:)?\d{2}:\d{2}\.\d{3})>")
+# Hours as webvtt-py reads cue timings (at most 10 digits): int() refuses 4300+ digits.
+_INLINE_TS = re.compile(r"<((?:\d{1,10}:)?\d{2}:\d{2}\.\d{3})>")
 _XML_DECL = re.compile(r"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 _TTML_CLOCK = re.compile(r"(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 _TTML_OFFSET = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")
@@ -110,6 +111,15 @@ def _no_deep_nesting(parser: Callable[[bytes], list[Cue]]) -> Callable[[bytes], 
     return guarded
 
 
+def _unicode(text: str) -> bool:
+    """No lone surrogates: JSON escapes can spell them, and no UTF-8 column can store them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _preview(text: str) -> str:
     return repr(text[:40])
 
@@ -138,14 +148,17 @@ def _finish(cues: Iterable[Cue | None]) -> list[Cue]:
 def _number_ms(value: Any, scale: int, what: str) -> int:
     """A finite JSON number or decimal string, times `scale`, as integer milliseconds."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise SubtitleError(f"{what} is not a number: {value!r}")
+        raise SubtitleError(f"{what} is not a number: {value!r:.60}")
     try:
-        number = float(value)
+        number = float(value) * scale
     except ValueError:
-        raise SubtitleError(f"{what} is not a number: {value!r}") from None
+        raise SubtitleError(f"{what} is not a number: {value!r:.60}") from None
+    except OverflowError:  # a JSON integer past the float range (10**400)
+        number = math.inf
+    # checked after scaling: 1e308 s is finite, its milliseconds are not, and round() raises
     if not math.isfinite(number):
-        raise SubtitleError(f"{what} is not finite: {value!r}")
-    return round(number * scale)
+        raise SubtitleError(f"{what} is not finite in milliseconds: {value!r:.60}")
+    return round(number)
 
 
 # ---------------------------------------------------------------- WebVTT
@@ -248,8 +261,8 @@ def parse_json3(data: bytes) -> list[Cue]:
     text = _decode(data, "json3")
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SubtitleError(f"json3: not JSON ({err.msg}), starts {_preview(text)}") from err
+    except ValueError as err:  # JSONDecodeError, or an integer of 4300+ digits
+        raise SubtitleError(f"json3: not JSON ({getattr(err, 'msg', err)}), starts {_preview(text)}") from err
     events = doc.get("events") if isinstance(doc, dict) else None
     if not isinstance(events, list):
         raise SubtitleError(f"json3: expected an object with an 'events' list, got {type(doc).__name__}")
@@ -277,6 +290,8 @@ def _json3_cue(event: dict, segs: list[dict], word_timed: bool) -> Cue | None:
     pieces = [(s.get("utf8"), s.get("tOffsetMs", 0)) for s in segs]
     if not all(isinstance(utf8, str) for utf8, _ in pieces):
         raise SubtitleError("json3: a seg's 'utf8' is missing or not text")
+    if not all(_unicode(utf8) for utf8, _ in pieces):
+        raise SubtitleError("json3: a seg's 'utf8' holds a lone surrogate escape (\\ud800), not text")
     # "\n" segs stay in the joined text (they separate words) but never become words.
     text = _clean("".join(utf8 for utf8, _ in pieces))
     words = [
@@ -343,10 +358,12 @@ def _ttml_ms(value: str | None, what: str) -> int:
     value = (value or "").strip()
     if clock := _TTML_CLOCK.fullmatch(value):
         hours, minutes, seconds = clock.groups()
-        return (int(hours) * 3600 + int(minutes) * 60) * 1000 + round(float(seconds) * 1000)
+        # through _number_ms: int() refuses 4300+ digits, and 400 of them overflow round()
+        return (_number_ms(hours, 3_600_000, f"ttml: {what} hours") + int(minutes) * 60_000
+                + _number_ms(seconds, 1000, f"ttml: {what} seconds"))
     if offset := _TTML_OFFSET.fullmatch(value):
-        return round(float(offset.group(1)) * _TTML_UNIT_MS[offset.group(2)])
-    raise SubtitleError(f"ttml: unsupported {what} time {value!r}")
+        return _number_ms(offset.group(1), _TTML_UNIT_MS[offset.group(2)], f"ttml: {what} time")
+    raise SubtitleError(f"ttml: unsupported {what} time {value!r:.60}")
 
 
 def _ttml_text(element: ET.Element) -> str:
@@ -408,10 +425,16 @@ def _pick(table: dict, keys: Sequence[str], kind: str) -> Track | None:
 def _best_format(formats: Any) -> dict | None:
     usable = [
         f for f in formats if isinstance(f, dict) and f.get("ext") in FORMAT_PREFERENCE
-        and isinstance(f.get("url"), str) and f["url"] and not _translated(f["url"])
+        and isinstance(f.get("url"), str) and f["url"] and _usable_url(f["url"])
     ] if isinstance(formats, list) else []
     return min(usable, key=lambda f: FORMAT_PREFERENCE.index(f["ext"]), default=None)
 
 
-def _translated(url: str) -> bool:
-    return "tlang" in parse_qs(urlsplit(url).query, keep_blank_values=True)
+def _usable_url(url: str) -> bool:
+    """A URL that parses, that HTTP can send (no lone surrogate) and that is not a machine
+    translation (tlang=)."""
+    try:
+        query = urlsplit(url).query
+    except ValueError:  # "http://[::1/...": no track can be fetched from it
+        return False
+    return _unicode(url) and "tlang" not in parse_qs(query, keep_blank_values=True)
