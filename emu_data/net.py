@@ -110,15 +110,31 @@ class NetPolicy:
     max_bytes: int = 64 * 2**20
     max_redirects: int = 5
     allow_private_addresses: bool = False
+    # Exceptions to the address guard (CIDR or single addresses): a mirror on the company
+    # network, a proxy on localhost, a test server. Narrower than allow_private_addresses.
+    allowed_networks: tuple[str, ...] = ()
     user_agent: str = f"emu-data/{__version__}"
 
     def __post_init__(self):
+        object.__setattr__(self, "allowed_networks", tuple(
+            str(ipaddress.ip_network(n, strict=False)) for n in self.allowed_networks))
         if self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if min(self.retries, self.max_redirects, self.max_bytes) < 0:
             raise ValueError("retries, max_redirects and max_bytes must be >= 0")
         if min(self.backoff_base, self.backoff_max, self.per_host_rate) < 0:
             raise ValueError("backoff and rate must be >= 0")
+
+    def refuses(self, ip: str) -> bool:
+        """True when this policy must not let a connection reach `ip`."""
+        if self.allow_private_addresses or not is_blocked_address(ip):
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return True
+        return not any(addr in ipaddress.ip_network(n) for n in self.allowed_networks
+                       if ipaddress.ip_network(n).version == addr.version)
 
 
 class FetchError(Exception):
@@ -194,13 +210,15 @@ def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return addr.sixtofour
 
 
-def _first_blocked(host: str, port: int) -> str | None:
-    """The first address `host` resolves to that is blocked, or None.
+def _first_blocked(host: str, port: int, policy: NetPolicy | None = None) -> str | None:
+    """The first address `host` resolves to that is blocked (by `policy`, default: any
+    private address), or None.
 
     Raises socket.gaierror (and UnicodeError for malformed names) like getaddrinfo.
     """
+    refuses = policy.refuses if policy is not None else is_blocked_address
     for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        if is_blocked_address(sockaddr[0]):
+        if refuses(sockaddr[0]):
             return sockaddr[0]
     return None
 
@@ -231,7 +249,7 @@ def check_url(url: str, policy: NetPolicy) -> None:
     if policy.allow_private_addresses:
         return
     try:
-        blocked = _first_blocked(host, port)
+        blocked = _first_blocked(host, port, policy)
     except UnicodeError as exc:  # label empty or longer than 63 characters
         raise FetchError("invalid_url", f"{url!r}: bad host name ({exc})") from exc
     except OSError as exc:
@@ -255,12 +273,13 @@ class _AddressGuard:
 
     host: str
     port: int
+    policy: NetPolicy  # set on the per-policy subclasses `_pool_manager` makes
 
     def _new_conn(self) -> socket.socket:
         dns_host = getattr(self, "_dns_host", self.host)
         try:
             # Cheap early refusal: no TCP handshake reaches an internal host at all.
-            early = _first_blocked(dns_host, self.port)
+            early = _first_blocked(dns_host, self.port, self.policy)
         except (OSError, UnicodeError):
             early = None  # let urllib3 report the resolution failure in its usual way
         if early is not None:
@@ -273,26 +292,20 @@ class _AddressGuard:
         except OSError:
             sock.close()  # peer already gone; urllib3 reports it as a broken connection
             raise
-        if is_blocked_address(peer):
+        if self.policy.refuses(peer):
             sock.close()
             raise _BlockedAddress(f"{self.host!r} connected to blocked address {peer}")
         return sock
 
 
-class _GuardedHTTPConnection(_AddressGuard, HTTPConnection):
-    pass
-
-
-class _GuardedHTTPSConnection(_AddressGuard, HTTPSConnection):
-    pass
-
-
-class _GuardedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _GuardedHTTPConnection
-
-
-class _GuardedHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _GuardedHTTPSConnection
+def _guarded_pool_classes(policy: NetPolicy) -> dict[str, type]:
+    """urllib3 pool classes whose connections check their peer against `policy`."""
+    http_conn = type("_GuardedHTTPConnection", (_AddressGuard, HTTPConnection), {"policy": policy})
+    https_conn = type("_GuardedHTTPSConnection", (_AddressGuard, HTTPSConnection), {"policy": policy})
+    return {
+        "http": type("_GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
+        "https": type("_GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),
+    }
 
 
 def _pool_manager(policy: NetPolicy) -> PoolManager:
@@ -306,10 +319,7 @@ def _pool_manager(policy: NetPolicy) -> PoolManager:
         retries=False,
     )
     if not policy.allow_private_addresses:
-        manager.pool_classes_by_scheme = {
-            "http": _GuardedHTTPConnectionPool,
-            "https": _GuardedHTTPSConnectionPool,
-        }
+        manager.pool_classes_by_scheme = _guarded_pool_classes(policy)
     return manager
 
 

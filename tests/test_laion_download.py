@@ -12,8 +12,10 @@ from functools import partial
 import pytest
 from PIL import Image
 
-from emu_data import world
+from emu_data import net, world
 from emu_data.sources import laion, laion_download
+
+_LOCAL = net.NetPolicy(allow_private_addresses=True)  # the test's server is on 127.0.0.1
 
 
 class _OptingOut(http.server.SimpleHTTPRequestHandler):
@@ -45,7 +47,7 @@ def site(tmp_path_factory):
 def _run(urls, config=laion.LaionConfig(), **extra):
     results = []
     columns = {"url": urls, laion.ROW_ID: list(range(len(urls))), **extra}
-    laion_download.download(columns, laion.download_job(config), results.append)
+    laion_download.download(columns, laion.download_job(config), results.append, _LOCAL)
     return sorted(results, key=lambda r: r[laion.ROW_ID])
 
 
@@ -89,11 +91,11 @@ def test_an_error_in_the_handler_fails_the_call(site):
 
     job = laion.download_job(laion.LaionConfig())
     with pytest.raises(OSError, match="disk full"):
-        laion_download.download({"url": [f"{base}/a.jpg"] * 3, laion.ROW_ID: [0, 1, 2]}, job, broken)
+        laion_download.download({"url": [f"{base}/a.jpg"] * 3, laion.ROW_ID: [0, 1, 2]}, job, broken, _LOCAL)
 
 
 def test_a_downloader_that_cannot_start_is_reported(site):
     base, _ = site
     job = replace(laion.download_job(laion.LaionConfig()), thread_count=0)  # ThreadPool(0) refuses
     with pytest.raises(laion_download.DownloaderFailed, match="downloader stopped"):
-        laion_download.download({"url": [f"{base}/a.jpg"], laion.ROW_ID: [0]}, job, lambda r: None)
+        laion_download.download({"url": [f"{base}/a.jpg"], laion.ROW_ID: [0]}, job, lambda r: None, _LOCAL)

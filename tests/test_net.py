@@ -457,7 +457,7 @@ def test_private_addresses_refused_without_contact(server, fetcher, host, sleeps
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_peer_address_checked_before_any_byte(fetcher, monkeypatch, scheme):
     """DNS rebinding: the pre-check saw a public address, the socket reached loopback."""
-    monkeypatch.setattr(net, "_first_blocked", lambda host, port: None)
+    monkeypatch.setattr(net, "_first_blocked", lambda host, port, policy=None: None)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)

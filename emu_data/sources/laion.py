@@ -175,12 +175,12 @@ def units(inputs: list[Path], config: LaionConfig, net_policy: net.NetPolicy = n
     """Each input file in slices of rows_per_unit rows, files in sorted order."""
     files = input_files(inputs)
     for path in files:
-        _check_columns(path, pq.read_schema(path), config)
-    hashes = {path: _hash_column(path) for path in files}
+        _check_columns(path, _parquet(pq.read_schema, path), config)
+    hashes = {path: _parquet(_hash_column, path) for path in files}
     repeated = _repeated_hashes([c for c in hashes.values() if c is not None])
     found, n = [], config.rows_per_unit
     for path in files:
-        rows, size = pq.read_metadata(path).num_rows, path.stat().st_size
+        rows, size = _parquet(pq.read_metadata, path).num_rows, path.stat().st_size
         for start in range(0, rows, n):
             stop = min(rows, start + n)
             payload = LaionUnit(str(path), size, _safe_stem(path), start, stop,
@@ -198,10 +198,29 @@ def _check_columns(path: Path, schema: pa.Schema, config: LaionConfig) -> None:
                          f"(has {', '.join(schema.names)})")
 
 
+def _parquet(read, path: Path):
+    """read(path); a file that is no readable parquet (empty, cut short, something else) is a
+    ValueError naming it, where pyarrow's own errors do not name the file."""
+    try:
+        return read(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+
+
 def _hash_column(path: Path) -> pa.ChunkedArray | None:
+    """The hash column as the bytes of its text, or None where there is none or its type
+    never gives a hash key (see _key: integers and text only). One type for every file, so
+    files that disagree compare by text; bytes, so invalid UTF-8 is never decoded here."""
     if HASH_COLUMN not in pq.read_schema(path).names:
         return None
-    return pq.read_table(path, columns=[HASH_COLUMN])[HASH_COLUMN]
+    column = pq.read_table(path, columns=[HASH_COLUMN])[HASH_COLUMN]
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_integer(kind):
+        return pc.cast(pc.cast(column, pa.string()), pa.large_binary())
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
+            or pa.types.is_large_binary(kind):
+        return pc.cast(column, pa.large_binary())
+    return None
 
 
 def _repeated_hashes(columns: list[pa.ChunkedArray]) -> pa.Array:
@@ -221,7 +240,9 @@ def _repeats_in(hashes: pa.ChunkedArray | None, start: int, stop: int, repeated:
     part = hashes.slice(start, stop - start)
     if part.type != repeated.type:
         part = pc.cast(part, repeated.type)
-    return tuple(sorted({str(v) for v in part.filter(pc.is_in(part, value_set=repeated)).to_pylist()}))
+    found = part.filter(pc.is_in(part, value_set=repeated)).to_pylist()
+    # decoded as _key's _lenient reads them; a null (repeated nulls count too) is no hash key
+    return tuple(sorted({v.decode("utf-8", "replace") for v in found if v is not None}))
 
 
 # ---- reading a slice -------------------------------------------------------------------
@@ -239,10 +260,24 @@ class InputRow:
 
 
 def read_rows(unit: LaionUnit) -> list[InputRow]:
-    table = _read_slice(unit)
-    columns = {name: _pylist(table[name]) for name in table.column_names}
+    try:
+        table = _read_slice(unit)
+        columns = {name: _pylist(table[name]) for name in table.column_names}
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # the file is gone or locked, not corrupt: the unit fails and a rerun retries it
+        return _unreadable(unit, e)
     return [_input_row(unit, unit.start + i, {name: values[i] for name, values in columns.items()})
             for i in range(table.num_rows)]
+
+
+def _unreadable(unit: LaionUnit, error: Exception) -> list[InputRow]:
+    """The slice's rows when its pages do not decode behind a footer that did: one row with a
+    reason each, so the unit still accounts for every row (keys by position)."""
+    name = Path(unit.path).name
+    message = f"rows {unit.start}..{unit.stop - 1} of {name} do not read: {error}"[:500]
+    return [InputRow(i, f"{unit.config.source}:{unit.stem}-{i:08d}", f"{name}:{i}",
+                     problem=("unreadable_input", message)) for i in range(unit.start, unit.stop)]
 
 
 def _read_slice(unit: LaionUnit) -> pa.Table:
@@ -273,6 +308,8 @@ def _pylist(column: pa.ChunkedArray) -> list:
 
 
 def _bytes_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_dictionary(t):  # decoded to its values: their strings may be invalid UTF-8 too
+        return _bytes_type(t.value_type)
     if pa.types.is_string(t):
         return pa.binary()
     if pa.types.is_large_string(t):
@@ -298,18 +335,19 @@ def _input_row(unit: LaionUnit, index: int, values: dict) -> InputRow:
 
 
 def _key(unit: LaionUnit, index: int, value) -> str:
-    text = _lenient(value)
-    if text is not None and _HASH_KEY.match(text) and text not in unit.repeated_hashes:
+    # integers and text only, as _hash_column counts them (a decimal 15 would be uncounted)
+    text = _lenient(value) if isinstance(value, (int, bytes, str)) and not isinstance(value, bool) else None
+    if text is not None and _HASH_KEY.fullmatch(text) and text not in unit.repeated_hashes:
         return f"{unit.config.source}:{text}"
     return f"{unit.config.source}:{unit.stem}-{index:08d}"
 
 
 def _decode(raw) -> tuple[str | None, str | None]:
-    """(text, None), or (None, why) for bytes that are not UTF-8."""
+    """(text, None), or (None, why) for bytes that are not UTF-8 or a cell that is not text."""
     if raw is None or isinstance(raw, str):
         return raw, None
-    if not isinstance(raw, bytes):
-        return str(raw), None
+    if not isinstance(raw, bytes):  # a number, list or struct column: str() of it is no caption
+        return None, f"a {type(raw).__name__}, not text"
     try:
         return raw.decode("utf-8"), None
     except UnicodeDecodeError as e:
@@ -359,14 +397,21 @@ def _threshold_problem(values: dict, config: LaionConfig) -> tuple[str, str] | N
     return None
 
 
+def _cells(value) -> list:
+    """A list cell's items; a cell of another type (text, a number) holds no list."""
+    return value if isinstance(value, list) else []
+
+
 def _meta(values: dict, config: LaionConfig, url: str | None) -> dict:
     digest = values.get(HASH_COLUMN)
-    meta = {"url": url, "hash": _lenient(digest) if isinstance(digest, bytes) else digest}
+    # numbers and text as they are; bytes, dates, decimals, structs as text (JSON holds no other)
+    plain = digest is None or isinstance(digest, (int, float, str))
+    meta = {"url": url, "hash": digest if plain else _lenient(digest)}
     meta.update({c: _number(values.get(c)) for c in ("similarity", "punsafe", "pwatermark")})
     if config.source == "laion_coco":
         meta["alt_text"] = _lenient(values.get("TEXT"))
-        meta["all_captions"] = [_lenient(c) for c in values.get("all_captions") or []]
-        meta["all_similarities"] = [_number(s) for s in values.get("all_similarities") or []]
+        meta["all_captions"] = [_lenient(c) for c in _cells(values.get("all_captions"))]
+        meta["all_similarities"] = [_number(s) for s in _cells(values.get("all_similarities"))]
     return meta
 
 
@@ -440,7 +485,7 @@ def _fetch(rows: list[InputRow], unit: LaionUnit, writer: UnitWriter) -> None:
     if unit.config.verify_hash:  # img2dataset looks for it under the hash type's name
         columns[unit.config.verify_hash[1]] = [r.expected_hash for r in rows]
     try:
-        laion_download.download(columns, download_job(unit.config), handle)
+        laion_download.download(columns, download_job(unit.config), handle, unit.net)
     except laion_download.DownloaderFailed as e:  # img2dataset itself stopped: the rest is lost
         for row in waiting.values():
             writer.add_status(_status(row, unit, "downloader_error", str(e)))
@@ -532,17 +577,23 @@ def stored_image(data: bytes, options: ImageOptions, *, filters: bool = True) ->
         with Image.open(io.BytesIO(data)) as image:
             _check_pixels(image.size, options if filters else None)
             image.load()
+            _check_pixels(image.size, None)  # some formats learn their real size only while loading
             if image.format in STORED_FORMATS:
                 return StoredImage(data, *image.size)
             return StoredImage(_encode(image, options), *image.size, transcoded_from=image.format)
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"decompression bomb: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning: under -W error
+        raise BadImage(f"decompression bomb: {e}", "decompression_bomb") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # Pillow's "not an image"
         raise BadImage(f"does not decode: {e}") from None
 
 
 def _check_pixels(size: tuple[int, int], options: ImageOptions | None) -> None:
+    """Refuse, before decoding: decompression bombs (above Pillow's MAX_IMAGE_PIXELS, whatever
+    the options; Pillow itself refuses only above twice that), then the size filters."""
     width, height = size
+    bomb = Image.MAX_IMAGE_PIXELS
+    if bomb and width * height > bomb:
+        raise BadImage(f"decompression bomb: {width}x{height} pixels exceed {bomb}", "decompression_bomb")
     if options is not None:
         if min(width, height) < options.min_image_size:
             raise BadImage(f"{width}x{height}: smaller than {options.min_image_size} px", "too_small")
@@ -550,9 +601,6 @@ def _check_pixels(size: tuple[int, int], options: ImageOptions | None) -> None:
             raise BadImage(f"{width}x{height}: more than {options.max_image_pixels} pixels", "too_large")
         if options.max_aspect_ratio and max(size) / min(size) > options.max_aspect_ratio:
             raise BadImage(f"{width}x{height}: aspect ratio above {options.max_aspect_ratio:g}", "bad_aspect_ratio")
-    bomb = Image.MAX_IMAGE_PIXELS
-    if bomb and width * height > bomb:  # Pillow itself refuses only above twice its limit
-        raise BadImage(f"decompression bomb: {width}x{height} pixels exceed {bomb}")
 
 
 def _encode(image: Image.Image, options: ImageOptions) -> bytes:
@@ -573,6 +621,7 @@ def _encode(image: Image.Image, options: ImageOptions) -> bytes:
 
 # Ordered: the first pattern that matches img2dataset's error message names the status.
 _DOWNLOAD_REASONS = (
+    (r"^(?:<urlopen error )?(blocked_address|too_large|timeout|truncated):", r"\1"),  # net_guard's own verdicts
     (r"redirect error that would lead to an infinite loop", "too_many_redirects"),
     (r"HTTP Error (\d{3})", r"http_\1"),
     (r"timed out|timeout", "timeout"),

@@ -22,6 +22,8 @@ from typing import Callable
 
 import pyarrow as pa
 
+from emu_data import net, net_guard
+
 
 @dataclass(frozen=True)
 class Job:
@@ -64,11 +66,15 @@ class _CallbackWriter:
         pass
 
 
-def download(columns: dict[str, list], job: Job, handle: Callable[[dict], None]) -> None:
+def download(columns: dict[str, list], job: Job, handle: Callable[[dict], None],
+             policy: net.NetPolicy = net.NetPolicy()) -> None:
     """Download the rows given as columns ("url", any columns to carry through, and the
     expected hashes under the hash type's name when verifying); `handle` gets each row's result dict on this thread:
     the carried columns, status (success | failed_to_download | failed_to_resize),
     error_message, width, height, original_width, original_height and image (bytes or None).
+
+    img2dataset's urlopen runs under `policy` (net_guard.urllib_policy): every connection
+    address-checked, redirects limited, Retry-After honoured, bodies capped.
 
     Raises what `handle` raised, or DownloaderFailed when img2dataset itself stopped (rows
     without a result are then the caller's to account for)."""
@@ -91,7 +97,8 @@ def download(columns: dict[str, list], job: Job, handle: Callable[[dict], None])
             user_agent_token=job.user_agent_token,
             disallowed_header_directives=list(job.opt_out_directives) or None)
         try:
-            downloader.download_shard((0, str(shard)))
+            with net_guard.urllib_policy(policy):
+                downloader.download_shard((0, str(shard)))
         except Exception as e:  # anything from inside img2dataset: what is left of the rows is lost
             if not errors:
                 raise DownloaderFailed(f"img2dataset's downloader stopped: {type(e).__name__}: {e}") from e

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +24,9 @@ from emu_data.sources.youtube.inputs import VIDEO_ID, VideoInput
 log = logging.getLogger(__name__)
 SOURCE = "yt_storyboard"
 RETRYABLE = ytdl.RETRYABLE
+# A storyboard format_id or subtitle language from the info dict: yt-dlp puts both in the
+# work files' names and reads them as a format selector and a language regex. Plain names only.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class VideoError(RuntimeError):
@@ -103,7 +107,7 @@ def video_samples(video: VideoInput, unit: YoutubeUnit) -> list[dict]:
     """The samples of one video, or an exception carrying the reason it has none."""
     if video.problem:
         raise VideoError(video.problem, f"{video.ref}: could not be expanded into videos")
-    info = load_info(video, unit.ytdl)
+    info = load_info(video, unit.ytdl, unit.net)
     video_id = _checked_id(info, video)
     level = storyboard.choose_level(storyboard.levels_from_info(info), unit.config.storyboard_level)
     track = subtitles.choose_track(info, unit.config.langs, unit.config.allow_auto)
@@ -112,6 +116,7 @@ def video_samples(video: VideoInput, unit: YoutubeUnit) -> list[dict]:
                          + ("" if unit.config.allow_auto else " (ASR not allowed)"))
     for url in (*level.fragment_urls, track.url):
         net.check_url(url, unit.net)  # untrusted metadata must not point us at internal hosts
+    _check_names(info, level, track, video)
     tiles, cues = _download(info, level, track, unit)
     positions = align.interleave([(t.time, t.image) for t in tiles], [(c.start, c.text) for c in cues])
     chunks = align.chunk(positions, unit.config.frames_per_sample)
@@ -124,7 +129,7 @@ def video_samples(video: VideoInput, unit: YoutubeUnit) -> list[dict]:
 def _download(info: dict, level, track, unit: YoutubeUnit):
     with tempfile.TemporaryDirectory(prefix="emu-yt-") as tmp:
         files = ytdl.download(info, level.format_id, track.lang, track.ext, track.kind == "auto",
-                              Path(tmp), unit.ytdl)
+                              Path(tmp), unit.ytdl, unit.net)
         mosaics = storyboard.read_mhtml(files.storyboard.read_bytes())
         cues = subtitles.parse(files.subtitles.read_bytes(), track.ext)
     if not cues:
@@ -132,15 +137,17 @@ def _download(info: dict, level, track, unit: YoutubeUnit):
     return storyboard.slice_mosaics(mosaics, level, quality=unit.config.tile_quality), cues
 
 
-def load_info(video: VideoInput, options: ytdl.YtdlOptions) -> dict:
+def load_info(video: VideoInput, options: ytdl.YtdlOptions, policy: net.NetPolicy | None = None) -> dict:
     """The video's yt-dlp info dict: read from its file, or asked of yt-dlp."""
     if video.kind != "file":
         url = video.ref if video.kind == "url" else f"https://www.youtube.com/watch?v={video.video_id}"
-        return ytdl.extract(url, options)
+        return ytdl.extract(url, options, policy)
     try:
         data = json.loads(Path(video.ref).read_bytes())
     except (OSError, ValueError) as e:
         raise VideoError("malformed_info", f"{video.ref}: not a JSON file: {e}") from None
+    except RecursionError:
+        raise VideoError("malformed_info", f"{video.ref}: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise VideoError("malformed_info", f"{video.ref}: JSON {type(data).__name__}, not an info dict")
     if "playabilityStatus" in data:  # a raw player response saved by another tool
@@ -155,18 +162,32 @@ def _player_response_error(video: VideoInput, response: dict) -> VideoError:
     if reason is None:
         return VideoError("unsupported_input",
                           f"{video.ref}: a raw player response; give yt-dlp info dicts (yt-dlp -J)")
-    status = response.get("playabilityStatus") or {}
+    status = response.get("playabilityStatus")
+    status = status if isinstance(status, dict) else {}
     return VideoError(reason, f"{status.get('status')}: {status.get('reason') or 'no reason given'}")
 
 
 def _checked_id(info: dict, video: VideoInput) -> str:
     """The id names files and keys: it must be a real YouTube id, never a path."""
     video_id = str(info.get("id") or "")
-    if not VIDEO_ID.match(video_id):
+    if not VIDEO_ID.fullmatch(video_id):  # fullmatch: VIDEO_ID's $ would let a trailing newline by
         raise VideoError("malformed_info", f"{video.ref}: id {video_id[:40]!r} is not a YouTube video id")
     if video.video_id and video.video_id != video_id:
         raise VideoError("malformed_info", f"{video.ref}: holds video {video_id}, named {video.video_id}")
     return video_id
+
+
+def _check_names(info: dict, level, track, video: VideoInput) -> None:
+    """The storyboard format and subtitle language yt-dlp is asked for must be plain names
+    (never a path, a selector or a regex), and the storyboard an .mhtml file as we read it."""
+    for what, name in (("storyboard format_id", level.format_id), ("subtitle language", track.lang)):
+        if not _PLAIN_NAME.fullmatch(name):
+            raise VideoError("malformed_info", f"{video.ref}: {what} {name[:40]!r} is not a plain name")
+    formats = info.get("formats") if isinstance(info.get("formats"), list) else []
+    exts = {f.get("ext") for f in formats if isinstance(f, dict) and str(f.get("format_id")) == level.format_id}
+    if exts != {"mhtml"}:
+        raise VideoError("malformed_info", f"{video.ref}: storyboard {level.format_id} has extension "
+                         f"{', '.join(sorted(map(repr, exts)))[:60]}, not 'mhtml'")
 
 
 def _meta(info: dict, video_id: str, level, track) -> dict:

@@ -8,10 +8,13 @@ for yt-dlp users. yt-dlp's errors are mapped to status-table reasons here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from emu_data import net, net_guard
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +86,16 @@ class _Logger:
         log.debug(msg)  # errors are raised as exceptions and become status rows
 
 
-def extract(url: str, options: YtdlOptions) -> dict:
-    """Metadata of one video (no download)."""
-    return _run(lambda ydl: ydl.extract_info(url, download=False), options.params())
+def extract(url: str, options: YtdlOptions, policy: net.NetPolicy | None = None) -> dict:
+    """Metadata of one video (no download). policy: the address guard to run yt-dlp under."""
+    return _run(lambda ydl: ydl.extract_info(url, download=False), options.params(), policy)
 
 
-def expand(url: str, options: YtdlOptions) -> list[str]:
+def expand(url: str, options: YtdlOptions, policy: net.NetPolicy | None = None) -> list[str]:
     """The video URLs of a playlist or channel, by yt-dlp's flat extraction (one request
     per page of the list, none per video)."""
     info = _run(lambda ydl: ydl.extract_info(url, download=False),
-                options.params(extract_flat="in_playlist"))
+                options.params(extract_flat="in_playlist"), policy)
     if info.get("_type") not in ("playlist", "multi_video"):
         return [url]  # a single video after all: keep it, the stage reports what it is
     entries = info.get("entries") or []
@@ -106,8 +109,10 @@ class Downloaded:
 
 
 def download(info: dict, format_id: str, lang: str, sub_ext: str, auto: bool,
-             workdir: Path, options: YtdlOptions) -> Downloaded:
-    """Download one storyboard format and one subtitle track with yt-dlp's own downloaders."""
+             workdir: Path, options: YtdlOptions, policy: net.NetPolicy | None = None) -> Downloaded:
+    """Download one storyboard format and one subtitle track with yt-dlp's own downloaders
+    (every fragment and subtitle connection under `policy`'s address guard; a declared size
+    over its byte cap is refused by yt-dlp's max_filesize)."""
     params = options.params(
         format=format_id,
         outtmpl={"default": "%(id)s.%(format_id)s.%(ext)s"},
@@ -117,44 +122,72 @@ def download(info: dict, format_id: str, lang: str, sub_ext: str, auto: bool,
         # a storyboard with a hole would shift every later tile's time: fail instead
         skip_unavailable_fragments=False,
         overwrites=True, noplaylist=True, check_formats=False,
+        **({"max_filesize": policy.max_bytes} if policy else {}),
     )
-    # yt-dlp re-extracts from webpage_url when it has one; an info dict is all we use
-    info = {k: v for k, v in info.items() if k not in ("webpage_url", "original_url")}
-    result = _run(lambda ydl: ydl.process_ie_result(info, download=True), params)
-    return Downloaded(_storyboard_path(result, workdir), _subtitle_path(result, lang))
+    info = _loadable(info)
+    result = _run(lambda ydl: ydl.process_ie_result(info, download=True), params, policy)
+    return Downloaded(_storyboard_path(result, workdir), _subtitle_path(result, lang, workdir))
+
+
+def _loadable(info: dict) -> dict:
+    """The info dict as yt-dlp's --load-info-json takes a file: without yt-dlp's private
+    working state (__finaldir, __files_to_move, filepath, requested_downloads, ...), which
+    an info-json file must not steer. And without webpage_url: yt-dlp would re-extract."""
+    from yt_dlp import YoutubeDL
+
+    clean = YoutubeDL.sanitize_info(info, remove_private_keys=True)
+    return {k: v for k, v in clean.items() if k not in ("webpage_url", "original_url")}
+
+
+def _in_workdir(path, workdir: Path) -> Path | None:
+    """`path` when it names a file inside workdir, else None: only our own work files are read."""
+    if not isinstance(path, str) or not path:
+        return None
+    found = Path(path)
+    return found if found.resolve().is_relative_to(workdir.resolve()) and found.is_file() else None
 
 
 def _storyboard_path(result: dict, workdir: Path) -> Path:
     for item in result.get("requested_downloads") or []:
-        if item.get("filepath") and Path(item["filepath"]).exists():
-            return Path(item["filepath"])
+        found = _in_workdir(item.get("filepath"), workdir)
+        if found:
+            return found
     found = sorted(workdir.glob("*.mhtml"))
     if not found:
         raise YtdlError("no_storyboard", "yt-dlp wrote no storyboard file")
     return found[0]
 
 
-def _subtitle_path(result: dict, lang: str) -> Path:
+def _subtitle_path(result: dict, lang: str, workdir: Path) -> Path:
     sub = (result.get("requested_subtitles") or {}).get(lang) or {}
-    if not sub.get("filepath") or not Path(sub["filepath"]).exists():
+    found = _in_workdir(sub.get("filepath"), workdir)
+    if not found:
         raise YtdlError("no_subtitles", f"yt-dlp wrote no {lang} subtitle file")
-    return Path(sub["filepath"])
+    return found
 
 
-def _run(action, params: dict):
+def _run(action, params: dict, policy: net.NetPolicy | None = None):
     from yt_dlp import YoutubeDL
-    from yt_dlp.utils import DownloadError, ExtractorError
+    from yt_dlp.utils import YoutubeDLError
 
+    # yt-dlp opens its own sockets: the guard sits under them (a configured proxy is allowed)
+    guard = (net_guard.connection_guard(net_guard.with_proxy_allowed(policy, params.get("proxy")))
+             if policy is not None else contextlib.nullcontext())
     try:
-        with YoutubeDL(params) as ydl:
+        with guard, YoutubeDL(params) as ydl:
             return action(ydl)
-    except (DownloadError, ExtractorError) as e:
+    except (YoutubeDLError, OSError) as e:
         raise YtdlError(classify(str(e)), _clean(str(e))) from None
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
+        # yt-dlp trips over an info dict it did not make (a wrong type deep inside): that
+        # video's status row says so; the unit and the run go on
+        raise YtdlError("ytdlp_error", f"yt-dlp failed on this video: {type(e).__name__}: {e}") from None
 
 
 # First match wins: the age gate before the bot check (both say "Sign in to confirm"),
 # the bot check and rate limits before the generic HTTP codes they carry.
 _REASONS = (
+    ("blocked_address", r"blocked_address:"),   # net_guard refused a connection
     ("age_restricted", r"Sign in to confirm your age|age.restricted|inappropriate for some users"),
     ("bot_check", r"not a bot|LOGIN_REQUIRED|Sign in to confirm|po[ _-]?token"),
     ("rate_limited", r"HTTP Error 429|Too Many Requests|try again later|rate.?limit"),
