@@ -7,27 +7,45 @@
       _parts/UNIT.json    a unit's commit marker: its shards and counts
       README.md           dataset card so `datasets.load_dataset(DIR)` finds the data
       _manifest.json      written last: the directory's commit point
+      .lock               writers' lock (below)
 
 Work is split into deterministic units. A unit writes its shards under names derived from
 its id, then commits them by writing `_parts/UNIT.json`. A rerun keeps committed units,
 deletes whatever an interrupted unit left behind and redoes only that unit, so the result
 equals an uninterrupted run.
+
+A driver killed with kill -9 leaves Ray workers that finish (or die in) the unit they hold
+for a while after it. Every unit writer holds a shared lock on `.lock` while it writes; a
+run takes it exclusively while it prepares the directory, so it waits for such writers
+before deciding what is committed and deleting what is not, and they can never write the
+same unit at the same time as its own workers. Before the manifest, whatever no committed
+unit claims (an attempt that died on a worker) is removed once more, so the finished
+directory holds exactly the listed files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
+import logging
+import os
 import shutil
+import struct
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from emu_data import manifest, records, schema
-from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, ShardLimits, ShardWriter
+from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OutputError, ShardLimits, ShardWriter, writing
+
+log = logging.getLogger(__name__)
 
 DATA_DIR, STATUS_DIR, PARTS_DIR = "data", "status", "_parts"
-CONFIG_NAME, CARD_NAME = "_config.json", "README.md"
+CONFIG_NAME, CARD_NAME, LOCK_NAME = "_config.json", "README.md", ".lock"
 
 
 class LayoutChanged(RuntimeError):
@@ -80,9 +98,59 @@ class UnitWriter:
             "source_counts": dict(self.source_counts),
         }
         parts_dir = self.out / PARTS_DIR
-        parts_dir.mkdir(parents=True, exist_ok=True)
+        with writing(parts_dir):
+            parts_dir.mkdir(parents=True, exist_ok=True)
         manifest.write_json_atomic(parts_dir / f"{self.unit_id}.json", part)
         return part
+
+
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+@contextlib.contextmanager
+def writers_lock(out: Path, *, exclusive: bool):
+    """Hold `out/.lock`: shared by every unit writer, exclusive while a run prepares `out`.
+
+    A filesystem without POSIX locks gets a warning and no lock (the protection is lost,
+    nothing else changes)."""
+    path = Path(out) / LOCK_NAME
+    with writing(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        kind = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            try:
+                fcntl.lockf(fd, kind | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if exclusive:
+                    holder = _lock_holder(fd)
+                    log.warning("%s: waiting for %s to finish the unit it is writing (a worker of an "
+                                "earlier run that was stopped?)", out,
+                                f"process {holder}" if holder else "another process")
+                fcntl.lockf(fd, kind)
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise
+            log.warning("%s: no file locks on this filesystem (%s); a rerun must not start while "
+                        "workers of a killed run may still be writing", out, os.strerror(e.errno))
+        yield
+    finally:
+        os.close(fd)   # releases the lock
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid of a process holding a lock on fd's file (Linux's struct flock), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    layout = "hhqqi4x"   # l_type, l_whence, l_start, l_len, l_pid
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack(layout, fcntl.F_WRLCK, 0, 0, 0, 0))
+        kind, _, _, _, pid = struct.unpack(layout, got)
+    except (OSError, struct.error):
+        return None
+    return pid if kind != fcntl.F_UNLCK and pid > 0 else None
 
 
 def prepare(out: Path, config: dict, fingerprint: str, units: list[Unit], *,
@@ -93,15 +161,20 @@ def prepare(out: Path, config: dict, fingerprint: str, units: list[Unit], *,
     `redo(part)` does not ask to run again (e.g. they hold retryable failures).
     """
     out = Path(out)
-    if overwrite:
-        clear(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _refuse_other_layout(out, fingerprint)
-    digests = {u.id: u.digest for u in units}
-    parts = {uid: p for uid, p in committed_parts(out).items()
-             if p.get("digest") == digests.get(uid) and not (redo and redo(p))}
-    _remove_uncommitted(out, parts)
-    manifest.write_json_atomic(out / CONFIG_NAME, config)
+    with writing(out):
+        if out.exists() and not out.is_dir():
+            raise OutputError(out, "not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+    # waits for writers a killed run left behind: what they commit meanwhile counts
+    with writers_lock(out, exclusive=True), writing(out):
+        if overwrite:
+            clear(out)
+        _refuse_other_layout(out, fingerprint)
+        digests = {u.id: u.digest for u in units}
+        parts = {uid: p for uid, p in committed_parts(out).items()
+                 if p.get("digest") == digests.get(uid) and not (redo and redo(p))}
+        _remove_uncommitted(out, parts)
+        manifest.write_json_atomic(out / CONFIG_NAME, config)
     return parts
 
 
@@ -119,6 +192,8 @@ def _refuse_other_layout(out: Path, fingerprint: str) -> None:
 def committed_parts(out: Path) -> dict[str, dict]:
     parts = {}
     for path in sorted((Path(out) / PARTS_DIR).glob("*.json")):
+        if path.name.startswith(TMP_PREFIX):
+            continue  # a marker still being written (or never renamed): not a commit
         try:
             part = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -141,11 +216,13 @@ def _remove_uncommitted(out: Path, parts: dict[str, dict]) -> None:
         for path in (out / sub).glob("*"):
             rel = path.relative_to(out).as_posix()
             if path.name.startswith(TMP_PREFIX) or (path.suffix == SHARD_SUFFIX and rel not in claimed):
-                path.unlink()
+                path.unlink(missing_ok=True)
     for path in (out / PARTS_DIR).glob("*.json"):
         if path.stem not in parts:
-            path.unlink()
-    (out / manifest.MANIFEST_NAME).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+    for name in (manifest.MANIFEST_NAME, TMP_PREFIX + manifest.MANIFEST_NAME,
+                 TMP_PREFIX + CONFIG_NAME, TMP_PREFIX + CARD_NAME):
+        (out / name).unlink(missing_ok=True)
 
 
 def clear(out: Path) -> None:
@@ -160,9 +237,12 @@ def clear(out: Path) -> None:
 def finalize(out: Path, *, stage: str, config: dict, fingerprint: str, parts: list[dict]) -> dict:
     """Write the dataset card, then the manifest: the run is complete once it exists."""
     out = Path(out)
-    (out / CARD_NAME).write_text(dataset_card(stage))
+    parts = sorted(parts, key=lambda p: p["unit"])
+    with writing(out):   # what attempts that died on a worker left: nothing unlisted stays
+        _remove_uncommitted(out, {p["unit"]: p for p in parts})
+    manifest.write_text_atomic(out / CARD_NAME, dataset_card(stage))
     built = manifest.build(record="interleaved", stage=stage, config=config,
-                           fingerprint=fingerprint, parts=sorted(parts, key=lambda p: p["unit"]))
+                           fingerprint=fingerprint, parts=parts)
     manifest.write(out, built)
     return built
 

@@ -7,6 +7,7 @@ Schema in schemas/manifest.json.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -16,6 +17,7 @@ from pathlib import Path
 import jsonschema
 
 from emu_data import __version__, schema
+from emu_data.shards import TMP_PREFIX, fsync_dir, writing
 
 MANIFEST_NAME = "_manifest.json"
 
@@ -79,15 +81,28 @@ def read(directory: Path) -> dict:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary name, fsync, rename: readers see the old file or the new one."""
+    """Write JSON to a temporary name, fsync, rename: readers see the old file or the new one.
+
+    A write that fails (full disk, read-only) leaves the old file as it was, removes the
+    temporary one and raises OutputError naming the path."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    try:
+        with writing(path):
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):   # a read-only disk may refuse this too
+            tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)   # the new name survives a power cut too
 
 
 def write(directory: Path, manifest: dict) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
@@ -30,10 +30,12 @@ class RayOptions:
 
 @dataclass(frozen=True)
 class TaskFailure:
-    """A task raised: the item, and the error as text (the traceback lives in Ray's logs)."""
+    """A task raised: the item, and the error as text (the traceback lives in Ray's logs);
+    cause: the exception itself (Ray's own error when the worker was lost)."""
 
     item: object
     error: str
+    cause: BaseException | None = field(default=None, compare=False, repr=False)
 
 
 def ensure_ray(options: RayOptions = RayOptions()):
@@ -79,6 +81,10 @@ def map_tasks(fn: Callable, items: Iterable, *, options: RayOptions = RayOptions
 
     At most `max_in_flight` tasks are submitted at once, so a list of millions of items
     never floods the object store; a failing task is reported, never stops the others.
+    A caller that stops early (closes the generator, or an exception leaves its loop) has
+    the tasks still pending cancelled, so none of them goes on writing behind its back and
+    their errors are not printed later as "unhandled".
+    A task whose worker dies (killed, out of memory) is retried once by Ray.
     """
     ray = ensure_ray(options)
     # fn may be any picklable callable (a partial, a dataclass instance): ship it once
@@ -88,20 +94,43 @@ def map_tasks(fn: Callable, items: Iterable, *, options: RayOptions = RayOptions
     limit = options.max_in_flight or max(2, 2 * cluster_cpus(ray))
     pending: dict = {}
     items = iter(items)
-    with tqdm(total=total, desc=desc, unit="task", disable=None) as bar:
-        while True:
-            while len(pending) < limit and (item := next(items, _END)) is not _END:
-                pending[remote.remote(fn_ref, item)] = item
-            if not pending:
-                return
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                item = pending.pop(ref)
-                bar.update()
-                yield item, _result(ray, ref, item)
+    try:
+        with tqdm(total=total, desc=desc, unit="task", disable=None) as bar:
+            while True:
+                while len(pending) < limit and (item := next(items, _END)) is not _END:
+                    pending[remote.remote(fn_ref, item)] = item
+                if not pending:
+                    return
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    item = pending.pop(ref)
+                    bar.update()
+                    yield item, _result(ray, ref, item)
+    finally:
+        if pending:
+            _cancel(ray, list(pending))
 
 
 _END = object()
+_DRAIN_S = 30.0
+
+
+def _cancel(ray, refs: list, drain_s: float = _DRAIN_S) -> None:
+    """Cancel tasks and wait for them to stop. Force: the worker of a running one is killed.
+    A KeyboardInterrupt instead can leave code that does not expect it stuck for good (a
+    ThreadPool whose task feeder waits on a semaphore never finishes terminate()); a killed
+    worker is the case every stage already survives."""
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception as e:  # noqa: BLE001 - one that just finished cannot be cancelled
+            log.debug("cancelling a task: %s", e)
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=drain_s)
+    for ref in done:   # fetch what they ended with: nothing left for Ray to report as unhandled
+        try:
+            ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - cancelled or failed: the caller has stopped anyway
+            log.debug("a cancelled task ended with %s", type(e).__name__)
 
 
 def _describe(item) -> str:
@@ -119,8 +148,8 @@ def _result(ray, ref, item):
     except ray.exceptions.RayError as e:
         # RayTaskError wraps the worker's exception; keep its message, not a traceback dump
         cause = getattr(e, "cause", None) or e
-        log.warning("task for %s failed: %s", _describe(item), cause)
-        return TaskFailure(item, f"{type(cause).__name__}: {cause}")
+        log.debug("task for %s failed: %s", _describe(item), cause)   # the caller reports it
+        return TaskFailure(item, f"{type(cause).__name__}: {cause}", cause)
 
 
 @dataclass(frozen=True)

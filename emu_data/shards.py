@@ -8,6 +8,7 @@ byte bound, so a crash leaves a `.tmp` file that readers ignore, never a half sh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -22,6 +23,41 @@ TMP_PREFIX = ".tmp-"
 # bounded by the batch, not by the (possibly 512 MB) shard.
 _BATCH_ROWS = 256
 _BATCH_BYTES = 32 * 2**20
+
+
+class OutputError(OSError):
+    """A file of the output could not be written (full disk, read-only, a file where a folder
+    should be, ...): one line naming the path and the cause. Still an OSError for callers that
+    catch those; pickles as itself, so it crosses from a Ray worker to the driver intact."""
+
+    def __init__(self, path, reason: str, errno: int | None = None):
+        super().__init__(errno, reason)
+        self.path, self.reason, self.filename = str(path), reason, str(path)
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason, self.errno)
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.reason}"
+
+    @classmethod
+    def of(cls, path, error: OSError) -> "OutputError":
+        """From an OSError (pyarrow puts its own words around strerror: keep just the cause)."""
+        if isinstance(error, OutputError):
+            return error
+        reason = os.strerror(error.errno) if error.errno else (error.strerror or str(error))
+        return cls(path, reason, error.errno)
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turn an OSError raised while writing `path` into an OutputError naming it."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as e:
+        raise OutputError.of(path, e) from e
 
 
 @dataclass(frozen=True)
@@ -121,11 +157,15 @@ class ShardWriter:
         return list(self.finished)
 
     def abort(self) -> None:
-        """Drop the shard in progress (its temporary file), keeping finished ones."""
-        if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
-            self._tmp_path.unlink(missing_ok=True)
+        """Drop the shard in progress (its temporary file), keeping finished ones. Never raises
+        for a write that fails again (a full disk): it runs while another error propagates."""
+        if self._writer is not None or self._sink is not None:
+            for closable in (self._writer, self._sink):
+                if closable is not None:
+                    with contextlib.suppress(Exception):   # closing again after a failed close
+                        closable.close()
+            with contextlib.suppress(OSError):
+                self._tmp_path.unlink(missing_ok=True)
         self._writer = self._sink = None
         self._batch, self._rows, self._bytes = [], 0, 0
 
@@ -141,21 +181,23 @@ class ShardWriter:
     def _flush_batch(self) -> None:
         if not self._batch:
             return
-        if self._writer is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._sink = pa.OSFile(str(self._tmp_path), "wb")
-            self._writer = pa.ipc.new_file(self._sink, self.schema)
-        self._writer.write_table(pa.Table.from_pylist(self._batch, schema=self.schema))
+        with writing(self._final_path):
+            if self._writer is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._sink = pa.OSFile(str(self._tmp_path), "wb")
+                self._writer = pa.ipc.new_file(self._sink, self.schema)
+            self._writer.write_table(pa.Table.from_pylist(self._batch, schema=self.schema))
         self._batch, self._batch_bytes = [], 0
 
     def _finish_shard(self) -> None:
         self._flush_batch()
-        self._writer.close()
-        self._sink.close()
         tmp, final = self._tmp_path, self._final_path
-        _fsync(tmp)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        with writing(final):
+            self._writer.close()
+            self._sink.close()
+            _fsync(tmp)
+            os.replace(tmp, final)
+        fsync_dir(final.parent)
         info = ShardInfo(final.relative_to(self.root).as_posix(), self._rows,
                          final.stat().st_size, file_sha256(final))
         self.finished.append(info)
@@ -171,7 +213,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a rename durable: without it a power cut can forget the new name."""
     try:
         _fsync(path)
@@ -205,25 +247,30 @@ class OneShard:
     def __init__(self, path: Path, schema: pa.Schema, root: Path):
         self.path, self.root, self.schema = Path(path), Path(root), schema
         self.tmp = self.path.with_name(TMP_PREFIX + self.path.name)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._sink = pa.OSFile(str(self.tmp), "wb")
-        self._writer = pa.ipc.new_file(self._sink, schema)
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = pa.OSFile(str(self.tmp), "wb")
+            self._writer = pa.ipc.new_file(self._sink, schema)
         self.rows = 0
 
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
-        self._writer.write(data)
+        with writing(self.path):
+            self._writer.write(data)
         self.rows += data.num_rows
 
     def close(self) -> ShardInfo:
-        self._writer.close()
-        self._sink.close()
-        _fsync(self.tmp)
-        os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
+        with writing(self.path):
+            self._writer.close()
+            self._sink.close()
+            _fsync(self.tmp)
+            os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
         return ShardInfo(self.path.relative_to(self.root).as_posix(), self.rows, self.path.stat().st_size,
                          file_sha256(self.path))
 
     def abort(self) -> None:
-        self._writer.close()
-        self._sink.close()
-        self.tmp.unlink(missing_ok=True)
+        for closable in (self._writer, self._sink):
+            with contextlib.suppress(Exception):   # closing again after a failed close
+                closable.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from typing import Callable
 
 from emu_data import corpus, manifest, runtime
 from emu_data.corpus import Unit, UnitWriter
-from emu_data.shards import ShardLimits
+from emu_data.shards import OutputError, ShardLimits
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,17 @@ class UnitTask:
     process: Callable[[object, UnitWriter], None]
 
     def __call__(self, unit: Unit) -> dict:
-        writer = UnitWriter(self.out, unit.id, self.limits)
-        try:
-            self.process(unit.payload, writer)
-        except BaseException:
-            writer.samples.abort()
-            writer.status_rows.abort()
-            raise
-        return writer.commit(self.fingerprint, unit.digest)
+        # shared: a rerun that starts while this worker still writes (its driver was killed)
+        # waits for it before it looks at what is committed
+        with corpus.writers_lock(self.out, exclusive=False):
+            writer = UnitWriter(self.out, unit.id, self.limits)
+            try:
+                self.process(unit.payload, writer)
+                return writer.commit(self.fingerprint, unit.digest)
+            except BaseException:
+                writer.samples.abort()
+                writer.status_rows.abort()
+                raise
 
 
 @dataclass
@@ -91,11 +94,18 @@ def run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWrit
         log.info("resuming %s: %d unit(s) already committed, %d to run", out, len(kept), len(todo))
     task = UnitTask(out, output.limits, fingerprint, process)
     failures = []
-    for unit, result in runtime.map_tasks(task, todo, options=ray, desc=stage, total=len(todo)):
-        if isinstance(result, runtime.TaskFailure):
-            failures.append(result)
-        else:
-            kept[unit.id] = result
+    results = runtime.map_tasks(task, todo, options=ray, desc=stage, total=len(todo))
+    try:
+        for unit, result in results:
+            if isinstance(result, runtime.TaskFailure):
+                if isinstance(result.cause, OutputError):   # a full disk fails every unit alike:
+                    raise result.cause                      # stop, say it once (committed units stay)
+                log.warning("unit %s failed: %s", unit.id, result.error)
+                failures.append(result)
+            else:
+                kept[unit.id] = result
+    finally:
+        results.close()   # units still running are cancelled
     if failures:
         raise StageIncomplete(out, failures)
     built = corpus.finalize(out, stage=stage, config=config, fingerprint=fingerprint,
