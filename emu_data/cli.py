@@ -30,12 +30,35 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: committed work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
+    except _output_errors() as e:   # "cannot write PATH: No space left on device", one line
+        print(f"emu-data {args.command}: {e}", file=sys.stderr)
+        return 1
     except _user_errors() as e:
         print(f"emu-data {args.command}: error: {e}", file=sys.stderr)
         return 2
     except _data_errors() as e:
         print(f"emu-data {args.command}: {e}", file=sys.stderr)
         return 1
+    except OSError as e:   # a write error from code that does not name its output itself
+        reason = _disk_full_or_read_only(e)
+        if reason is None:
+            raise
+        print(f"emu-data {args.command}: cannot write {e.filename or 'the output'}: {reason}", file=sys.stderr)
+        return 1
+
+
+def _output_errors() -> tuple[type[Exception], ...]:
+    from emu_data.shards import OutputError
+
+    return (OutputError,)
+
+
+def _disk_full_or_read_only(error: OSError) -> str | None:
+    """The cause, in the system's words, of an OSError that a rerun with room would not hit."""
+    import errno
+    import os
+
+    return os.strerror(error.errno) if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG) else None
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -95,17 +118,33 @@ def _net_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-private-addresses", action="store_true",
                    help="let downloads reach loopback/private/link-local addresses (off by default: "
                         "URL lists are untrusted; tests and the offline demo need it for 127.0.0.1)")
+    g.add_argument("--allow-address", action="append", default=[], metavar="CIDR", type=_network,
+                   help="let downloads reach this address or network despite the guard (e.g. a "
+                        "mirror at 10.1.2.0/24); repeatable; narrower than --allow-private-addresses")
     g.add_argument("--timeout", type=float, default=30.0, help="read timeout in seconds (default 30)")
     g.add_argument("--retries", type=int, default=3, help="retries of a failed request (default 3)")
     g.add_argument("--rate-per-host", type=float, default=10.0, metavar="N",
                    help="at most N requests per second to one host, per worker (default 10)")
+    g.add_argument("--max-bytes", type=_size, default="64MiB", metavar="SIZE",
+                   help="largest response body to accept; a bigger one is cut there and the item "
+                        "reported too_large (default 64MiB)")
 
 
 def _net_from(args):
     from emu_data.net import NetPolicy
 
     return NetPolicy(read_timeout=args.timeout, retries=args.retries, per_host_rate=args.rate_per_host,
-                     allow_private_addresses=args.allow_private_addresses)
+                     allow_private_addresses=args.allow_private_addresses,
+                     allowed_networks=tuple(args.allow_address), max_bytes=args.max_bytes)
+
+
+def _network(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _output_from(args):
@@ -280,9 +319,10 @@ def _run_youtube(args) -> int:
         allow_auto=args.allow_auto, storyboard_level=args.storyboard_level,
         frames_per_sample=args.frames_per_sample, videos_per_unit=args.videos_per_unit,
         rate_limit_wait=args.rate_limit_wait)
-    videos = inputs.collect(args.videos, args.ids, args.info_json, lambda url: ytdl.expand(url, options))
+    policy = _net_from(args)
+    videos = inputs.collect(args.videos, args.ids, args.info_json, lambda url: ytdl.expand(url, options, policy))
     ray = replace(_ray_from(args), max_in_flight=args.max_concurrent)
-    result = stage.make_youtube(videos, config, options, _net_from(args), _output_from(args), ray,
+    result = stage.make_youtube(videos, config, options, policy, _output_from(args), ray,
                                 retry_failed=args.retry_failed)
     _report(args.out, result)
     return 0
