@@ -295,7 +295,9 @@ def _add_youtube(commands) -> None:
     y.add_argument("--sleep-subtitles", type=float, default=5.0, help="seconds before each subtitle (default 5)")
     y.add_argument("--extractor-args", default="", metavar="ARGS",
                    help="yt-dlp syntax, e.g. 'youtube:player_skip=webpage,configs;skip=translated_subs'")
-    y.add_argument("--impersonate", metavar="TARGET", help="browser to impersonate (needs curl_cffi)")
+    y.add_argument("--impersonate", metavar="TARGET",
+                   help="browser to impersonate (needs curl_cffi, whose sockets the address guard "
+                        "cannot see: only with --allow-private-addresses)")
     y.add_argument("--max-concurrent", type=_positive_int, default=None, metavar="N",
                    help="units (workers) in flight at once; default 2 x CPUs")
     _net_options(p)
@@ -314,6 +316,10 @@ def _run_youtube(args) -> int:
         sleep_interval=args.sleep_interval, max_sleep_interval=args.max_sleep_interval,
         sleep_subtitles=args.sleep_subtitles, extractor_args=ytdl.parse_extractor_args(args.extractor_args),
         impersonate=args.impersonate, retries=args.retries, socket_timeout=args.timeout)
+    if args.impersonate and not args.allow_private_addresses:
+        # fail closed: curl_cffi connects in C, below the socket.connect hook (net_guard.py)
+        raise ValueError("--impersonate downloads through curl_cffi, which the address guard cannot "
+                         "watch; add --allow-private-addresses if the metadata you feed is trusted")
     config = stage.YoutubeConfig(
         langs=tuple(lang.strip() for lang in args.langs.split(",") if lang.strip()),
         allow_auto=args.allow_auto, storyboard_level=args.storyboard_level,

@@ -51,3 +51,11 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
 
 def test_sizes_parse():
     assert cli._size("64MB") == 64 * 10**6 and cli._size("1GiB") == 2**30 and cli._size("1000") == 1000
+
+
+def test_impersonation_needs_the_flag_because_the_guard_cannot_see_curl(tmp_path, capsys):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("dQw4w9WgXcQ\n")
+    code = cli.main(["youtube", "--ids", str(ids), "--impersonate", "chrome", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "--impersonate" in capsys.readouterr().err and not (tmp_path / "out").exists()
