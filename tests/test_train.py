@@ -110,7 +110,9 @@ def test_a_few_minutes_of_cpu_training_learns_to_caption(tmp_path_factory, tiny_
                            features.RunOptions(batch_size=128), ray_session)
     config = TrainConfig().with_overrides(
         model={"width": 192, "depth": 3, "heads": 4, "ct_width": 128},
-        data={"holdout": 0.15, "workers": 1}, run={"steps": 1000, "checkpoint_every": 1000})
+        # workers 0: the same batches (seeded), ~12% faster on 2 cores than a loader process
+        # competing with the two torch threads
+        data={"holdout": 0.15, "workers": 0}, run={"steps": 1000, "checkpoint_every": 1000})
     train.train(corpus, feats, work / "run", config, progress=False)
     report = evaluate.evaluate(work / "run", corpus, feats, evaluate.EvalOptions(shots=(0, 2)))
     trained, untrained, prior = (report["models"][m] for m in ("trained", "untrained", "prior"))
