@@ -99,6 +99,15 @@ def test_set_overrides_an_option_and_from_must_name_a_stage(tmp_path):
         _plan(tmp_path, text, settings=("lion.input=x",))
 
 
+def test_a_repeatable_option_takes_a_list(tmp_path):
+    parquet = tmp_path / "in.parquet"
+    parquet.write_bytes(b"")
+    plan = _plan(tmp_path, f"stages:\n  laion:\n    input: {parquet}\n"
+                           "    allow_address: [10.1.2.0/24, 192.168.7.7]\n")
+    argv = plan.stages[0].argv
+    assert [argv[i + 1] for i, w in enumerate(argv) if w == "--allow-address"] == ["10.1.2.0/24", "192.168.7.7"]
+
+
 # ---- running ----------------------------------------------------------------------------------
 
 SMOKE_SMALL = ["--set", "site.pairs=40", "--set", "site.documents=16", "--set", "site.clips=6",

@@ -184,11 +184,14 @@ def _words(recipe, spec, name, value, action, run_dir: Path, stage: PlannedStage
     if isinstance(value, dict):
         return [flag, _config_file(recipe, spec, name, value, action, run_dir, stage)]
     values = value if isinstance(value, list) else [value]
-    if value is None or (isinstance(value, list) and action.nargs in (None, "?")):
+    one_each = isinstance(action, argparse._AppendAction)
+    if value is None or (isinstance(value, list) and action.nargs in (None, "?") and not one_each):
         raise recipe.error(spec.where(name), f"stage {spec.name!r}: {name} takes one value, got {value!r}")
     words = [_word(v) for v in values]
     if action.type is Path:
         _note_missing(spec, name, words, run_dir, stage)
+    if isinstance(action, argparse._AppendAction):  # repeatable (--allow-address): once per value
+        return [w for word in words for w in (flag, word)]
     return ([flag] if flag else []) + words
 
 
