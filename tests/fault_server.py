@@ -145,12 +145,17 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         time.sleep(5)
         self._ok(path, hit)
 
-    def _drip(self, path, hit):
+    def _image_headers(self) -> bytes:
+        """Status and headers of the image answer; its body is the caller's to send (or not)."""
         body = self.owner.image
         self.send_response(200)
         self.send_header("Content-Type", "image/png")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        return body
+
+    def _drip(self, path, hit):
+        body = self._image_headers()
         for i in range(0, len(body), 16):
             self.wfile.write(body[i:i + 16])
             self.wfile.flush()
@@ -163,11 +168,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self._reset_connection() if hit == 1 else self._ok(path, hit)
 
     def _truncated(self, path, hit):
-        body = self.owner.image
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        body = self._image_headers()
         self.wfile.write(body[: len(body) // 2])
         self.close_connection = True
 
