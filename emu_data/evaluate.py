@@ -170,14 +170,14 @@ def _text(prompt: Prompt, ids: list[int]) -> None:
 
 
 def caption_prompt(run, pairs: Pairs, i: int, shots: int) -> Prompt:
-    """k demonstrations (the next k pairs, cyclically), each its own sample, then the query image:
-    <bos> [IMG] z [/IMG] caption <eos> ... <bos> [IMG] z [/IMG] -> caption."""
+    """k demonstrations (the next k pairs, cyclically) interleaved in one sample, then the query
+    image: <bos> [IMG] z [/IMG] caption ... [IMG] z [/IMG] -> caption. One sample, as an
+    interleaved document is in training: a sample attends only to itself there (emu.py)."""
     queries, prompt = run.config.model.queries, Prompt([], [], [], [])
-    for j in [(i + d) % len(pairs.samples) for d in range(1, shots + 1)]:
-        _text(prompt, [BOS])
-        _image(prompt, pairs.features[j], queries)
-        _text(prompt, run.vocab.encode(pairs.captions[j]) + [EOS])
     _text(prompt, [BOS])
+    for j in [(i + d) % len(pairs.samples) for d in range(1, shots + 1)]:
+        _image(prompt, pairs.features[j], queries)
+        _text(prompt, run.vocab.encode(pairs.captions[j]))
     _image(prompt, pairs.features[i], queries)
     return prompt
 

@@ -154,10 +154,10 @@ def _model(vocab, index, seed=0):
                      DATA.seq_len, seed)
 
 
-def _first_batch(indexed, sample_dir, sample_features):
+def _first_batch(indexed, sample_dir, sample_features, rows=2):
     index, vocab, reader = indexed
-    rows = data.plan_rows(index, DATA, SMALL.queries, seed=0)
-    arrays = data.collate([next(rows) for _ in range(2)], reader, vocab, SMALL.queries, DATA.seq_len, 0)
+    planned = data.plan_rows(index, DATA, SMALL.queries, seed=0)
+    arrays = data.collate([next(planned) for _ in range(rows)], reader, vocab, SMALL.queries, DATA.seq_len, 0)
     arrays.pop("samples")
     return emu.Batch(**{k: torch.from_numpy(v) for k, v in arrays.items()})
 
@@ -211,6 +211,28 @@ def test_regression_targets_are_detached(indexed, sample_dir, sample_features):
     model(batch).visual_mse.backward()
     assert all(p.grad is None or not p.grad.any() for p in model.visual.parameters())
     assert model.regress.weight.grad.abs().sum() > 0
+
+
+def test_a_packed_sample_computes_what_it_computes_alone(indexed, sample_dir, sample_features):
+    """Packing changes no sample: attention stays inside the sample and its positions restart at
+    its <bos>, so each sample's hidden states equal those of the sample run by itself (which is
+    how eval and generation see a prompt)."""
+    index, vocab, _ = indexed
+    batch = _first_batch(indexed, sample_dir, sample_features, rows=16)
+    model = _model(vocab, index).eval()
+    positions, mask = emu.sample_layout(batch.tokens)
+    with torch.no_grad():
+        x, _ = model.inputs(batch)
+        packed = model.hidden(x, positions=positions, mask=mask)[0]
+        checked = 0
+        for row in range(batch.tokens.shape[0]):
+            starts = (batch.tokens[row] == BOS).nonzero().flatten().tolist()
+            for start, end in zip(starts, starts[1:] + [batch.tokens.shape[1]]):
+                assert positions[row, start:end].tolist() == list(range(end - start))
+                alone = model.hidden(x[row:row + 1, start:end])[0][0]
+                torch.testing.assert_close(packed[row, start:end], alone, rtol=1e-4, atol=1e-5)
+                checked += start > 0
+    assert checked > 0   # some sample sat behind another one in its row
 
 
 def test_cached_generation_equals_a_full_forward(indexed, sample_dir, sample_features):

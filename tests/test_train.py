@@ -94,12 +94,13 @@ def test_cli_errors_are_clear(sample_dir, sample_features, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~8-10 min on CI's two cores: setup.cfg's 600 s is too close
-def test_a_few_minutes_of_cpu_training_learns_to_caption(tmp_path_factory, tiny_vit, ray_session):
+def test_a_few_minutes_of_cpu_training_learns_to_caption_and_retrieve(tmp_path_factory, tiny_vit, ray_session):
     """The issue's proof: on a sample corpus (captions name what is drawn) a short CPU run
-    captions held-out images far better than the untrained model and the caption prior.
-    Retrieval is reported, not asserted: on one CPU thread R@5 reached 3x chance, but the same
-    run on two threads (other float reductions) did not clear 1.8x: no margin to rely on yet
-    (BENCHMARKS.md)."""
+    captions held-out images and finds them from their captions (text-to-image retrieval with
+    the regressed embeddings) far better than the untrained model and the caption prior.
+    Few-shot captioning is reported, not asserted: with each packed sample attending only to
+    itself, in-context use of demonstrations has to come from the corpus's interleaved
+    documents, whose text is not caption-like here (BENCHMARKS.md)."""
     from emu_data import encoder, features
     from emu_data.sources import sample
     from emu_data.stage import OutputOptions
@@ -119,7 +120,10 @@ def test_a_few_minutes_of_cpu_training_learns_to_caption(tmp_path_factory, tiny_
     trained, untrained, prior = (report["models"][m] for m in ("trained", "untrained", "prior"))
     assert report["pairs"]["count"] >= 40
     assert trained["text_ce"] < 0.25 * untrained["text_ce"]
-    for k in (0, 2):
-        key = f"cider_d_{k}shot"
-        assert trained[key] > 2 * prior[key] and trained[key] > untrained[key] + 1.0, report
+    assert trained["cider_d_0shot"] > 2 * prior["cider_d_0shot"], report
+    assert trained["cider_d_0shot"] > untrained["cider_d_0shot"] + 1.0, report
+    chance = 1 / report["pairs"]["count"]   # the prior ranks at random
+    assert trained["retrieval_r1"] >= 5 * chance, report
+    assert trained["retrieval_r1"] >= untrained["retrieval_r1"] + 4 * chance, report
+    assert trained["retrieval_r5"] >= 2 * max(prior["retrieval_r5"], untrained["retrieval_r5"]), report
 

@@ -15,6 +15,11 @@ visual embedding: [IMG] predicts z1, zk predicts z(k+1), against the z that was 
 detached; the z1 term (the only one predicted from text alone) is weighted by
 model.image_start_weight (see config.py). The causal transformer's output is layer-normalised without a learned scale, so
 the regression cannot be won by shrinking every z toward zero.
+
+A packed row holds several samples; each one sees only itself (attention masked to its own
+sample, positions restarting at its <bos>), as a lone sample does in generation. Without
+the mask, the hidden state at [IMG] mixed in whatever sample came earlier in the row, and
+the text-to-image regression trained on that noise barely formed (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -168,7 +173,8 @@ class Emu(nn.Module):
 
     def forward(self, batch: Batch) -> Losses:
         x, z = self.inputs(batch)
-        h = self.hidden(x)[0][:, :-1]
+        positions, mask = sample_layout(batch.tokens)
+        h = self.hidden(x, positions=positions, mask=mask)[0][:, :-1]
         slot = batch.slot_image >= 0
         next_tokens, next_slot = batch.tokens[:, 1:], slot[:, 1:]
         text = ~slot[:, :-1] & ~next_slot & (next_tokens != PAD) & (next_tokens != BOS)
@@ -182,6 +188,19 @@ class Emu(nn.Module):
             else h.new_zeros(())
         loss = text_ce + self.config.regression_weight * visual_mse
         return Losses(loss, text_ce, visual_mse, cosine, int(text.sum()), int(next_slot.sum()))
+
+
+def sample_layout(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions counted from each sample's <bos>, and the attention mask [B, 1, L, L] (True =
+    attend) that keeps every packed sample to its own earlier positions. Padding after the last
+    sample belongs to it (it is never a target)."""
+    length = tokens.shape[1]
+    starts = tokens == BOS
+    sample = starts.cumsum(1)
+    index = torch.arange(length, device=tokens.device).expand_as(tokens)
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(1).values
+    causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
+    return index - first, (causal & (sample[:, :, None] == sample[:, None, :]))[:, None]
 
 
 def _weighted_mse(predicted, target, query, start_weight: float):
