@@ -586,7 +586,7 @@ def _add_train(commands) -> None:
                "  emu-data train --corpus /data/mix --features /data/mix-eva --out runs/emu --config emu.yaml\n"
                "config file (JSON or YAML), any subset of:\n"
                "  model: {width, depth, heads, queries, ct_width, ct_depth, ct_heads, regression_weight,\n"
-               "         image_start_weight}\n"
+               "         image_start_weight, attention: sample (each packed sample sees itself) | row}\n"
                "  data:  {seq_len, batch_size, weights: {laion: 128, ...}, holdout, vocab_size, workers}\n"
                "  optim: {lr, min_lr_ratio, betas, weight_decay, warmup, grad_clip}\n"
                "  run:   {steps, checkpoint_every, seed, device, precision}\n"

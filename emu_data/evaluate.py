@@ -170,14 +170,17 @@ def _text(prompt: Prompt, ids: list[int]) -> None:
 
 
 def caption_prompt(run, pairs: Pairs, i: int, shots: int) -> Prompt:
-    """k demonstrations (the next k pairs, cyclically) interleaved in one sample, then the query
-    image: <bos> [IMG] z [/IMG] caption ... [IMG] z [/IMG] -> caption. One sample, as an
-    interleaved document is in training: a sample attends only to itself there (emu.py)."""
+    """k demonstrations (the next k pairs, cyclically), then the query image, laid out as the
+    model saw several images in training (model.attention): interleaved in one sample,
+    <bos> [IMG] z [/IMG] caption ... [IMG] z [/IMG] -> caption, where a sample sees only
+    itself; each its own sample, <bos> [IMG] z [/IMG] caption <eos> ... <bos> [IMG] z [/IMG],
+    where samples read the ones packed before them."""
     queries, prompt = run.config.model.queries, Prompt([], [], [], [])
+    separate = run.config.model.attention == "row"
     _text(prompt, [BOS])
     for j in [(i + d) % len(pairs.samples) for d in range(1, shots + 1)]:
         _image(prompt, pairs.features[j], queries)
-        _text(prompt, run.vocab.encode(pairs.captions[j]))
+        _text(prompt, run.vocab.encode(pairs.captions[j]) + ([EOS, BOS] if separate else []))
     _image(prompt, pairs.features[i], queries)
     return prompt
 

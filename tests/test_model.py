@@ -235,6 +235,38 @@ def test_a_packed_sample_computes_what_it_computes_alone(indexed, sample_dir, sa
     assert checked > 0   # some sample sat behind another one in its row
 
 
+def test_row_attention_lets_a_packed_sample_read_the_ones_before_it(indexed, sample_dir, sample_features):
+    """model.attention "row": plain causal attention over the row (the trade-off in BENCHMARKS.md),
+    so the loss differs from "sample" where rows pack several samples; an unknown mode is refused."""
+    index, vocab, _ = indexed
+    batch = _first_batch(indexed, sample_dir, sample_features, rows=16)
+    model = _model(vocab, index).eval()
+    with torch.no_grad():
+        per_sample = model(batch).loss
+        model.config = ModelConfig(**{**SMALL.__dict__, "attention": "row"})
+        per_row = model(batch).loss
+    assert per_row != pytest.approx(float(per_sample), rel=1e-4)
+    with pytest.raises(ConfigError, match="attention"):
+        ModelConfig(attention="document")
+
+
+@pytest.mark.parametrize("attention, bos, eos", [("sample", 1, 0), ("row", 3, 2)])
+def test_few_shot_demonstrations_are_laid_out_as_training_saw_several_images(attention, bos, eos):
+    """Two demonstrations then the query image: in one sample under "sample" attention (the
+    only way they are visible), each its own sample under "row"."""
+    from types import SimpleNamespace
+
+    from emu_data import evaluate
+
+    run = SimpleNamespace(config=TrainConfig().with_overrides(model={"queries": 2, "attention": attention}),
+                          vocab=SimpleNamespace(encode=lambda text: [100 + len(text)]))
+    pairs = evaluate.Pairs("laion_coco", [0, 1, 2], ["a", "bb", "ccc"], np.zeros((3, 4, 8), np.float32))
+    prompt = evaluate.caption_prompt(run, pairs, 0, shots=2)
+    assert (prompt.tokens.count(BOS), prompt.tokens.count(EOS), prompt.tokens.count(IMG)) == (bos, eos, 3)
+    assert [t for t in prompt.tokens if t >= 100] == [102, 103]      # the next two pairs' captions
+    assert prompt.tokens[-4:] == [IMG, PAD, PAD, END_IMG] and len(prompt.features) == 3
+
+
 def test_cached_generation_equals_a_full_forward(indexed, sample_dir, sample_features):
     from emu_data import evaluate
 

@@ -4,7 +4,7 @@ A config file holds any subset of the sections below; what it leaves out keeps t
 Unknown keys are an error (a typo must not silently train the wrong model).
 
     model:  width, depth, heads, queries, ct_depth, ct_heads, mlp_ratio, regression_weight,
-            image_start_weight
+            image_start_weight, attention
     data:   seq_len, batch_size, weights, holdout, vocab_size, workers
     optim:  lr, min_lr_ratio, betas, weight_decay, warmup, grad_clip
     run:    steps, checkpoint_every, seed, device, precision
@@ -45,6 +45,12 @@ class ModelConfig:
     # At 1 (Emu's plain mean) z1 is 1/32 of the l2 term and text-to-image never learns
     # (R@1 at chance); at `queries` it counts as much as all continuations together.
     image_start_weight: float = 32.0
+    # Attention in a packed row. "sample": each sample sees only itself and its positions restart
+    # at its <bos>, so it computes what it would alone (as a prompt in generation); "row": plain
+    # causal attention over the row (Megatron without --reset-attention-mask), samples read the
+    # ones packed before them. "row" lets in-context captioning emerge from neighbouring pairs
+    # but the text-to-image regression learns on that noise (BENCHMARKS.md: R@1 0.05 vs 0.21-0.54).
+    attention: str = "sample"
 
     def __post_init__(self):
         if self.width % self.heads or self.ct_width % self.ct_heads:
@@ -54,6 +60,8 @@ class ModelConfig:
             raise ConfigError("model sizes must be positive")
         if self.regression_weight < 0 or self.image_start_weight < 0:
             raise ConfigError("model.regression_weight and model.image_start_weight must be non-negative")
+        if self.attention not in ("sample", "row"):
+            raise ConfigError("model.attention must be sample or row")
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ detached; the z1 term (the only one predicted from text alone) is weighted by
 model.image_start_weight (see config.py). The causal transformer's output is layer-normalised without a learned scale, so
 the regression cannot be won by shrinking every z toward zero.
 
-A packed row holds several samples; each one sees only itself (attention masked to its own
-sample, positions restarting at its <bos>), as a lone sample does in generation. Without
-the mask, the hidden state at [IMG] mixed in whatever sample came earlier in the row, and
-the text-to-image regression trained on that noise barely formed (BENCHMARKS.md).
+A packed row holds several samples; by default (model.attention "sample") each one sees only
+itself (attention masked to its own sample, positions restarting at its <bos>), as a lone
+sample does in generation. Without the mask ("row"), the hidden state at [IMG] mixes in
+whatever sample came earlier in the row, and the text-to-image regression trained on that
+noise barely forms (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class Emu(nn.Module):
 
     def forward(self, batch: Batch) -> Losses:
         x, z = self.inputs(batch)
-        positions, mask = sample_layout(batch.tokens)
+        positions, mask = sample_layout(batch.tokens) if self.config.attention == "sample" else (None, None)
         h = self.hidden(x, positions=positions, mask=mask)[0][:, :-1]
         slot = batch.slot_image >= 0
         next_tokens, next_slot = batch.tokens[:, 1:], slot[:, 1:]
