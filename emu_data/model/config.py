@@ -43,7 +43,8 @@ class ModelConfig:
     # Weight of the one regression term predicted from text alone ([IMG] -> z1) against each
     # continuation term (zk -> z(k+1)), which at smoke scale is close to a copy of the input.
     # At 1 (Emu's plain mean) z1 is 1/32 of the l2 term and text-to-image never learns
-    # (R@1 at chance); at `queries` it counts as much as all continuations together.
+    # (R@1 at chance, with per-sample attention too); at `queries` it counts as much as all
+    # continuations together.
     image_start_weight: float = 32.0
     # Attention in a packed row. "sample": each sample sees only itself and its positions restart
     # at its <bos>, so it computes what it would alone (as a prompt in generation); "row": plain
