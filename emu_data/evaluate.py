@@ -71,7 +71,8 @@ def evaluate(run_dir: Path, corpus: Path, features: Path, options: EvalOptions =
     models = {"trained": trained, "untrained": run.model()}
     report = {"run": str(run_dir), "step": step, "heldout_samples": int(run.index.heldout.sum()),
               "pairs": {"source": pairs.source if pairs else None, "count": len(pairs.samples) if pairs else 0},
-              "shots": list(options.shots), "options": asdict(options), "models": {}}
+              "shots": list(options.shots), "attention": run.config.model.attention,
+              "options": asdict(options), "models": {}}
     with torch.no_grad():
         for name, model in models.items():
             model.to(device).eval()
@@ -310,6 +311,9 @@ def markdown(report: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "CIDEr-D's IDF comes from these references only: not comparable with published COCO numbers.",
               "Retrieval ranks the regressed embedding (no image decoder): a stand-in for generation quality."]
+    if report.get("attention") == "sample" and any(report["shots"]):
+        lines.append("Few-shot demonstrations share the query image's sample (model.attention: sample): "
+                     "in-context captioning is learned only from the corpus's interleaved documents.")
     return "\n".join(lines) + "\n"
 
 

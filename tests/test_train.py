@@ -76,7 +76,9 @@ def test_cli_train_then_eval_writes_a_report(sample_dir, sample_features, tmp_pa
         assert {"text_ce", "perplexity", "visual_mse", "visual_cosine", "cider_d_0shot", "cider_d_2shot",
                 "retrieval_r1", "retrieval_r5"} <= set(metrics)
     assert report["models"]["trained"]["text_ce"] < report["models"]["untrained"]["text_ce"]
-    assert (run / "eval" / "report.md").read_text().startswith("Eval of")
+    markdown = (run / "eval" / "report.md").read_text()
+    assert markdown.startswith("Eval of") and "(model.attention: sample)" in markdown
+    assert report["attention"] == "sample"
 
 
 def test_cli_errors_are_clear(sample_dir, sample_features, tmp_path, capsys):
