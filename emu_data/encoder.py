@@ -16,14 +16,14 @@ for them, and the stage must pickle without them.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from emu_data import images
 
 log = logging.getLogger(__name__)
 
@@ -136,24 +136,12 @@ def pil_transform(preprocess: Preprocess):
 
 
 def pixels(data: bytes, steps) -> np.ndarray:
-    """Decode one image and apply the PIL half: uint8 H x W x 3. Image.DecompressionBombError
-    (before decoding) for an image above Pillow's MAX_IMAGE_PIXELS (or, where warnings are
-    errors, Pillow's own DecompressionBombWarning)."""
-    with Image.open(io.BytesIO(data)) as image:
-        refuse_decompression_bomb(image.size)
-        image.load()
-        refuse_decompression_bomb(image.size)  # some formats learn their real size only while loading
+    """Decode one image and apply the PIL half: uint8 H x W x 3; images.ImageRejected
+    (decompression_bomb before decoding, or decode_error) for an image that cannot be used."""
+    with images.opened(data) as image:
         for step in steps:
             image = step(image)
         return np.asarray(image, dtype=np.uint8)
-
-
-def refuse_decompression_bomb(size: tuple[int, int]) -> None:
-    """Image.DecompressionBombError above Pillow's MAX_IMAGE_PIXELS. Pillow itself raises it
-    only above twice that limit and merely warns in between; here the warning zone is refused too."""
-    limit, (width, height) = Image.MAX_IMAGE_PIXELS, size
-    if limit and width * height > limit:
-        raise Image.DecompressionBombError(f"{width}x{height} pixels exceed Pillow's limit of {limit}")
 
 
 # ---- the encoder -----------------------------------------------------------------------

@@ -33,10 +33,9 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 from tqdm import tqdm
 
-from emu_data import encoder, manifest, runtime, schema
+from emu_data import encoder, images, manifest, runtime, schema
 from emu_data.corpus import CONFIG_NAME, DATA_DIR, LayoutChanged
 from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OneShard, ShardInfo, file_sha256, read_shard
 
@@ -120,17 +119,15 @@ class ChunkReader:
             self._steps = encoder.pil_transform(self.preprocess)
         rows = read_shard(Path(self.corpus) / chunk["shard"]).slice(chunk["start"], chunk["stop"] - chunk["start"])
         keys, indexes, pixels = [], [], []
-        for key, images in zip(rows.column("key").to_pylist(), rows.column("images")):
-            for index, image in enumerate(images.values if images.is_valid else []):
+        for key, cells in zip(rows.column("key").to_pylist(), rows.column("images")):
+            for index, image in enumerate(cells.values if cells.is_valid else []):
                 if not image.is_valid:
                     continue
                 try:
                     pixels.append(encoder.pixels(image["bytes"].as_py(), self._steps))
-                except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                    raise FeatureError(f"{chunk['shard']}: {key} image {index} is a decompression bomb ({e}); "
-                                       "run `emu-data validate --deep` on the corpus") from None
-                except (OSError, ValueError, SyntaxError, EOFError) as e:  # Pillow's "not an image"
-                    raise FeatureError(f"{chunk['shard']}: {key} image {index} does not decode ({e}); "
+                except images.ImageRejected as e:
+                    what = "is a decompression bomb" if e.reason == "decompression_bomb" else "does not decode"
+                    raise FeatureError(f"{chunk['shard']}: {key} image {index} {what} ({e}); "
                                        "run `emu-data validate --deep` on the corpus") from None
                 keys.append(key)
                 indexes.append(index)

@@ -12,7 +12,6 @@ and its image bytes are never touched (only the validity of `images` items).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections import Counter
@@ -21,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
-from emu_data import corpus, encoder, manifest, schema
+from emu_data import corpus, encoder, images, manifest, schema
 from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, file_sha256, iter_batches
 
 DECODE_PER_SHARD = 32  # images fully decoded per shard unless --deep
@@ -579,15 +577,9 @@ def image_problem(data: bytes, *, decode: bool) -> tuple[str, str] | None:
     header only. Above Pillow's MAX_IMAGE_PIXELS (its warning zone too) the rule is
     decompression_bomb, found from the header and never decoded; else image_decode."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in ("JPEG", "PNG", "WEBP"):
+        with images.opened(data, load=decode) as image:
+            if image.format not in images.STORED_FORMATS:
                 return "image_decode", f"format {image.format} is not JPEG, PNG or WebP"
-            encoder.refuse_decompression_bomb(image.size)
-            if decode:
-                image.load()
-                encoder.refuse_decompression_bomb(image.size)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning: under -W error
-        return "decompression_bomb", f"decompression bomb: {e}"
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's ways of saying "not an image"
-        return "image_decode", f"does not decode: {e}"
+    except images.ImageRejected as e:
+        return ("decompression_bomb" if e.reason == "decompression_bomb" else "image_decode"), str(e)
     return None

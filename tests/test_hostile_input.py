@@ -22,8 +22,11 @@ import html.parser
 import io
 import json
 import os
+import random
+import struct
 import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import av
@@ -32,7 +35,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from emu_data import encoder, features, manifest, net, preview, records, sample_site
+from emu_data import encoder, features, images, manifest, net, preview, records, sample_site
 from emu_data.corpus import UnitWriter
 from emu_data.sample_site.webvid import SiteClip, publish_webvid
 from emu_data.schema import arrow_schema
@@ -105,7 +108,7 @@ def yt_site(tmp_path_factory):
     root = tmp_path_factory.mktemp("yt-site")
     with sample_site.serve(root) as base:
         infos = sample_site.publish_youtube(
-            root, base, [sample_site.SiteVideo(v) for v in ("good0000001", "bombsb00001", "warnsb00001")])
+            root, base, [sample_site.SiteVideo(v) for v in ("good0000001", "bombsb00001", "warnsb00001", "ddsmosaic01")])
         yield root, {info["id"]: info for info in infos}
 
 
@@ -268,6 +271,39 @@ def test_webvid_frames_above_the_limit_are_bombs(tmp_path, low_limit):
     assert caught.value.reason == "decompression_bomb"
 
 
+def _mp4_mutants(data: bytes, count: int, seed: int = 0):
+    """The clip with bytes flipped, cut or overwritten: in the moov atom (sizes, counts,
+    offsets, codec parameters) as often as in the frames."""
+    rng = random.Random(seed)
+    moov = data.find(b"moov")
+    for i in range(count):
+        mutant = bytearray(data)
+        region = (moov, len(data)) if moov > 0 and i % 2 else (0, len(data))
+        how = rng.choice(("flip", "cut", "overwrite"))
+        if how == "cut":
+            mutant = mutant[:rng.randrange(len(mutant))]
+        for _ in range(rng.randint(1, 6) if how != "cut" else 0):
+            at = rng.randrange(*region)
+            mutant[at:at + (4 if how == "overwrite" else 1)] = rng.randbytes(4 if how == "overwrite" else 1)
+        yield f"{how}/{i}", bytes(mutant)
+
+
+def test_webvid_hostile_video_bytes_end_as_one_reason_each(tmp_path):
+    """PyAV on mutated mp4s: a sampled video, or VideoError with a reason; nothing else escapes."""
+    publish_webvid(tmp_path / "site", "http://127.0.0.1", [SiteClip("clip1", duration=2, fps=5, size=64)])
+    data = (tmp_path / "site" / "webvid" / "clip1.mp4").read_bytes()
+    config = webvid.WebvidConfig(frames=2, min_duration=0.5)
+    answers = Counter()
+    for label, mutant in _mp4_mutants(data, int(os.environ.get("EMU_FUZZ_VIDEOS", "120"))):
+        try:
+            webvid.sample_video(mutant, config)
+            answers["ok"] += 1
+        except webvid.VideoError as e:
+            assert e.reason in ("decode_error", "too_short", "decompression_bomb") and str(e), (label, e)
+            answers[e.reason] += 1
+    assert answers["decode_error"] and sum(answers.values()) == int(os.environ.get("EMU_FUZZ_VIDEOS", "120"))
+
+
 # ---- LAION: hashes that look like paths, bombs after img2dataset ---------------------------
 
 @pytest.fixture(scope="module")
@@ -330,11 +366,11 @@ def _decode_paths():
         problem = image_problem(data, decode=False)
         return problem and problem[0]
 
-    def encoder_path(data):  # features.ChunkReader turns both into a FeatureError
+    def encoder_path(data):  # features.ChunkReader turns it into a FeatureError
         try:
             encoder.pixels(data, [])
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            return "decompression_bomb"
+        except images.ImageRejected as e:
+            return e.reason
 
     return [laion_path, mmc4_path, storyboard_path, validate_path, validate_header_path, encoder_path]
 
@@ -348,6 +384,142 @@ def test_every_decode_path_refuses_bombs(path, size, warnings_as_errors, low_lim
             warnings.simplefilter("error", Image.DecompressionBombWarning)
         assert path(png(size)) == "decompression_bomb"
         assert path(png(SMALL, "RGB")) is None  # a good image still passes
+
+
+# ---- every decode path, hostile bytes (issue 15, break 1) ----------------------------------
+
+# What a decode path may answer for bytes that are not a usable image (None: it is one).
+REASONS = {None, "decode_error", "decompression_bomb", "image_decode", "malformed_storyboard"}
+FUZZ_CASES = int(os.environ.get("EMU_FUZZ_CASES", "600"))  # the soak test (pytest -m soak) runs 100x more
+
+
+def dds_unknown_pixel_format() -> bytes:
+    """192 bytes: a DDS header whose pixel-format flags are 0. Pillow 10-13 raises
+    NotImplementedError for it, which no "not an image" list of exceptions expected."""
+    header = bytearray(128)
+    header[:4] = b"DDS "
+    struct.pack_into("<7I", header, 4, 124, 0x1007, 4, 4, 0, 0, 0)
+    struct.pack_into("<2I", header, 76, 32, 0)
+    return bytes(header) + bytes(64)
+
+
+def format_seeds() -> dict[str, bytes]:
+    """A small image in every format the installed Pillow can write (its plugins as they are)."""
+    seeds = {}
+    picture = Image.radial_gradient("L").resize((32, 24)).convert("RGB")
+    for name in sorted(Image.SAVE):
+        for mode in ("RGB", "L", "1"):
+            buffer = io.BytesIO()
+            try:
+                picture.convert(mode).save(buffer, name)
+            except Exception:  # noqa: BLE001 - a writer that needs other modes or modules: skip it
+                continue
+            seeds[name] = buffer.getvalue()
+            break
+    seeds["DDS-flags-0"] = dds_unknown_pixel_format()
+    return seeds
+
+
+def mutants(seeds: dict[str, bytes], count: int, seed: int = 0):
+    """(label, bytes): each seed flipped, cut, overwritten or spliced onto another's header."""
+    rng, names = random.Random(seed), sorted(seeds)
+    for i in range(count):
+        name = names[i % len(names)]
+        data = bytearray(seeds[name])
+        how = rng.choice(("flip", "cut", "overwrite", "splice", "header-fields"))
+        if how == "flip":
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        elif how == "cut":
+            data = data[:rng.randrange(len(data))]
+        elif how == "overwrite":
+            at = rng.randrange(len(data))
+            data[at:at + 16] = rng.randbytes(16)
+        elif how == "splice":
+            other = seeds[rng.choice(names)]
+            data = data[:rng.randint(4, 64)] + other[rng.randint(0, len(other) - 1):]
+        else:  # the header's integer fields: sizes, counts, offsets, flags
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randrange(min(len(data), 160) - 3)
+                data[at:at + 4] = struct.pack("<I", rng.choice((0, 1, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, rng.getrandbits(32))))
+        yield f"{name}/{how}/{i}", bytes(data)
+
+
+@pytest.mark.parametrize("path", _decode_paths(), ids=lambda f: f.__name__)
+def test_a_dds_pillow_cannot_read_is_a_decode_error_on_every_path(path):
+    assert path(dds_unknown_pixel_format()) in ("decode_error", "image_decode")
+
+
+def _every_path_gives_a_reason(cases) -> int:
+    paths, tried = _decode_paths(), 0
+    for label, data in cases:
+        for path in paths:
+            try:
+                answer = path(data)
+            except Exception as e:  # noqa: BLE001 - the property: nothing escapes a decode path
+                raise AssertionError(f"{path.__name__} on {label}: {type(e).__name__}: {e}") from e
+            assert answer in REASONS, (path.__name__, label, answer)
+            tried += 1
+    return tried
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # IM writer, corrupt EXIF
+def test_every_decode_path_gives_a_reason_for_hostile_bytes_in_every_format(low_limit):
+    seeds = format_seeds()
+    assert {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "DDS"} <= set(seeds)
+    assert _every_path_gives_a_reason(mutants(seeds, FUZZ_CASES)) == FUZZ_CASES * len(_decode_paths())
+
+
+@pytest.mark.soak
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_every_decode_path_gives_a_reason_for_hostile_bytes_longer(low_limit):
+    seeds = format_seeds()
+    _every_path_gives_a_reason(mutants(seeds, 100 * FUZZ_CASES, seed=1))
+
+
+def _hostile_images(count: int = 12) -> dict[str, bytes]:
+    """File name -> bytes: the DDS Pillow cannot read and a few mutants of other formats."""
+    files = {"dds.dds": dds_unknown_pixel_format()}
+    files |= {f"m{i}.bin": data for i, (_, data) in enumerate(mutants(format_seeds(), count, seed=7))}
+    return files
+
+
+def test_an_image_a_decoder_chokes_on_is_that_items_reason_in_every_source(
+        yt_site, img2dataset_imported, tmp_path, jail):
+    """Served as image URLs (LAION, MMC4) and as a storyboard mosaic: every item gets its row,
+    no unit fails (before: NotImplementedError sank the whole unit, every rerun again)."""
+    out, _ = jail
+    site, infos = yt_site
+    hostile = _hostile_images()
+    serve_images(tmp_path / "site")
+    for name, data in hostile.items():
+        (tmp_path / "site" / name).write_bytes(data)
+    (site / "yt" / "ddsmosaic01" / "M0.jpg").write_bytes(hostile["dds.dds"])
+    with sample_site.serve(tmp_path / "site") as base:
+        urls = [f"{base}/good.png"] + [f"{base}/{name}" for name in hostile]
+        parquet = tmp_path / "pairs.parquet"
+        pq.write_table(pa.table({"URL": urls, "TEXT": [f"caption {i}" for i in range(len(urls))]}), parquet)
+        config = laion.LaionConfig(download=laion.DownloadOptions(thread_count=4, timeout=5))
+        [unit] = laion.units([parquet], config, LOCAL)
+        _, status = run_unit(laion.process, unit.payload, out / "laion")
+        reasons = {r["input"]: r["status"] for r in status}
+        assert len(status) == len(urls) and reasons[urls[0]] == "ok"
+        assert reasons[urls[1]] == "decode_error" and set(reasons.values()) <= {"ok", "decode_error"}
+
+        jsonl = tmp_path / "docs.jsonl"
+        docs = [_document(f"https://example.com/{i}", [("x", url), ("g", urls[0])]) for i, url in enumerate(urls[1:])]
+        jsonl.write_text("".join(json.dumps(d) + "\n" for d in docs))
+        [unit] = mmc4.units([jsonl], mmc4.Mmc4Config(fetch_workers=2, max_images=10, min_image_bytes=0), LOCAL)
+        samples, status = run_unit(mmc4.process, unit.payload, out / "mmc4")
+        assert [r["status"] for r in status] == ["ok"] * len(docs) and len(samples) == len(docs)
+        dropped = json.loads(samples[0]["meta"])["dropped_images"]
+        assert [d["reason"] for d in dropped] == ["decode_error"]
+
+    videos = _info_files(tmp_path / "info", [(v, infos[v]) for v in ("ddsmosaic01", "good0000001")])
+    unit = youtube.YoutubeUnit(tuple(videos), youtube.YoutubeConfig(rate_limit_retries=0), QUIET, LOCAL)
+    _, status = run_unit(youtube.process, unit, out / "yt")
+    assert [r["status"] for r in status] == ["decode_error", "ok"]
+    assert "NotImplementedError" in status[0]["error"] and "mosaic 0" in status[0]["error"]
 
 
 def test_features_stop_on_a_bomb_naming_shard_and_key(tmp_path, tiny_vit, low_limit):

@@ -17,7 +17,6 @@ import io
 import logging
 import math
 import re
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -29,7 +28,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from urllib3.util import parse_url
 
-from emu_data import net, records
+from emu_data import images, net, records
+from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.sources import laion_download
 
@@ -39,7 +39,6 @@ SOURCES = ("laion", "laion_coco")
 TEXT_COLUMN = {"laion": "TEXT", "laion_coco": "top_caption"}  # LAION-COCO: BLIP's caption
 ROW_ID = "emu_row"          # our row index, carried through img2dataset (save_additional_columns)
 HASH_COLUMN = "hash"
-STORED_FORMATS = ("JPEG", "PNG", "WEBP")   # what the interleaved record accepts
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")
 # Worth a --retry-failed: the server or the network may answer next time.
@@ -545,12 +544,11 @@ def _sample(row: InputRow, result: dict, config: LaionConfig) -> dict:
     return records.sample(row.key, config.source, [image.data, row.text], meta=meta)
 
 
-class BadImage(Exception):
+class BadImage(images.ImageRejected):
     """Bytes that will not be stored, with the status reason (decode_error, too_small, ...)."""
 
     def __init__(self, message: str, reason: str = "decode_error"):
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(reason, message)
 
 
 @dataclass(frozen=True)
@@ -574,26 +572,20 @@ def stored_image(data: bytes, options: ImageOptions, *, filters: bool = True) ->
     JPEG, PNG and WebP are kept byte for byte; other formats Pillow reads (GIF, BMP, TIFF,
     MPO, ...) are re-encoded as options.encode_format. filters: apply the size filters."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with images.opened(data, load=False) as image:
             _check_pixels(image.size, options if filters else None)
-            image.load()
-            _check_pixels(image.size, None)  # some formats learn their real size only while loading
+            images.load_checked(image)
             if image.format in STORED_FORMATS:
                 return StoredImage(data, *image.size)
             return StoredImage(_encode(image, options), *image.size, transcoded_from=image.format)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning: under -W error
-        raise BadImage(f"decompression bomb: {e}", "decompression_bomb") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # Pillow's "not an image"
-        raise BadImage(f"does not decode: {e}") from None
+    except images.ImageRejected as e:
+        raise BadImage(str(e), e.reason) from None
 
 
 def _check_pixels(size: tuple[int, int], options: ImageOptions | None) -> None:
-    """Refuse, before decoding: decompression bombs (above Pillow's MAX_IMAGE_PIXELS, whatever
-    the options; Pillow itself refuses only above twice that), then the size filters."""
+    """The size filters, applied from the header before decoding (bombs are refused by
+    images.opened already, whatever the options)."""
     width, height = size
-    bomb = Image.MAX_IMAGE_PIXELS
-    if bomb and width * height > bomb:
-        raise BadImage(f"decompression bomb: {width}x{height} pixels exceed {bomb}", "decompression_bomb")
     if options is not None:
         if min(width, height) < options.min_image_size:
             raise BadImage(f"{width}x{height}: smaller than {options.min_image_size} px", "too_small")

@@ -33,17 +33,16 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from emu_data import net, records
+from emu_data import images, net, records
+from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.sources import textfiles
 
 SOURCE = "mmc4"
 # Formats the corpus stores as they come (what `emu-data validate` accepts); any other
 # format Pillow decodes (GIF, BMP, TIFF, ...) is re-encoded to JPEG.
-STORED_FORMATS = ("JPEG", "PNG", "WEBP")
 # Config fields that change how fast a run goes, not what it writes: kept out of the layout
 # fingerprint (and, by repr=False, out of unit digests) so changing them never forces a redo.
 _SPEED_ONLY = ("fetch_workers",)
@@ -57,12 +56,8 @@ class DocumentError(ValueError):
         super().__init__(message)
 
 
-class ImageDropped(Exception):
+class ImageDropped(images.ImageRejected):
     """One image left out of its document; the document goes on without it."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -367,33 +362,16 @@ def fetch_image(url: str, config: Mmc4Config, fetcher: net.Fetcher) -> bytes:
 
 def checked_image(body: bytes, max_pixels: int) -> bytes:
     """Bytes that decode in full (stored as they came if JPEG/PNG/WebP, else re-encoded to
-    JPEG), or ImageDropped(decode_error | decompression_bomb). The size is checked from the
-    header, before load(), and again after (some formats learn their size while loading)."""
+    JPEG), or ImageDropped(decode_error | decompression_bomb) from images.opened."""
     try:
-        with Image.open(io.BytesIO(body)) as image:
-            _refuse_bomb(image.size, max_pixels)
-            image.load()
-            _refuse_bomb(image.size, max_pixels)
+        with images.opened(body, max_pixels=max_pixels) as image:
             if image.format in STORED_FORMATS:
                 return body
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, format="JPEG", quality=95)
             return buffer.getvalue()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning: under -W error
-        raise ImageDropped("decompression_bomb", f"decompression bomb: {e}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow's ways of saying "not an image"
-        raise ImageDropped("decode_error", f"does not decode: {e}") from None
-
-
-def _refuse_bomb(size: tuple[int, int], max_pixels: int) -> None:
-    """ImageDropped(decompression_bomb) above max_pixels or Pillow's MAX_IMAGE_PIXELS (Pillow
-    itself refuses only above twice its limit, and merely warns in between)."""
-    width, height = size
-    if width * height > max_pixels:
-        raise ImageDropped("decompression_bomb", f"{width}x{height} exceeds max_image_pixels {max_pixels}")
-    pillow = Image.MAX_IMAGE_PIXELS
-    if pillow and width * height > pillow:
-        raise ImageDropped("decompression_bomb", f"{width}x{height} exceeds Pillow's limit of {pillow} pixels")
+    except images.ImageRejected as e:
+        raise ImageDropped(e.reason, str(e)) from None
 
 
 def _assign(doc: Document, kept: list[tuple[Candidate, bytes]]) -> list[int]:

@@ -448,8 +448,11 @@ def sample_video(data: bytes, config: WebvidConfig) -> SampledVideo:
                 image, size = _encode(frame, config)
                 images.append(image)
                 times.append(info.seconds(frame.pts))
-    except av.error.FFmpegError as e:  # InvalidDataError, EOFError, ...: corrupt or truncated
-        raise VideoError("decode_error", f"{e.strerror or e} ({type(e).__name__})") from None
+    except VideoError:
+        raise
+    except Exception as e:  # noqa: BLE001 - FFmpegError (corrupt, truncated) and whatever else
+        # PyAV or a frame's conversion raises on hostile bytes: this video's decode_error
+        raise VideoError("decode_error", f"{getattr(e, 'strerror', None) or e} ({type(e).__name__})") from None
     _check_count(times, info, config)
     return SampledVideo(images, times, duration, info.fps, *source, size, codec)
 

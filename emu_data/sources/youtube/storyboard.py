@@ -26,30 +26,25 @@ from urllib.parse import urljoin
 
 from PIL import Image
 
+from emu_data import images
+
 _SPEC_BASE = "https://i.ytimg.com/"  # yt-dlp resolves a relative spec base URL against this
 # yt-dlp treats these playabilityStatus reasons as an age gate (extractor _is_agegated):
 # a sign-in wall that retrying later will not lift, unlike the bot check.
 _AGE_GATE = ("confirm your age", "age-restricted", "inappropriate")
 _CONTENT_ID = re.compile(r"<?(\d+)\.[^@>]*@[^>]*>?")  # yt-dlp: <{i}.{boundary}@yt-dlp.github.io.invalid>
 _STUB_CID = re.compile(rb'src="cid:(\d+)\.')  # the HTML stub names every fragment, skipped or not
-# What Pillow raises for bytes that are not a decodable image (UnidentifiedImageError and
-# truncation are OSErrors; some plugins raise SyntaxError or ValueError on bad headers).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError)
-# Pillow refuses images above twice its MAX_IMAGE_PIXELS and only warns between once and
-# twice; both are refused here (the warning too, where it is raised as an error).
-_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 # Tiles of one level past this are a broken or hostile spec, not a video (12 h at one tile a
 # second is 43,200): refused before a URL per mosaic is built for them.
 _MAX_TILES = 10**6
 
 
-class StoryboardError(ValueError):
+class StoryboardError(images.ImageRejected):
     """A storyboard that cannot become tiles; `reason` is a stable code for stats and retries:
     "no_storyboard", "decode_error", "decompression_bomb" or "malformed_storyboard"."""
 
     def __init__(self, reason: str, message: str):
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
+        super().__init__(reason, f"{reason}: {message}")
         self.message = message
 
 
@@ -332,30 +327,19 @@ def slice_mosaics(mosaics: Sequence[bytes], level: Level, *, quality: int = 90) 
 
 def _slice_one(data: bytes, m: int, level: Level, first: int, quality: int) -> list[Tile]:
     """Tiles of mosaic m, numbered from `first`. The decoded mosaic dies on return: holding
-    it while the next one decodes made slicing ~17% slower (fresh pages for every mosaic)."""
-    image = _decode(data, m)
-    boxes = _tile_boxes(image.size, level, min(level.tiles_per_mosaic, level.count - first), m)
-    return [Tile(k, k * level.interval, _jpeg(image.crop(box), quality)) for k, box in enumerate(boxes, first)]
-
-
-def _decode(data: bytes, m: int) -> Image.Image:
+    it while the next one decodes made slicing ~17% slower (fresh pages for every mosaic).
+    Decoding, cropping and encoding all run inside the image boundary: whatever a decoder
+    raises on a hostile mosaic is this video's decode_error, never the unit's."""
+    want = min(level.tiles_per_mosaic, level.count - first)
     try:
-        image = Image.open(io.BytesIO(data))
-        _refuse_bomb(image.size)  # from the header, before a pixel is decoded
-        image.load()  # decode now: a truncated file fails here, not at the first crop
-        _refuse_bomb(image.size)  # some formats learn their real size only while loading
-    except _BOMB_ERRORS as error:
-        raise StoryboardError("decompression_bomb", f"mosaic {m}: {error}") from error
-    except _DECODE_ERRORS as error:
-        raise StoryboardError("decode_error", f"mosaic {m} does not decode: {error}") from error
-    return image if image.mode in ("RGB", "L") else image.convert("RGB")
-
-
-def _refuse_bomb(size: tuple[int, int]) -> None:
-    """DecompressionBombError above Pillow's MAX_IMAGE_PIXELS, its warning zone included."""
-    limit, (width, height) = Image.MAX_IMAGE_PIXELS, size
-    if limit and width * height > limit:
-        raise Image.DecompressionBombError(f"{width}x{height} pixels exceed Pillow's limit of {limit}")
+        with images.opened(data) as image:
+            boxes = _tile_boxes(image.size, level, want, m)
+            rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
+            return [Tile(k, k * level.interval, _jpeg(rgb.crop(box), quality)) for k, box in enumerate(boxes, first)]
+    except StoryboardError:
+        raise
+    except images.ImageRejected as error:
+        raise StoryboardError(error.reason, f"mosaic {m}: {error}") from None
 
 
 def _tile_boxes(size: tuple[int, int], level: Level, want: int, m: int) -> list[tuple[int, int, int, int]]:
