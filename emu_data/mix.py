@@ -143,6 +143,7 @@ def plan(entries: list[Entry], config: MixConfig) -> Plan:
 
 def _dedup(entries: list[Entry], config: MixConfig):
     seen: dict[str, dict[str, str]] = {"key": {}, "image": {}, "url": {}}
+    dups: Counter[str] = Counter()   # duplicates of each key dropped so far
     unique, dropped = [], []
     for e in entries:
         checks = [("key", e.key, "duplicate_key"),
@@ -152,7 +153,7 @@ def _dedup(entries: list[Entry], config: MixConfig):
                     if value is not None and value in seen[kind]), None)
         if hit:
             kind, value, reason = hit
-            dropped.append((_status_entry(e, kind, dropped), reason, f"same {kind} as {seen[kind][value]}"))
+            dropped.append((_status_entry(e, kind, dups), reason, f"same {kind} as {seen[kind][value]}"))
             continue
         for kind, value, _ in checks:
             if value is not None:
@@ -161,12 +162,13 @@ def _dedup(entries: list[Entry], config: MixConfig):
     return unique, dropped
 
 
-def _status_entry(e: Entry, kind: str, dropped: list) -> Entry:
-    """A dropped duplicate of a key still needs a status key of its own: key#dupN."""
+def _status_entry(e: Entry, kind: str, dups: Counter) -> Entry:
+    """A dropped duplicate of a key still needs a status key of its own: key#dupN. Counted
+    per key, not by rescanning what was dropped (that made 1M duplicates take a day)."""
     if kind != "key":
         return e
-    n = sum(1 for d, _, _ in dropped if d.key.startswith(e.key + "#dup"))
-    return Entry(f"{e.key}#dup{n + 1}", e.source, e.shard, e.row, e.url, e.images)
+    dups[e.key] += 1
+    return Entry(f"{e.key}#dup{dups[e.key]}", e.source, e.shard, e.row, e.url, e.images)
 
 
 def _take_by_weight(entries: list[Entry], config: MixConfig):
