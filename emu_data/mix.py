@@ -1,7 +1,9 @@
 """`emu-data mix`: per-source corpora -> one corpus in given proportions, deduplicated, shuffled.
 
 Plan in the driver, copy in Ray tasks:
-1. scan every input shard (Ray tasks): key, source, url, image digest per sample;
+1. scan every input shard (Ray tasks): check it against its input's manifest (missing, size,
+   sha256: a corrupted input is refused before anything is written), then key, source, url,
+   image digest per sample;
 2. walk them in the order given and drop exact duplicates — same key, same images
    (sha256 of the image bytes), same normalized URL (storyboard chunks count apart);
 3. take from each source so the output matches the weights: the scarcest source (relative
@@ -24,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow.compute as pc
 
-from emu_data import corpus, manifest, records, runtime, stage
+from emu_data import manifest, records, runtime, stage, validate
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.shards import read_shard
 
@@ -33,6 +35,7 @@ PRESETS = {
     "emu": {"laion": 128, "laion_coco": 128, "mmc4": 64, "webvid": 16, "yt_storyboard": 16},
     "equal": {"laion": 1, "laion_coco": 1, "mmc4": 1, "webvid": 1, "yt_storyboard": 1},
 }
+SHOWN_PROBLEMS = 10  # lines of a corrupted input's problems in the error; validate lists them all
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,19 @@ def normalize_url(url: str) -> str:
 
 # ---- 1. scan ----------------------------------------------------------------------
 
-def scan_shard(path: str) -> list[Entry]:
-    """Entries of one shard: key, source, dedup url and image digest of every row."""
+@dataclass(frozen=True)
+class ShardScan:
+    entries: list[Entry]
+    problems: list[validate.Violation]   # how the file differs from its manifest entry
+
+
+def scan_shard(task: tuple[str, dict]) -> ShardScan:
+    """Entries of one shard (path, its manifest entry): key, source, dedup url and image
+    digest of every row; none if the file is not what the manifest lists."""
+    path, listed = task
+    problems = shard_problems(Path(path), listed)
+    if problems:
+        return ShardScan([], problems)
     table = read_shard(Path(path))
     keys = table.column("key").to_pylist()
     sources = table.column("source").cast("string").to_pylist()
@@ -97,7 +111,7 @@ def scan_shard(path: str) -> list[Entry]:
         cells = pc.struct_field(images[row].values, "bytes").to_pylist() if images[row].values else []
         digest = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in cells if b)).hexdigest()
         entries.append(Entry(key, source, path, row, _url_key(meta), digest))
-    return entries
+    return ShardScan(entries, [])
 
 
 def _url_key(meta: str) -> str | None:
@@ -112,14 +126,43 @@ def _url_key(meta: str) -> str | None:
     return normalize_url(url) + (f"#chunk={chunk}" if chunk is not None else "")
 
 
+def shard_problems(path: Path, listed: dict) -> list[validate.Violation]:
+    """The file against its manifest entry, in `emu-data validate`'s rules and words.
+
+    Hashed before it is parsed: a changed byte inside an image still parses and decodes, only
+    the sha256 tells. The hashing read fills the page cache that read_shard's memory map then
+    reads from, so the disk is read once. Anything but a regular file (a FIFO would block the
+    hash) counts as missing, as validate has it."""
+    check = validate._DirCheck(path.parent.parent, validate.Report())
+    if not path.is_file():
+        check.flag(path, "missing_shard", "listed in the manifest but not on disk")
+    else:
+        check._check_entry(path, listed)
+    return check.report.violations
+
+
 def scan(inputs: list[Path], ray: runtime.RayOptions) -> list[Entry]:
-    paths = [str(p) for d in inputs for p in corpus.shard_paths(d)]
+    """Every input sample in input order; raises ValueError, before anything is written, if
+    a shard cannot be read or differs from its input's manifest."""
+    tasks = [(str(Path(d) / s["path"]), s) for d in inputs for s in manifest.read(d)["shards"]]
     by_path = {}
-    for path, result in runtime.map_tasks(scan_shard, paths, options=ray, desc="mix: scan", total=len(paths)):
+    for (path, _), result in runtime.map_tasks(scan_shard, tasks, options=ray, desc="mix: scan", total=len(tasks)):
         if isinstance(result, runtime.TaskFailure):
             raise ValueError(f"cannot read {path}: {result.error} (run emu-data validate on it)")
         by_path[path] = result
-    return [e for path in paths for e in by_path[path]]  # input order, whatever finished first
+    _refuse_corrupted([v for path, _ in tasks for v in by_path[path].problems])
+    return [e for path, _ in tasks for e in by_path[path].entries]  # input order, whatever finished first
+
+
+def _refuse_corrupted(problems: list[validate.Violation]) -> None:
+    """One line per problem as `emu-data validate` prints it (the first SHOWN_PROBLEMS)."""
+    if not problems:
+        return
+    lines = [str(v) for v in problems[:SHOWN_PROBLEMS]]
+    if len(problems) > SHOWN_PROBLEMS:
+        lines.append(f"... and {len(problems) - SHOWN_PROBLEMS} more")
+    raise ValueError("\n".join(lines) + "\ninput shards differ from their manifest, nothing was written "
+                     "(emu-data validate on the inputs shows every problem)")
 
 
 # ---- 2. dedup, 3. quotas, 4. shuffle ------------------------------------------------

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -10,11 +11,12 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from emu_data import cli, mix, records
+from emu_data import cli, manifest, mix, records
 from emu_data.corpus import Unit, shard_paths
+from emu_data.sources import sample
 from emu_data.shards import read_shard
 from emu_data.stage import OutputOptions, run_stage
-from emu_data.validate import validate
+from emu_data.validate import Violation, validate
 
 COUNTS = {"laion": 3000, "laion_coco": 3000, "mmc4": 1500, "webvid": 400, "yt_storyboard": 400}
 
@@ -125,6 +127,57 @@ def test_bad_weights_are_clear_errors(sources, tmp_path, capsys):
     assert cli.main(["mix", str(tmp_path / "nothing"), "--out", str(tmp_path / "y")]) == 2
 
 
+# ---- issue 15 (7): a corrupted input is refused, nothing written ---------------------
+
+def _flip_a_byte_inside_a_jpeg(shard):
+    """One byte changed in the middle of the first JPEG's scan data: the Arrow file still
+    parses and the image still decodes; only the manifest's sha256 can tell."""
+    data = bytearray(shard.read_bytes())
+    scan = data.index(b"\xff\xda", data.index(b"\xff\xd8\xff"))
+    i = (scan + data.index(b"\xff\xd9", scan)) // 2
+    while data[i - 1] == 0xFF or data[i] >= 0xFE:  # no marker made or broken
+        i += 1
+    data[i] ^= 0x01
+    shard.write_bytes(data)
+
+
+CORRUPTIONS = {  # how the shard is damaged (given a shard of the other input), the rule it breaks
+    "changed_byte": (lambda shard, other: _flip_a_byte_inside_a_jpeg(shard), "manifest_checksum"),
+    "size_differs": (lambda shard, other: shard.write_bytes(other.read_bytes()), "manifest_bytes"),
+    "missing": (lambda shard, other: shard.unlink(), "missing_shard"),
+    "fifo": (lambda shard, other: (shard.unlink(), os.mkfifo(shard)), "missing_shard"),  # never opened
+}
+
+
+@pytest.fixture
+def two_corpora(tmp_path, ray_session):
+    """Two tiny corpora as `emu-data sample` writes them: mmc4 documents, laion pairs."""
+    dirs = [tmp_path / "mmc4", tmp_path / "laion"]
+    for out in dirs:
+        sample.make_sample(sample.SampleConfig(n=4, sources=(out.name,)), OutputOptions(out), ray_session)
+    return dirs
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_corrupted_input_is_refused_before_anything_is_written(two_corpora, corruption, tmp_path, capsys):
+    damage, rule = CORRUPTIONS[corruption]
+    shard = shard_paths(two_corpora[1])[0]
+    damage(shard, shard_paths(two_corpora[0])[0])
+    found = validate([two_corpora[1]], deep=True).violations
+    seen = [v for v in found if v.rule in ("missing_shard", "manifest_bytes", "manifest_checksum")]
+    assert rule in {v.rule for v in seen}
+    if corruption == "changed_byte":
+        assert found == seen  # every image still decodes: only the checksum tells
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert cli.main(["mix", *map(str, two_corpora), "--out", str(out), "--weights", "laion=1,mmc4=1"]) == 2
+    err = capsys.readouterr().err
+    assert str(shard) in err
+    for v in seen:  # the lines emu-data validate prints for the same shard
+        assert str(v) in err
+    assert not (out / manifest.MANIFEST_NAME).exists() and not out.exists()
+
+
 # ---- issue 15 (8): planning is linear in the number of duplicates ---------------------
 
 def _key_duplicates(n: int) -> list[mix.Entry]:
@@ -166,3 +219,12 @@ def test_planning_is_linear_in_duplicates():
     assert len(keys) == len(set(keys)) == 99_990
     assert keys[:11] == [f"k{i}#dup1" for i in range(10)] + ["k0#dup2"] and keys[-1] == "k9#dup9999"
 
+
+def test_a_refusal_shows_the_first_problems_and_counts_the_rest():
+    problems = [Violation(f"/in/data/{i}.arrow", None, None, "missing_shard", "gone")
+                for i in range(mix.SHOWN_PROBLEMS + 2)]
+    with pytest.raises(ValueError) as refused:
+        mix._refuse_corrupted(problems)
+    lines = str(refused.value).splitlines()
+    assert lines[:mix.SHOWN_PROBLEMS] == [str(v) for v in problems[:mix.SHOWN_PROBLEMS]]
+    assert lines[mix.SHOWN_PROBLEMS] == "... and 2 more" and "nothing was written" in lines[-1]
