@@ -132,7 +132,7 @@ class TrainConfig:
             raise ConfigError("a training config is a mapping of sections: model, data, optim, run")
         unknown = set(data) - set(_SECTIONS)
         if unknown:
-            raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown config section(s): {_names(unknown)}")
         built = {name: _section(name, kind, data.get(name) or {}) for name, kind in _SECTIONS.items()}
         return cls(**built)
 
@@ -152,12 +152,19 @@ def _section(name: str, kind: type, values: dict):
     known = {f.name for f in fields(kind)}
     unknown = set(values) - known
     if unknown:
-        raise ConfigError(f"unknown key(s) in {name}: {', '.join(sorted(unknown))} "
+        raise ConfigError(f"unknown key(s) in {name}: {_names(unknown)} "
                           f"(known: {', '.join(sorted(known))})")
     try:
         return kind(**values)
     except TypeError as e:
         raise ConfigError(f"{name}: {e}") from None
+
+
+def _names(keys) -> str:
+    """Unknown keys for a message: any YAML type (sorted as text), clipped."""
+    from emu_data import yamlsafe
+
+    return yamlsafe.clip(", ".join(sorted(map(str, keys))))
 
 
 def load(path: Path | None) -> TrainConfig:
@@ -166,19 +173,26 @@ def load(path: Path | None) -> TrainConfig:
         return TrainConfig()
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config: {e}") from None
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    data = _parse(path, raw)
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON: {e}") from None
-    return TrainConfig.from_dict(data)
+
+def _parse(path: Path, raw: bytes):
+    """The file's data; any way it is not YAML/JSON we take is a one-line ConfigError."""
+    from emu_data import yamlsafe
+
+    try:
+        text = yamlsafe.decode(raw, str(path))
+        if path.suffix in (".yaml", ".yml"):
+            return yamlsafe.load(text, str(path)) or {}
+        return json.loads(text)
+    except yamlsafe.InputError as e:   # already `PATH:LINE: reason`
+        raise ConfigError(str(e)) from None
+    except (ValueError, RecursionError) as e:   # JSONDecodeError; [[[... past the stack; a 5000-digit int
+        raise ConfigError(f"{path}: not valid JSON: {yamlsafe.one_line(str(e))}") from None

@@ -20,11 +20,20 @@ from pathlib import Path
 
 import yaml
 
+from emu_data import yamlsafe
+
 SECTIONS = ("site", "defaults", "stages")
 
 
 class RecipeError(ValueError):
-    """A recipe that cannot run; the message names the file and line."""
+    """A recipe that cannot run; the message names the file and line.
+
+    Every line of the message is clipped: messages built from the recipe (stages.py, the
+    commands' own parsers) quote its values, and a value can be as long as the file."""
+
+    def __init__(self, message: str):
+        lines = message.split("\n")
+        super().__init__("\n".join(yamlsafe.clip(line, 4 * yamlsafe.QUOTE_LIMIT) for line in lines))
 
 
 @dataclass
@@ -60,19 +69,22 @@ def load(path: Path) -> Recipe:
     against their commands by `stages.plan`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise RecipeError(f"{path}: cannot read the recipe: {e.strerror or e}") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        return _recipe(path, yamlsafe.compose(yamlsafe.decode(data, str(path)), str(path)))
+    except yamlsafe.InputError as e:   # any YAML we do not take, from compose or from _value
+        raise RecipeError(str(e)) from None
+
+
+def _recipe(path: Path, root) -> Recipe:
     if not isinstance(root, yaml.MappingNode):
         raise RecipeError(f"{path}:1: a recipe is a mapping with sections {', '.join(SECTIONS)}")
     sections = _entries(path, root)
     for name, (key, _) in sections.items():
         if name not in SECTIONS:
-            raise RecipeError(f"{path}:{_line(key)}: unknown section {name!r}; sections are {', '.join(SECTIONS)}")
+            raise RecipeError(f"{path}:{_line(key)}: unknown section {_q(name)}; sections are {', '.join(SECTIONS)}")
     if "stages" not in sections:
         raise RecipeError(f"{path}:1: the recipe has no `stages:` section")
     site_key, site_node = sections.get("site", (None, None))
@@ -84,7 +96,7 @@ def load(path: Path) -> Recipe:
 def _site(path: Path, node) -> dict | None:
     if node is None:
         return None
-    if isinstance(node, yaml.ScalarNode) and _value(node) in (None, "sample"):
+    if isinstance(node, yaml.ScalarNode) and _value(path, node) in (None, "sample"):
         return {}   # `site: sample` or an empty `site:`: the default sample site
     return _options(path, node, "site")[0]
 
@@ -95,7 +107,7 @@ def _stages(path: Path, node) -> list[StageSpec]:
     stages = []
     for name, (key, value) in _entries(path, node).items():
         if not name.replace("_", "").replace("-", "").isalnum():
-            raise RecipeError(f"{path}:{_line(key)}: stage name {name!r}: use letters, digits, - and _")
+            raise RecipeError(f"{path}:{_line(key)}: stage name {_q(name)}: use letters, digits, - and _")
         params, lines = _options(path, value, f"stage {name!r}") if value is not None else ({}, {})
         command = params.pop("command", name)
         if not isinstance(command, str):
@@ -110,7 +122,7 @@ def _options(path: Path, node, what: str) -> tuple[dict, dict[str, int]]:
     if not isinstance(node, yaml.MappingNode):
         raise RecipeError(f"{path}:{_line(node)}: {what} is a mapping of option: value")
     entries = _entries(path, node)
-    return ({name: _value(v) for name, (_, v) in entries.items()},
+    return ({name: _value(path, v) for name, (_, v) in entries.items()},
             {name: _line(k) for name, (k, _) in entries.items()})
 
 
@@ -119,18 +131,23 @@ def _entries(path: Path, node: yaml.MappingNode) -> dict[str, tuple]:
     loader would keep the last duplicate silently)."""
     out = {}
     for key, value in node.value:
-        name = _value(key)
+        name = _value(path, key)
         if not isinstance(name, str):
-            raise RecipeError(f"{path}:{_line(key)}: keys are names, got {name!r}")
+            raise RecipeError(f"{path}:{_line(key)}: keys are names, got {_q(name)}")
         if name in out:
-            raise RecipeError(f"{path}:{_line(key)}: {name!r} is given twice (first on line {_line(out[name][0])})")
+            raise RecipeError(f"{path}:{_line(key)}: {_q(name)} is given twice (first on line {_line(out[name][0])})")
         out[name] = (key, value)
     return out
 
 
-def _value(node):
+def _value(path: Path, node):
     """A node's plain Python value (YAML's own typing of scalars)."""
-    return yaml.SafeLoader(b"").construct_object(node, deep=True)
+    return yamlsafe.construct(node, str(path))
+
+
+def _q(value) -> str:
+    """A recipe's value quoted in a message, clipped: a key can be as long as the file."""
+    return yamlsafe.clip(repr(value))
 
 
 def _line(node) -> int:
@@ -146,9 +163,9 @@ def apply_settings(recipe: Recipe, settings: list[str]) -> None:
         if not sep or not dot or not key:
             raise RecipeError(f"--set {setting}: write STAGE.OPTION=VALUE (or site.KEY=VALUE, defaults.OPTION=VALUE)")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise RecipeError(f"--set {setting}: the value is not valid YAML: {e}") from None
+            value = yamlsafe.load(text, "--set")
+        except yamlsafe.InputError as e:
+            raise RecipeError(yamlsafe.one_line(f"--set {setting}: the value is not usable {e.reason}")) from None
         if section == "site":
             if recipe.site is None:
                 raise RecipeError(f"--set {setting}: the recipe has no `site:` section")
