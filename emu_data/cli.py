@@ -120,7 +120,9 @@ def _net_options(p: argparse.ArgumentParser) -> None:
                         "URL lists are untrusted; tests and the offline demo need it for 127.0.0.1)")
     g.add_argument("--allow-address", action="append", default=[], metavar="CIDR", type=_network,
                    help="let downloads reach this address or network despite the guard (e.g. a "
-                        "mirror at 10.1.2.0/24); repeatable; narrower than --allow-private-addresses")
+                        "mirror at 10.1.2.0/24), on EVERY port: the guard matches addresses, not "
+                        "ports, so give the narrowest (a single address for one host); repeatable; "
+                        "narrower than --allow-private-addresses")
     g.add_argument("--timeout", type=float, default=30.0, help="read timeout in seconds (default 30)")
     g.add_argument("--retries", type=int, default=3, help="retries of a failed request (default 3)")
     g.add_argument("--rate-per-host", type=float, default=10.0, metavar="N",
@@ -144,6 +146,9 @@ def _network(text: str) -> str:
     try:
         return str(ipaddress.ip_network(text, strict=False))
     except ValueError as e:
+        if text.startswith("[") or text.count(":") == 1:   # 10.0.0.5:8080, [::1]:8080
+            raise argparse.ArgumentTypeError(f"{text!r}: give an address or CIDR without a port; "
+                                             "it opens every port of that address") from None
         raise argparse.ArgumentTypeError(str(e)) from None
 
 

@@ -33,7 +33,7 @@ from dataclasses import replace
 
 from emu_data import net
 
-__all__ = ["AddressRefused", "connection_guard", "urllib_policy", "with_proxy_allowed"]
+__all__ = ["AddressRefused", "connection_guard", "refusal", "urllib_policy", "with_proxy_allowed"]
 
 
 class AddressRefused(OSError):
@@ -57,9 +57,15 @@ def _audit(event: str, args: tuple) -> None:
     for policy in list(_active):
         blocked = _refused_address(host, port, policy)
         if blocked is not None:
-            raise AddressRefused(f"blocked_address: refused to connect to {blocked} port {port} "
-                                 "(private, loopback, link-local or metadata address; "
-                                 "--allow-private-addresses lets it through)")
+            raise AddressRefused(refusal(blocked, port))
+
+
+def refusal(address: str, port: int) -> str:
+    """The guard's message: the reason first, then the address and port it refused, on one
+    line (libraries quote it inside their own messages; ytdl.py lifts it back out)."""
+    where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return (f"blocked_address: connection to {where} refused (private, loopback, link-local or "
+            "metadata address; --allow-private-addresses or --allow-address to allow)")
 
 
 def _refused_address(host: str, port: int, policy: net.NetPolicy) -> str | None:

@@ -204,3 +204,36 @@ def test_yt_dlp_fragment_and_subtitle_redirects_into_the_network_are_refused(tmp
             ytdl.download(info, fmt["format_id"], "en", sub["ext"], False, tmp_path / "work", options, POLICY)
         assert caught.value.reason == "blocked_address"
         assert server.hits[path] >= 1 and trap.connections == 0
+        # the row's message is the guard's own, naming the refused address (it was "ERROR: ")
+        assert str(caught.value) == net_guard.refusal("127.0.0.1", int(trap.url.rsplit(":", 1)[1]))
+
+
+def test_yt_dlp_messages_keep_their_first_line_whole():
+    """yt-dlp writes "\\r" (a progress-line reset) inside fragment errors: not a line end."""
+    from emu_data.sources.youtube import ytdl
+
+    assert ytdl._clean("ERROR: \r[download] Got error: HTTP Error 404: Not Found\nPlease report") == \
+        "ERROR: [download] Got error: HTTP Error 404: Not Found"
+    assert ytdl._clean("ERROR: x: Failed to establish a new connection: " + net_guard.refusal("::1", 8080)
+                       + "'))") == net_guard.refusal("::1", 8080)
+    assert "[::1]:8080" in net_guard.refusal("::1", 8080)
+
+
+def test_allow_address_opens_every_port_of_an_address_and_takes_no_port(capsys):
+    """The documented limit: --allow-address matches addresses, not ports (README, --help)."""
+    from emu_data import cli
+
+    socket = __import__("socket")
+    allowed = net.NetPolicy(allowed_networks=("127.0.0.1/32",))
+    with Trap() as one, Trap() as other, net_guard.connection_guard(allowed):
+        for trap in (one, other):
+            socket.create_connection(("127.0.0.1", int(trap.url.rsplit(":", 1)[1])), timeout=2).close()
+        port = int(one.url.rsplit(":", 1)[1])
+        with pytest.raises(net_guard.AddressRefused, match=f"127.0.0.3:{port} refused"):
+            socket.create_connection(("127.0.0.3", port), timeout=2)
+    for text in ("10.0.0.5:8080", "[::1]:8080"):
+        with pytest.raises(cli.argparse.ArgumentTypeError, match="without a port"):
+            cli._network(text)
+    with pytest.raises(SystemExit):
+        cli.main(["laion", "--help"])
+    assert "on EVERY port" in " ".join(capsys.readouterr().out.split())

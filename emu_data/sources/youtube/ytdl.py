@@ -212,10 +212,21 @@ def classify(message: str) -> str:
     return "download_error"
 
 
+_GUARD = re.compile(r"blocked_address: connection to \S+ refused \([^)]*\)")   # net_guard.refusal
+
+
 def _clean(message: str) -> str:
-    """yt-dlp messages carry ANSI colours and a bug-report footer; keep the first line."""
+    """One line for the status row. yt-dlp messages carry ANSI colours and a bug-report
+    footer (later lines: dropped), and a fragment error is "ERROR: \\r[download] Got error:
+    ...", where \\r is a progress-line reset, not a line end. net_guard's refusal, quoted
+    deep inside (after "Failed to establish a new connection:"), is the cause and names the
+    address: it leads."""
     message = re.sub(r"\x1b\[[0-9;]*m", "", message)
-    return message.strip().splitlines()[0] if message.strip() else "yt-dlp failed"
+    guard = _GUARD.search(message)
+    if guard:
+        return guard.group(0)
+    first = " ".join(message.strip().split("\n", 1)[0].split())
+    return first or "yt-dlp failed"
 
 
 RETRYABLE = frozenset({"rate_limited", "timeout", "download_error", "connection_error",
