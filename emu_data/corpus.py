@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from emu_data import manifest, records, schema
+from emu_data import files, manifest, records, schema
 from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OutputError, ShardLimits, ShardWriter, writing
 
 log = logging.getLogger(__name__)
@@ -195,8 +195,8 @@ def committed_parts(out: Path) -> dict[str, dict]:
         if path.name.startswith(TMP_PREFIX):
             continue  # a marker still being written (or never renamed): not a commit
         try:
-            part = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            part = files.read_json(path)
+        except files.UnreadableFile:
             continue  # a marker that never finished writing: the unit is redone
         if all(_intact(out, s) for s in part["shards"] + part["status_shards"]):
             parts[part["unit"]] = part

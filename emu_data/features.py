@@ -35,9 +35,9 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from emu_data import encoder, images, manifest, runtime, schema
+from emu_data import encoder, files, images, manifest, runtime, schema
 from emu_data.corpus import CONFIG_NAME, DATA_DIR, LayoutChanged
-from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OneShard, ShardInfo, file_sha256, read_shard
+from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OneShard, ShardError, ShardInfo, file_sha256, read_schema, read_shard
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,8 @@ def _prepare(out: Path, fingerprint: str, config: dict, overwrite: bool) -> None
     previous = out / CONFIG_NAME
     if previous.exists():
         try:
-            found = json.loads(previous.read_text()).get("fingerprint")
-        except (OSError, json.JSONDecodeError):
+            found = files.read_json(previous).get("fingerprint")
+        except (files.UnreadableFile, AttributeError):   # AttributeError: JSON, not an object
             found = None
         if found != fingerprint:
             raise LayoutChanged(f"{out} holds features of another model, weights, token layout, precision "
@@ -210,11 +210,14 @@ def _split_done(out: Path, corpus_shards: list[dict], fingerprint: str) -> tuple
     for entry in corpus_shards:
         path = out / entry["path"]
         meta = _metadata(path)
-        if meta.get("fingerprint") == fingerprint and meta.get("corpus_sha256") == entry["sha256"]:
-            table = read_shard(path)
-            done[entry["path"]] = ShardInfo(entry["path"], table.num_rows, path.stat().st_size, file_sha256(path))
-        else:
-            pending.append(entry)
+        try:
+            if meta.get("fingerprint") == fingerprint and meta.get("corpus_sha256") == entry["sha256"]:
+                rows = read_shard(path).num_rows
+                done[entry["path"]] = ShardInfo(entry["path"], rows, path.stat().st_size, file_sha256(path))
+                continue
+        except (ShardError, files.UnreadableFile):
+            pass   # damaged since: made again
+        pending.append(entry)
     return done, pending
 
 
@@ -222,8 +225,8 @@ def _metadata(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        raw = pa.ipc.open_file(pa.memory_map(str(path), "r")).schema.metadata or {}
-    except (pa.ArrowInvalid, OSError):
+        raw = read_schema(path).metadata or {}
+    except ShardError:
         return {}
     return {k.decode().removeprefix(META_PREFIX): v.decode() for k, v in raw.items()
             if k.decode().startswith(META_PREFIX)}

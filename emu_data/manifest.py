@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jsonschema
 
-from emu_data import __version__, schema
+from emu_data import __version__, files, schema
 from emu_data.shards import TMP_PREFIX, fsync_dir, writing
 
 MANIFEST_NAME = "_manifest.json"
@@ -68,12 +68,12 @@ def problems(manifest: object) -> list[str]:
 
 def read(directory: Path) -> dict:
     path = Path(directory) / MANIFEST_NAME
+    if not path.exists():
+        raise ManifestError(f"{path}: no manifest (the run did not finish, or this is not an emu-data directory)")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ManifestError(f"{path}: no manifest (the run did not finish, or this is not an emu-data directory)") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{path}: unreadable manifest: {e}") from e
+        data = files.read_json(path)
+    except files.UnreadableFile as e:
+        raise ManifestError(f"{path}: unreadable manifest: {e.reason}") from None
     found = problems(data)
     if found:
         raise ManifestError(f"{path}: not a valid manifest: {found[0]}")

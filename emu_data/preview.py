@@ -13,6 +13,8 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 
+from emu_data import files
+
 # Badge colours; an unknown source still renders, in grey, rather than failing the page.
 SOURCE_COLOURS = {
     "yt_storyboard": "#c4302b",
@@ -124,9 +126,9 @@ def _meta_html(meta) -> str:
     if meta is None or meta == "":
         return ""
     try:
-        body = json.dumps(json.loads(meta), indent=2, ensure_ascii=False, sort_keys=True)
+        body = json.dumps(files.loads_json(meta), indent=2, ensure_ascii=False, sort_keys=True)
         label = "meta"
-    except (TypeError, ValueError):
+    except (TypeError, files.JsonError):
         body, label = str(meta), "meta (not valid JSON)"
     return f'<details><summary>{label}</summary><pre class="meta">{_esc(body)}</pre></details>'
 
@@ -187,7 +189,7 @@ def pick_records(directory, n: int) -> list[dict]:
 
     by_source: dict[str, list[dict]] = {}
     for path in corpus.shard_paths(directory):
-        for row in read_shard(path).slice(0, n).to_pylist():
+        for row in read_shard(path, "interleaved").slice(0, n).to_pylist():
             by_source.setdefault(row["source"], []).append(row)
     picked: list[dict] = []
     queues = [rows for _, rows in sorted(by_source.items())]

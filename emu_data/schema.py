@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from emu_data import files
+
 _PRIMITIVES = {
     "string": pa.string(),
     "json": pa.string(),
@@ -243,8 +245,8 @@ def _time_problems(times: list, positions: int) -> list[tuple[str, str]]:
 
 def _meta_problems(meta: str) -> list[tuple[str, str]]:
     try:
-        value = json.loads(meta)
-    except (TypeError, ValueError) as e:
+        value = files.loads_json(meta, "meta")
+    except (files.JsonError, TypeError) as e:
         return [("meta_json", f"meta is not JSON: {e}")]
     if not isinstance(value, dict):
         return [("meta_json", f"meta is JSON {type(value).__name__}, not an object")]

@@ -17,6 +17,8 @@ from typing import Iterator
 
 import pyarrow as pa
 
+from emu_data import files, schema
+
 SHARD_SUFFIX = ".arrow"
 TMP_PREFIX = ".tmp-"
 # Rows are handed to Arrow in batches of at most this many rows or bytes, so memory stays
@@ -86,8 +88,9 @@ class ShardInfo:
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of a regular file (files.UnreadableFile for a FIFO, device, ...)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(files.open_regular(path), "rb") as f:
         for chunk in iter(lambda: f.read(4 * 2**20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -221,16 +224,86 @@ def fsync_dir(path: Path) -> None:
         pass
 
 
-def read_shard(path: Path) -> pa.Table:
-    """Memory-map one shard: no copy, pages load as columns are touched."""
-    source = pa.memory_map(str(path), "r")
-    return pa.ipc.open_file(source).read_all()
+class ShardError(ValueError):
+    """A file that is not a readable, valid Arrow IPC shard: one line naming it and why."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+# A memory-mapped Arrow file is trusted by pyarrow: offsets, lengths and dictionary indices
+# are followed as written, so one changed byte can read outside the map (SIGSEGV, SIGBUS)
+# or raise SystemError. Every reader of a shard therefore goes through these three, which
+# open regular files only and validate each record batch in full before its values are used.
+_ARROW_ERRORS = (pa.ArrowException, ValueError, OSError, SystemError, IndexError, OverflowError)
+
+
+def _open(path: Path) -> pa.ipc.RecordBatchFileReader:
+    try:
+        reader = pa.ipc.open_file(pa.py_buffer(files.map_regular(path)))
+    except files.UnreadableFile as e:
+        raise ShardError(path, e.reason) from None
+    except _ARROW_ERRORS as e:
+        raise ShardError(path, f"not an Arrow IPC file (empty, truncated or not a shard): {e}") from None
+    try:
+        _check_text(reader.schema)
+    except UnicodeDecodeError as e:
+        raise ShardError(path, f"the schema's names or metadata are not UTF-8: {e}") from None
+    return reader
+
+
+def _check_text(schema_: pa.Schema) -> None:
+    """Decode every field name (nested ones too) and the metadata: pyarrow decodes them
+    lazily, so a changed byte there would otherwise fail wherever a reader first looks."""
+    fields = list(schema_)
+    while fields:
+        field = fields.pop()
+        _ = field.name
+        kind = field.type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            fields.append(kind.value_field)
+        elif pa.types.is_struct(kind):
+            fields += [kind.field(i) for i in range(kind.num_fields)]
+    for key, value in (schema_.metadata or {}).items():
+        key.decode()
+        value.decode()
+
+
+def read_schema(path: Path) -> pa.Schema:
+    """The shard's schema (with its metadata), from the footer; no data is read."""
+    return _open(path).schema
 
 
 def iter_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+    """Every record batch of the shard, each fully validated (ShardError, naming the batch,
+    for one that is not); memory-mapped, no copy."""
+    reader = _open(path)
     for i in range(reader.num_record_batches):
-        yield reader.get_batch(i)
+        try:
+            batch = reader.get_batch(i)
+            batch.validate(full=True)
+        except _ARROW_ERRORS as e:
+            raise ShardError(path, f"record batch {i} is corrupt: {e}") from None
+        yield batch
+
+
+def read_shard(path: Path, record: str | None = None) -> pa.Table:
+    """Memory-map one shard, every batch validated: no copy, pages load as columns are touched.
+    record: the columns of that record (schemas/) must be there with their types, else ShardError."""
+    table = pa.Table.from_batches(list(iter_batches(path)), schema=read_schema(path))
+    if record is not None:
+        _check_columns(path, table.schema, record)
+    return table
+
+
+def _check_columns(path: Path, actual: pa.Schema, record: str) -> None:
+    for want in schema.arrow_schema(record):
+        if want.name not in actual.names or not schema.field_matches(want, actual.field(want.name)):
+            found = actual.field(want.name).type if want.name in actual.names else "missing"
+            raise ShardError(path, f"not a {record} shard: column {want.name!r} is {found}, wants {want.type}")
 
 
 def write_table(path: Path, table: pa.Table, root: Path) -> ShardInfo:

@@ -48,11 +48,11 @@ def compute(directory: Path) -> CorpusStats:
     """Stats of a finished corpus directory (its manifest says which shards count)."""
     stats = CorpusStats()
     for path in corpus.shard_paths(directory, corpus.DATA_DIR):
-        _add_samples(stats, read_shard(path))
+        _add_samples(stats, read_shard(path, "interleaved"))
         stats.shards += 1
         stats.file_bytes += path.stat().st_size
     for path in corpus.shard_paths(directory, corpus.STATUS_DIR):
-        _add_status(stats, read_shard(path))
+        _add_status(stats, read_shard(path, "status"))
     return stats
 
 

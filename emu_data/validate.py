@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from emu_data import corpus, encoder, images, manifest, schema
-from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, file_sha256, iter_batches
+from emu_data import corpus, encoder, files, images, manifest, schema
+from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, ShardError, file_sha256, iter_batches, read_schema
 
 DECODE_PER_SHARD = 32  # images fully decoded per shard unless --deep
 # Stored dtype name (shard metadata) -> Arrow storage of the embedding values.
@@ -30,7 +30,7 @@ FEATURE_STORAGE = {encoder.DTYPE_NAME[p]: encoder.STORAGE[p] for p in encoder.PR
 # Metadata every feature shard of one directory must agree on: they describe one model run.
 FEATURE_LAYOUT = ("model", "pretrained", "tokens", "shape", "dtype", "preprocess", "emu_data.fingerprint")
 BF16_NAN = 0x7FC0  # a null bfloat16 value is counted as not finite, like a null float
-_READ_ERRORS = (pa.ArrowException, OSError, ValueError)
+_READ_ERRORS = (ShardError, files.UnreadableFile, OSError)
 
 
 class UnusableInput(ValueError):
@@ -88,13 +88,13 @@ def record_name(directory: Path) -> str | None:
     """The record kind a directory holds: its manifest's schema name, else its first data
     shard's (so a features directory whose manifest is gone is still checked as one)."""
     try:
-        return json.loads((directory / manifest.MANIFEST_NAME).read_bytes())["schema"]["name"]
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        return files.read_json(directory / manifest.MANIFEST_NAME)["schema"]["name"]
+    except (files.UnreadableFile, TypeError, KeyError):
         pass
     for path in sorted((directory / corpus.DATA_DIR).glob(f"*{SHARD_SUFFIX}")):
         if not path.name.startswith(TMP_PREFIX):
             try:
-                meta = pa.ipc.open_file(pa.memory_map(str(path), "r")).schema.metadata or {}
+                meta = read_schema(path).metadata or {}
             except _READ_ERRORS:
                 continue
             return meta.get(b"emu_data.schema", b"").decode(errors="replace") or None
@@ -109,12 +109,23 @@ def find_output_dirs(paths: list[Path]) -> list[Path]:
             raise UnusableInput(f"{path}: no such file or directory")
         if not path.is_dir():
             raise UnusableInput(f"{path}: not a directory (give the corpus directory)")
-        hits = sorted({p.parent for p in path.rglob(manifest.MANIFEST_NAME)}
-                      | {p.parent.parent for p in path.rglob(f"{corpus.DATA_DIR}/*{SHARD_SUFFIX}")})
+        hits = sorted(_output_dirs_under(path))
         if not hits:
             raise UnusableInput(f"{path}: not an emu-data directory (no {manifest.MANIFEST_NAME}, no shards)")
         found += [h for h in hits if h not in found]
     return found
+
+
+def _output_dirs_under(root: Path) -> set[Path]:
+    """Folders holding a manifest, or a data/ folder with shards (walked without recursion:
+    a hostile tree can be deeper than Python's stack)."""
+    hits = set()
+    for folder, _, names in files.walk(root):
+        if manifest.MANIFEST_NAME in names:
+            hits.add(folder)
+        if folder.name == corpus.DATA_DIR and folder != root and any(n.endswith(SHARD_SUFFIX) for n in names):
+            hits.add(folder.parent)
+    return hits
 
 
 class _DirCheck:
@@ -136,9 +147,9 @@ class _DirCheck:
             self.flag(path, "manifest_missing", "no manifest: the run did not finish")
             return None
         try:
-            data = json.loads(path.read_bytes())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            self.flag(path, "manifest_unreadable", str(e))
+            data = files.read_json(path)
+        except files.UnreadableFile as e:
+            self.flag(path, "manifest_unreadable", e.reason)
             return None
         found = manifest.problems(data)
         for problem in found:
@@ -152,9 +163,15 @@ class _DirCheck:
         return {e["path"]: e for e in entries}
 
     def _files(self, kind: str) -> dict[str, Path]:
-        """Every file in the `kind` folder, by path relative to the directory."""
-        return {p.relative_to(self.dir).as_posix(): p for p in sorted((self.dir / kind).glob("*"))
-                if p.is_file()}
+        """Every regular file in the `kind` folder, by path relative to the directory; anything
+        else there (a FIFO, a device, a folder) is flagged and never opened."""
+        found = {}
+        for path in sorted((self.dir / kind).glob("*")):
+            if files.is_regular(path):
+                found[path.relative_to(self.dir).as_posix()] = path
+            else:
+                self.flag(path, "not_a_file", "not a regular file: never opened")
+        return found
 
     def _shards_on_disk(self, kind: str, listed: dict[str, dict]) -> list[Path]:
         """Compare the listing with the files; return the shard files worth reading."""
@@ -187,9 +204,9 @@ class _DirCheck:
         """The shard's schema, or None (flagged) when it is no Arrow IPC file."""
         self.report.shards += 1
         try:
-            return pa.ipc.open_file(pa.memory_map(str(path), "r")).schema
+            return read_schema(path)
         except _READ_ERRORS as e:
-            self.flag(path, "unreadable_shard", f"not an Arrow IPC file (empty, truncated or not a shard): {e}")
+            self.flag(path, "unreadable_shard", getattr(e, "reason", None) or str(e))
             return None
 
     def _scan(self, path: Path, on_batch) -> int:
@@ -201,7 +218,7 @@ class _DirCheck:
                 on_batch(batch, rows)
                 rows += batch.num_rows
         except _READ_ERRORS as e:
-            self.flag(path, "unreadable_shard", f"a record batch cannot be read: {e}", row=rows)
+            self.flag(path, "unreadable_shard", getattr(e, "reason", None) or str(e), row=rows)
         entry = self.entries.get(path.relative_to(self.dir).as_posix())
         if entry is not None and entry["rows"] != rows:
             self.flag(path, "manifest_rows", f"{rows} rows in the file, manifest says {entry['rows']}")
@@ -529,8 +546,8 @@ def _metadata_problems(meta: dict[str, str]) -> list[str]:
         found.append(f"tokens {meta['tokens']!r} is not one of {', '.join(encoder.TOKENS)}")
     if "preprocess" in meta:
         try:
-            ok = isinstance(json.loads(meta["preprocess"]), dict)
-        except ValueError:
+            ok = isinstance(files.loads_json(meta["preprocess"]), dict)
+        except files.JsonError:
             ok = False
         if not ok:
             found.append("preprocess is not a JSON object")
@@ -539,8 +556,8 @@ def _metadata_problems(meta: dict[str, str]) -> list[str]:
 
 def _shape(text: str) -> list[int] | None:
     try:
-        shape = json.loads(text)
-    except ValueError:
+        shape = files.loads_json(text)
+    except files.JsonError:
         return None
     good = (isinstance(shape, list) and shape
             and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape))

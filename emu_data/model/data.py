@@ -32,11 +32,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from emu_data import encoder, manifest
+from emu_data import encoder, files, manifest
 from emu_data.model import tokenizer
 from emu_data.model.config import DataConfig
 from emu_data.model.tokenizer import BOS, END_IMG, EOS, IMG, PAD, Vocab
-from emu_data.shards import read_shard
+from emu_data.shards import ShardError, read_schema, read_shard
 from emu_data.sources.sample import SOURCES
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,15 @@ def build_index(corpus: Path, features: Path, config: DataConfig) -> tuple[Index
     columns = {k: [] for k in _ARRAYS}
     counts: Counter = Counter()
     for number, name in enumerate(_progress(shards, "index")):
-        _index_shard(corpus / name, features / name, number, config.holdout, columns, counts)
+        try:
+            _index_shard(corpus / name, features / name, number, config.holdout, columns, counts)
+        except (ShardError, TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+            if isinstance(e, DataError):
+                raise
+            # a shard that reads but whose values break the record (a changed byte in a string,
+            # a null list): one line naming it, never a traceback
+            raise DataError(f"{corpus / name}: not a usable corpus shard ({type(e).__name__}: {e}); "
+                            f"run `emu-data validate {corpus}`") from None
     arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in columns.items()}
     if not len(arrays["shard"]):
         raise DataError(f"{corpus}: the corpus has no samples")
@@ -146,12 +154,15 @@ def _paired_shards(corpus: Path, features: Path) -> list[str]:
 def _feature_layout(features: Path, shards: list[str]) -> tuple[list[int], str]:
     layouts = set()
     for name in shards:
-        meta = pa.ipc.open_file(pa.memory_map(str(features / name), "r")).schema.metadata or {}
+        meta = read_schema(features / name).metadata or {}
         layouts.add((meta.get(b"shape", b"").decode(), meta.get(b"dtype", b"").decode()))
     if len(layouts) != 1:
         raise DataError(f"{features}: feature shards disagree on shape/dtype: {sorted(layouts)}")
     shape_text, dtype = layouts.pop()
-    shape = json.loads(shape_text or "null")
+    try:
+        shape = files.loads_json(shape_text or "null")
+    except files.JsonError:
+        shape = None
     precision = {v: k for k, v in encoder.DTYPE_NAME.items()}.get(dtype)
     if not isinstance(shape, list) or not 1 <= len(shape) <= 2 or precision is None:
         raise DataError(f"{features}: unknown feature layout shape={shape_text!r} dtype={dtype!r}")
@@ -160,7 +171,7 @@ def _feature_layout(features: Path, shards: list[str]) -> tuple[list[int], str]:
 
 def _index_shard(corpus_path: Path, feature_path: Path, number: int, holdout: float,
                  columns: dict, counts: Counter) -> None:
-    table = read_shard(corpus_path).select(["key", "source", "texts"])
+    table = read_shard(corpus_path, "interleaved").select(["key", "source", "texts"])
     keys = table.column("key").to_pylist()
     texts = table.column("texts").to_pylist()
     sources = [SOURCES.index(s) for s in table.column("source").to_pylist()]
