@@ -64,9 +64,10 @@ def _disk_full_or_read_only(error: OSError) -> str | None:
 def _user_errors() -> tuple[type[Exception], ...]:
     from emu_data.corpus import LayoutChanged
     from emu_data.manifest import ManifestError
+    from emu_data.runlock import RunInProgress
     from emu_data.validate import UnusableInput
 
-    return (LayoutChanged, ManifestError, UnusableInput, FileNotFoundError, NotADirectoryError,
+    return (LayoutChanged, ManifestError, RunInProgress, UnusableInput, FileNotFoundError, NotADirectoryError,
             ValueError)
 
 

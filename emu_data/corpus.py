@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emu_data import files, manifest, records, schema
-from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OutputError, ShardLimits, ShardWriter, writing
+from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OutputError, ShardLimits, ShardWriter, file_sha256, writing
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +182,15 @@ def _refuse_other_layout(out: Path, fingerprint: str) -> None:
     found = []
     if (out / manifest.MANIFEST_NAME).exists():
         found.append(manifest.read(out)["fingerprint"])
-    found += [p["fingerprint"] for p in committed_parts(out).values()]
+    found += [p["fingerprint"] for p in committed_parts(out, verify=False).values()]
     if any(f != fingerprint for f in found):
         raise LayoutChanged(
             f"{out} holds a run made with a different configuration; use another --out, "
             "or --overwrite to replace it")
 
 
-def committed_parts(out: Path) -> dict[str, dict]:
+def committed_parts(out: Path, *, verify: bool = True) -> dict[str, dict]:
+    """Committed units by id; verify: only those whose every shard still hashes to its commit."""
     parts = {}
     for path in sorted((Path(out) / PARTS_DIR).glob("*.json")):
         if path.name.startswith(TMP_PREFIX):
@@ -198,15 +199,24 @@ def committed_parts(out: Path) -> dict[str, dict]:
             part = files.read_json(path)
         except files.UnreadableFile:
             continue  # a marker that never finished writing: the unit is redone
-        if all(_intact(out, s) for s in part["shards"] + part["status_shards"]):
-            parts[part["unit"]] = part
+        try:
+            if not verify or all(_intact(out, s) for s in part["shards"] + part["status_shards"]):
+                parts[part["unit"]] = part
+        except (KeyError, TypeError):
+            continue  # not a marker this tool wrote: the unit is redone
     return parts
 
 
 def _intact(out: Path, shard: dict) -> bool:
-    """Cheap check that a committed shard is still there (size, not hash: rerun speed matters)."""
+    """A committed shard is still what its unit wrote: same size (a quick no), same sha256. Sizes
+    alone once let a rerun call a corrupted directory complete (two runs had written the same
+    shard names); hashing costs one read of what is kept, at the read rate of the disk."""
     path = Path(out) / shard["path"]
-    return path.is_file() and path.stat().st_size == shard["bytes"]
+    try:
+        return (files.is_regular(path) and path.stat().st_size == shard["bytes"]
+                and file_sha256(path) == shard["sha256"])
+    except (OSError, files.UnreadableFile):
+        return False
 
 
 def _remove_uncommitted(out: Path, parts: dict[str, dict]) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from emu_data import encoder, files, images, manifest, runtime, schema
+from emu_data import encoder, files, images, manifest, runlock, runtime, schema
 from emu_data.corpus import CONFIG_NAME, DATA_DIR, LayoutChanged
 from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OneShard, ShardError, ShardInfo, file_sha256, read_schema, read_shard
 
@@ -152,14 +152,15 @@ def make_features(corpus: Path, out: Path, spec: encoder.ModelSpec, run: RunOpti
     fingerprint = manifest.fingerprint(fixed)
     config = {"features": fixed, "model": asdict(spec), "run": asdict(run), "ray": asdict(ray),
               "corpus": str(corpus.resolve()), "corpus_fingerprint": built["fingerprint"]}
-    _prepare(out, fingerprint, config, overwrite)
-    done, pending = _split_done(out, built["shards"], fingerprint)
-    if pending:
-        done.update(_compute(corpus, out, pending, spec, preprocess, run, ray, fingerprint))
-    parts = [{"shards": [done[s["path"]].to_dict()], "status_shards": [],
-              "status_counts": {"ok": done[s["path"]].rows}, "source_counts": {}} for s in built["shards"]]
-    result = manifest.build(record="features", stage=STAGE, config=config, fingerprint=fingerprint, parts=parts)
-    manifest.write(out, result)
+    with runlock.held(out):   # one live run per --out
+        _prepare(out, fingerprint, config, overwrite)
+        done, pending = _split_done(out, built["shards"], fingerprint)
+        if pending:
+            done.update(_compute(corpus, out, pending, spec, preprocess, run, ray, fingerprint))
+        parts = [{"shards": [done[s["path"]].to_dict()], "status_shards": [],
+                  "status_counts": {"ok": done[s["path"]].rows}, "source_counts": {}} for s in built["shards"]]
+        result = manifest.build(record="features", stage=STAGE, config=config, fingerprint=fingerprint, parts=parts)
+        manifest.write(out, result)
     return result
 
 

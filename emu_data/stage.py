@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from emu_data import corpus, manifest, runtime
+from emu_data import corpus, manifest, runlock, runtime
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.shards import OutputError, ShardLimits
 
@@ -79,8 +79,15 @@ def run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWrit
               ray: runtime.RayOptions = runtime.RayOptions(), redo=None) -> StageResult:
     """Run every unit not yet committed in output.out, then write the manifest.
 
-    redo(part) -> bool picks committed units to run again (e.g. --retry-failed).
+    redo(part) -> bool picks committed units to run again (e.g. --retry-failed). The whole
+    run holds OUT's run lock: a second live run on the same OUT stops at once (RunInProgress).
     """
+    with runlock.held(Path(output.out)):
+        return _run_stage(stage, units, process, output=output, layout=layout, config=config, ray=ray, redo=redo)
+
+
+def _run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWriter], None], *,
+               output: OutputOptions, layout: dict, config: dict, ray: runtime.RayOptions, redo) -> StageResult:
     out = Path(output.out)
     layout = {"stage": stage, "shard_limits": asdict(output.limits), **layout}
     fingerprint = manifest.fingerprint(layout)

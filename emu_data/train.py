@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emu_data import __version__
+from emu_data import __version__, runlock
 from emu_data.corpus import LayoutChanged
 from emu_data.manifest import write_json_atomic
 from emu_data.model import data, emu
@@ -209,7 +209,13 @@ def _keep_metrics_until(path: Path, step: int) -> None:
 def train(corpus: Path, features: Path, out: Path, config: TrainConfig, *, stop_after: int | None = None,
           progress: bool = True) -> dict:
     """Train (or resume) a run; returns a summary. stop_after: stop (with a checkpoint) once this
-    step of the schedule is done; rerunning continues from there."""
+    step of the schedule is done; rerunning continues from there. One live run per `out`."""
+    with runlock.held(Path(out)):
+        return _train(corpus, features, out, config, stop_after, progress)
+
+
+def _train(corpus: Path, features: Path, out: Path, config: TrainConfig, stop_after: int | None,
+           progress: bool) -> dict:
     run = prepare(corpus, features, out, config)
     device = device_of(config.run.device)
     model = run.model().to(device)

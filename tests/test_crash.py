@@ -236,6 +236,47 @@ def test_a_ray_worker_killed_mid_unit_is_retried_and_the_corpus_is_whole(site, r
     _same_as_reference(out, reference, capsys)
 
 
+# ---- two live runs on one --out (issue 15, break 4) ----------------------------------------
+
+def test_a_second_run_on_the_same_out_stops_at_once_naming_the_first(site, reference, tmp_path, capsys):
+    """Before: both runs exited 0 and 24 shards no longer matched their sha256. Now the second
+    exits 2 at once naming the first; the first, killed with -9, still resumes."""
+    out = tmp_path / "corpus"
+    site["delay"]["seconds"] = SLOW
+    driver = subprocess.Popen([sys.executable, "-m", "emu_data.cli", *_args(site, out), "--num-cpus", "1"],
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_units(out, 1, driver)
+        assert driver.poll() is None, "the first run ended before the second started"
+        capsys.readouterr()
+        assert cli.main(_args(site, out)) == 2
+        said = capsys.readouterr().err
+        assert said.count("\n") == 1 and "being written by another run" in said and f"pid {driver.pid} " in said
+        assert "emu-data laion --input" in said
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        assert _run(site, out, slow=True) == 0   # the kernel dropped the dead run's lock
+    finally:
+        site["delay"]["seconds"] = 0.0
+        _kill_session(driver.pid)
+    _same_as_reference(out, reference, capsys)
+
+
+def test_a_committed_shard_whose_bytes_changed_is_redone_not_called_complete(site, reference, tmp_path, capsys):
+    """The completeness check hashes: a shard changed in place (same size, as a second writer
+    leaves it) is not 'complete'; its unit is run again and the corpus is whole."""
+    out = tmp_path / "corpus"
+    assert _run(site, out) == 0
+    built = manifest.read(out)
+    shard = out / next(s["path"] for s in built["shards"] if s["rows"])
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert _run(site, out) == 0
+    _same_as_reference(out, reference, capsys)
+
+
 def _two_samples(payload, writer):
     for key in payload:
         writer.add_sample(records.sample(key, "laion", [bytes([len(key)]) * 64, f"caption {key}"]))

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from emu_data import __version__
+from emu_data import __version__, runlock
 from emu_data.manifest import write_json_atomic
 from emu_data.pipeline import recipe as recipes
 from emu_data.pipeline import stages as stage_plan
@@ -95,7 +95,12 @@ def run(recipe_path: Path, options: RunOptions) -> Plan:
     missing = [m for s in plan.stages for m in s.missing]
     if missing:
         raise RecipeError(f"{plan.recipe.path}: missing input(s):\n  " + "\n  ".join(missing))
-    plan.out.mkdir(parents=True, exist_ok=True)
+    with runlock.held(plan.out):   # one live run of a recipe per OUT; each stage locks its own
+        _run_planned(plan, options)
+    return plan
+
+
+def _run_planned(plan: Plan, options: RunOptions) -> None:
     write_json_atomic(plan.out / RESOLVED, resolved(plan))
     ledger = _read_ledger(plan.out)
     if options.from_stage is not None:
@@ -114,7 +119,6 @@ def run(recipe_path: Path, options: RunOptions) -> Plan:
             ledger["stages"][stage.name] = {"digest": digests[stage.name], "command": stage.command_line(),
                                             "seconds": round(time.monotonic() - started, 1)}
             write_json_atomic(plan.out / LEDGER, ledger)
-    return plan
 
 
 def _run_stage(stage: stage_plan.PlannedStage) -> None:
