@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow.compute as pc
 
-from emu_data import manifest, records, runtime, stage, validate
+from emu_data import files, manifest, records, runtime, stage, validate
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.shards import read_shard
 
@@ -98,10 +98,12 @@ def scan_shard(task: tuple[str, dict]) -> ShardScan:
     """Entries of one shard (path, its manifest entry): key, source, dedup url and image
     digest of every row; none if the file is not what the manifest lists."""
     path, listed = task
-    problems = shard_problems(Path(path), listed)
+    # hashed before it is parsed: a changed byte inside an image still parses and decodes, only
+    # the sha256 tells; the hashing read fills the page cache read_shard's map then reads from
+    problems = validate.listed_shard_problems(Path(path), listed)
     if problems:
         return ShardScan([], problems)
-    table = read_shard(Path(path))
+    table = read_shard(Path(path), "interleaved")
     keys = table.column("key").to_pylist()
     sources = table.column("source").cast("string").to_pylist()
     metas = table.column("meta").to_pylist()
@@ -116,29 +118,14 @@ def scan_shard(task: tuple[str, dict]) -> ShardScan:
 
 def _url_key(meta: str) -> str | None:
     try:
-        value = json.loads(meta)
-    except ValueError:
+        value = files.loads_json(meta)
+    except files.JsonError:
         return None
     url = value.get("url") if isinstance(value, dict) else None
     if not isinstance(url, str) or not url:
         return None
     chunk = value.get("chunk")  # chunks of one video share its URL and are not duplicates
     return normalize_url(url) + (f"#chunk={chunk}" if chunk is not None else "")
-
-
-def shard_problems(path: Path, listed: dict) -> list[validate.Violation]:
-    """The file against its manifest entry, in `emu-data validate`'s rules and words.
-
-    Hashed before it is parsed: a changed byte inside an image still parses and decodes, only
-    the sha256 tells. The hashing read fills the page cache that read_shard's memory map then
-    reads from, so the disk is read once. Anything but a regular file (a FIFO would block the
-    hash) counts as missing, as validate has it."""
-    check = validate._DirCheck(path.parent.parent, validate.Report())
-    if not path.is_file():
-        check.flag(path, "missing_shard", "listed in the manifest but not on disk")
-    else:
-        check._check_entry(path, listed)
-    return check.report.violations
 
 
 def scan(inputs: list[Path], ray: runtime.RayOptions) -> list[Entry]:

@@ -128,6 +128,22 @@ def _output_dirs_under(root: Path) -> set[Path]:
     return hits
 
 
+def listed_shard_problems(path: Path, entry: dict) -> list[Violation]:
+    """A shard file against its manifest entry: missing (or not a regular file: never opened),
+    another size, another sha256. Also what `mix` checks of every input shard."""
+    if not files.is_regular(path):
+        return [Violation(str(path), None, None, "missing_shard", "listed in the manifest but not on disk")]
+    found, size = [], path.stat().st_size
+    if size != entry["bytes"]:
+        found.append(Violation(str(path), None, None, "manifest_bytes",
+                               f"{size} bytes on disk, manifest says {entry['bytes']}"))
+    digest = file_sha256(path)
+    if digest != entry["sha256"]:
+        found.append(Violation(str(path), None, None, "manifest_checksum",
+                               f"sha256 {digest[:16]}... does not match the manifest's {entry['sha256'][:16]}..."))
+    return found
+
+
 class _DirCheck:
     """What the checks of every output directory share: the manifest against the files,
     opening shards, their columns and row counts."""
@@ -183,21 +199,9 @@ class _DirCheck:
                 self.flag(path, "extra_shard", "file not listed in the manifest")
         for rel, entry in listed.items():
             path = self.dir / rel
-            if rel not in on_disk:
-                self.flag(path, "missing_shard", "listed in the manifest but not on disk")
-            else:
-                self._check_entry(path, entry)
+            self.report.violations += listed_shard_problems(path, entry)
         return [p for rel, p in on_disk.items() if not p.name.startswith(TMP_PREFIX)
                 and (rel in listed or not listed)]
-
-    def _check_entry(self, path: Path, entry: dict) -> None:
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            self.flag(path, "manifest_bytes", f"{size} bytes on disk, manifest says {entry['bytes']}")
-        digest = file_sha256(path)
-        if digest != entry["sha256"]:
-            self.flag(path, "manifest_checksum", f"sha256 {digest[:16]}... does not match the manifest's "
-                      f"{entry['sha256'][:16]}...")
 
     # ---- one shard --------------------------------------------------------------
     def _open(self, path: Path) -> pa.Schema | None:
