@@ -209,17 +209,25 @@ def _split_done(out: Path, corpus_shards: list[dict], fingerprint: str) -> tuple
     """Feature shards already made for these corpus shards (same layout, same corpus bytes)."""
     done, pending = {}, []
     for entry in corpus_shards:
-        path = out / entry["path"]
-        meta = _metadata(path)
-        try:
-            if meta.get("fingerprint") == fingerprint and meta.get("corpus_sha256") == entry["sha256"]:
-                rows = read_shard(path).num_rows
-                done[entry["path"]] = ShardInfo(entry["path"], rows, path.stat().st_size, file_sha256(path))
-                continue
-        except (ShardError, files.UnreadableFile):
-            pass   # damaged since: made again
-        pending.append(entry)
+        made = _made_earlier(out / entry["path"], entry, fingerprint)
+        if made is None:
+            pending.append(entry)
+        else:
+            done[entry["path"]] = made
     return done, pending
+
+
+def _made_earlier(path: Path, entry: dict, fingerprint: str) -> ShardInfo | None:
+    """The feature shard at `path` if a run of this layout made it from these corpus bytes and
+    it still reads whole; None (make it again) otherwise."""
+    meta = _metadata(path)
+    if meta.get("fingerprint") != fingerprint or meta.get("corpus_sha256") != entry["sha256"]:
+        return None
+    try:
+        rows = read_shard(path).num_rows
+        return ShardInfo(entry["path"], rows, path.stat().st_size, file_sha256(path))
+    except (ShardError, files.UnreadableFile, OSError):   # damaged since it was made
+        return None
 
 
 def _metadata(path: Path) -> dict:
