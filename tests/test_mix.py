@@ -4,9 +4,11 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -149,13 +151,20 @@ CORRUPTIONS = {  # how the shard is damaged (given a shard of the other input), 
 }
 
 
-@pytest.fixture
-def two_corpora(tmp_path, ray_session):
+@pytest.fixture(scope="module")
+def pristine_corpora(tmp_path_factory, ray_session):
     """Two tiny corpora as `emu-data sample` writes them: mmc4 documents, laion pairs."""
-    dirs = [tmp_path / "mmc4", tmp_path / "laion"]
+    root = tmp_path_factory.mktemp("two-corpora")
+    dirs = [root / "mmc4", root / "laion"]
     for out in dirs:
         sample.make_sample(sample.SampleConfig(n=4, sources=(out.name,)), OutputOptions(out), ray_session)
     return dirs
+
+
+@pytest.fixture
+def two_corpora(pristine_corpora, tmp_path):
+    """A private copy of both, to damage."""
+    return [Path(shutil.copytree(d, tmp_path / d.name)) for d in pristine_corpora]
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
