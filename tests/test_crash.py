@@ -111,6 +111,7 @@ def _snapshot(out: Path) -> dict:
                                r["texts"]) for r in samples},
         "status": {r["key"]: r["status"] for r in status},
         "counts": (built["rows"], built["status_counts"], built["source_counts"]),
+        "shards": [(s["path"], s["sha256"]) for s in built["shards"] + built["status_shards"]],  # byte for byte
     }
 
 
@@ -120,6 +121,7 @@ def _same_as_reference(out: Path, reference: dict, capsys) -> None:
     assert got["samples"].keys() == reference["samples"].keys()
     assert got["samples"] == reference["samples"]
     assert got["counts"] == reference["counts"]
+    assert got["shards"] == reference["shards"]
     capsys.readouterr()
     assert cli.main(["validate", "--deep", str(out)]) == 0, capsys.readouterr().out
 

@@ -31,7 +31,7 @@ from urllib3.util import parse_url
 from emu_data import images, net, records
 from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
-from emu_data.sources import laion_download
+from emu_data.sources import laion_download, ordered
 
 log = logging.getLogger(__name__)
 
@@ -417,16 +417,19 @@ def _meta(values: dict, config: LaionConfig, url: str | None) -> dict:
 # ---- one unit --------------------------------------------------------------------------
 
 def process(unit: LaionUnit, writer: UnitWriter) -> None:
-    """Every row of the slice ends as one status row, and the downloaded ones also as a sample."""
-    ready = []
-    for row in read_rows(unit):
-        if row.problem:
-            writer.add_status(_status(row, unit, *row.problem, attempts=0))
-        else:
-            ready.append(row)
-    ready = _guarded(ready, unit, writer)
-    if ready:
-        _fetch(ready, unit, writer)
+    """Every row of the slice ends as one status row, and the downloaded ones also as a
+    sample; written in row order (downloads finish in any order, shards must not differ)."""
+    rows = read_rows(unit)
+    with ordered.InputOrder(writer, (row.index for row in rows)) as out:
+        ready = []
+        for row in rows:
+            if row.problem:
+                out.put(row.index, _status(row, unit, *row.problem, attempts=0))
+            else:
+                ready.append(row)
+        ready = _guarded(ready, unit, out)
+        if ready:
+            _fetch(ready, unit, out)
 
 
 def _status(row: InputRow, unit: LaionUnit, reason: str, message: str, *, attempts: int = 1) -> dict:
@@ -434,7 +437,7 @@ def _status(row: InputRow, unit: LaionUnit, reason: str, message: str, *, attemp
                           attempts=attempts)
 
 
-def _guarded(rows: list[InputRow], unit: LaionUnit, writer: UnitWriter) -> list[InputRow]:
+def _guarded(rows: list[InputRow], unit: LaionUnit, out: ordered.InputOrder) -> list[InputRow]:
     """img2dataset would fetch anything: URLs at internal addresses end here, unrequested."""
     check = partial(_url_verdict, policy=unit.net, seen={})
     if unit.net.allow_private_addresses:  # scheme and host only: no DNS, no threads
@@ -447,7 +450,7 @@ def _guarded(rows: list[InputRow], unit: LaionUnit, writer: UnitWriter) -> list[
         if error is None:
             kept.append(row)
         else:
-            writer.add_status(_status(row, unit, error.reason, error.message, attempts=0))
+            out.put(row.index, _status(row, unit, error.reason, error.message, attempts=0))
     return kept
 
 
@@ -472,13 +475,13 @@ def _url_verdict(url: str, *, policy: net.NetPolicy, seen: dict) -> net.FetchErr
     return net.FetchError(error.reason, f"{url}: {error.message.removeprefix(f'{first}: ')}")
 
 
-def _fetch(rows: list[InputRow], unit: LaionUnit, writer: UnitWriter) -> None:
+def _fetch(rows: list[InputRow], unit: LaionUnit, out: ordered.InputOrder) -> None:
     waiting = {row.index: row for row in rows}
 
     def handle(result: dict) -> None:
         row = waiting.pop(result.get(ROW_ID), None)
         if row is not None:  # None: a row id seen twice; the first counts
-            _write_outcome(row, result, unit, writer)
+            out.put(row.index, *_outcome(row, result, unit))
 
     columns = {"url": [r.url for r in rows], ROW_ID: [r.index for r in rows]}
     if unit.config.verify_hash:  # img2dataset looks for it under the hash type's name
@@ -487,7 +490,7 @@ def _fetch(rows: list[InputRow], unit: LaionUnit, writer: UnitWriter) -> None:
         laion_download.download(columns, download_job(unit.config), handle, unit.net)
     except laion_download.DownloaderFailed as e:  # img2dataset itself stopped: the rest is lost
         for row in waiting.values():
-            writer.add_status(_status(row, unit, "downloader_error", str(e)))
+            out.put(row.index, _status(row, unit, "downloader_error", str(e)))
 
 
 def download_job(config: LaionConfig) -> laion_download.Job:
@@ -510,23 +513,19 @@ def download_job(config: LaionConfig) -> laion_download.Job:
             disable_all_reencoding=keeps_originals(image)))
 
 
-def _write_outcome(row: InputRow, result: dict, unit: LaionUnit, writer: UnitWriter) -> None:
+def _outcome(row: InputRow, result: dict, unit: LaionUnit) -> tuple[dict, dict | None]:
+    """(status row, sample or None) of one row img2dataset answered."""
     if result.get("status") != "success":
         message = result.get("error_message") or str(result.get("status"))
         tries = unit.config.download.retries + 1 if result.get("status") == "failed_to_download" else 1
-        writer.add_status(_status(row, unit, error_reason(result.get("status"), message), message,
-                                  attempts=tries))
-        return
+        return _status(row, unit, error_reason(result.get("status"), message), message, attempts=tries), None
     try:
         sample = _sample(row, result, unit.config)
     except BadImage as e:
-        writer.add_status(_status(row, unit, e.reason, str(e)))
-        return
+        return _status(row, unit, e.reason, str(e)), None
     except records.RecordError as e:
-        writer.add_status(_status(row, unit, "invalid_record", str(e)))
-        return
-    writer.add_sample(sample)
-    writer.add_status(records.status(row.key, unit.config.source, "ok", input=row.input, samples=1))
+        return _status(row, unit, "invalid_record", str(e)), None
+    return records.status(row.key, unit.config.source, "ok", input=row.input, samples=1), sample
 
 
 def _sample(row: InputRow, result: dict, config: LaionConfig) -> dict:
