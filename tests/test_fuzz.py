@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emu_data import net, records, schema
+from emu_data.sources import keys as source_keys
 from emu_data.sources import laion, mmc4, webvid
 from emu_data.sources.youtube import inputs, storyboard, subtitles
 from emu_data.sources.youtube import stage as youtube
@@ -604,6 +605,7 @@ def test_info_file_names(names):
 # ---------------------------------------------------------------- MMC4 jsonl
 
 MMC4_REASONS = ("malformed_json", "missing_field", "bad_field", "bad_match_index", "no_images")
+MMC4_FILE_REASONS = MMC4_REASONS + ("duplicate_key",)  # a url seen earlier in the file
 
 
 @st.composite
@@ -655,16 +657,15 @@ def test_mmc4_line(raw, config):
 @given(st.lists(MMC4_LINE, min_size=1, max_size=6), CONFIGS_MMC4)
 def test_mmc4_file_one_status_row_per_bad_line(lines, config):
     """Every non-blank line of the file becomes one document or one status row, in order;
-    keys are unique within a unit (a URL repeated across units may repeat: see mmc4's doc)."""
+    keys are unique across units (a url seen earlier is a duplicate_key row)."""
     data = b"\n".join(lines) + b"\n"
     with temp_dir() as tmp:
         path = tmp / "docs.jsonl"
         path.write_bytes(data)
         per_unit = [mmc4._parse_all(unit.payload) for unit in mmc4.units([path], config)]
-    for items in per_unit:
-        keys = [item["key"] if isinstance(item, dict) else f"mmc4:{item.id}" for item in items]
-        assert len(set(keys)) == len(keys)
     parsed = [item for items in per_unit for item in items]
+    keys = [item["key"] if isinstance(item, dict) else f"mmc4:{item.id}" for item in parsed]
+    assert len(set(keys)) == len(keys)
     expected = [n for n, line in enumerate(data.split(b"\n")[:-1], 1) if line.strip()]
     assert len(parsed) == len(expected)
     statuses = [item for item in parsed if isinstance(item, dict)]
@@ -672,7 +673,7 @@ def test_mmc4_file_one_status_row_per_bad_line(lines, config):
     assert [d.line for d in docs] == [n for n, item in zip(expected, parsed) if not isinstance(item, dict)]
     for doc in docs:
         assert_document(doc, config)
-    assert all(row["status"] in MMC4_REASONS for row in statuses)
+    assert all(row["status"] in MMC4_FILE_REASONS for row in statuses)
     assert_status_rows_store(statuses)
 
 
@@ -698,7 +699,7 @@ def test_mmc4_regressions(raw):
 
 # ---------------------------------------------------------------- WebVid CSV
 
-WEBVID_REASONS = ("malformed_row", "invalid_id", "duplicate_id", "missing_url", "missing_caption",
+WEBVID_REASONS = ("malformed_row", "invalid_id", "duplicate_key", "missing_url", "missing_caption",
                   "bad_duration", "too_short")
 COLUMNS = ("videoid", "contentUrl", "duration", "page_idx", "page_dir", "name")
 CELL = st.text(max_size=10) | st.sampled_from(
@@ -748,6 +749,10 @@ def read_webvid(path: Path, config: webvid.WebvidConfig) -> list[dict] | None:
         s = unit.payload.slice
         for line, fields in webvid.read_rows(s):
             key, ref = webvid.row_key(line, fields, s), webvid._ref(line, fields, s)
+            repeat = next((r for r in s.repeats if r[0] == line), None)
+            if repeat:  # an id seen earlier: its duplicate_key row
+                rows.append(source_keys.status(key, "webvid", *repeat[1:], input=ref))
+                continue
             video, error = outcome(lambda: webvid.parse_row(line, fields, s, config), webvid.VideoError)
             if error is None:
                 assert_video(video, config)

@@ -66,11 +66,11 @@ def _rows(out, kind="data"):
 
 
 def _expected_key(p) -> str:
-    """Rows without a usable, first-seen id are keyed by file stem and line."""
-    repeat = p.clip.videoid == "1001" and p.path.name.startswith("results_xl")
-    if p.clip.fault in ("bad_id", "malformed") or repeat:
+    """Rows without a usable id are keyed by file stem and line; a repeated id by <key>#dupN."""
+    if p.clip.fault in ("bad_id", "malformed"):
         return f"webvid:{p.path.stem}-{p.line}"
-    return f"webvid:{p.clip.videoid}"
+    repeat = p.clip.videoid == "1001" and p.path.name.startswith("results_xl")
+    return f"webvid:{p.clip.videoid}" + ("#dup1" if repeat else "")
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -105,7 +105,7 @@ def test_every_row_is_accounted_for_once_with_its_reason(site, corpus):
     status = {r["key"]: r for r in _rows(corpus, "status")}
     assert len(status) == len(_rows(corpus, "status")) == len(published)
     expected = {_expected_key(p): EXPECTED[p.clip.fault] for p in published}
-    expected[_expected_key(published[-1])] = "duplicate_id"
+    expected[_expected_key(published[-1])] = "duplicate_key"
     assert {k: r["status"] for k, r in status.items()} == expected
     assert status["webvid:flaky_1"]["attempts"] == 2  # one 503, then served
     assert all(r["error"] for r in status.values() if r["status"] != "ok")

@@ -42,9 +42,11 @@ def test_collect_dedupes_prefers_files_and_orders_stably(tmp_path):
     found = inputs.collect(["https://www.youtube.com/playlist?list=PL1"], ids, [tmp_path / "info"],
                            lambda url: expanded.append(url) or ["https://youtu.be/aaaaaaaaaaa"])
     assert expanded == ["https://www.youtube.com/playlist?list=PL1"]
-    assert [(v.kind, v.video_id) for v in found] == [
-        ("file", None), ("file", "GJLlxj_dtq8"), ("url", "aaaaaaaaaaa"), ("id", "dsMFmonKDD4")]
-    assert found[0].key == "yt_storyboard:file:unnamed.json"
+    named = str(tmp_path / "info" / "Some title [GJLlxj_dtq8].info.json")
+    assert [(v.kind, v.video_id, v.repeat) for v in found] == [
+        ("file", None, None), ("file", "GJLlxj_dtq8", None), ("url", "GJLlxj_dtq8", (1, named)),
+        ("url", "aaaaaaaaaaa", None), ("id", "dsMFmonKDD4", None)]
+    assert found[0].key.startswith("yt_storyboard:file:unnamed.json-")
 
 
 def test_feeds_expand_through_yt_dlps_flat_extraction(tmp_path):
@@ -97,3 +99,17 @@ def test_sleep_defaults_are_polite_and_pass_through():
     params = ytdl.YtdlOptions(cookies="c.txt", proxy="socks5://127.0.0.1:1080").params()
     assert params["sleep_interval_requests"] == 0.75 and params["sleep_interval"] == 10.0
     assert params["cookiefile"] == "c.txt" and params["proxy"] == "socks5://127.0.0.1:1080"
+
+
+@pytest.mark.parametrize("info, expanded", [
+    ({"id": "GJLlxj_dtq8", "extractor_key": "Youtube"}, ["https://www.youtube.com/watch?v=GJLlxj_dtq8"]),
+    ({"id": "GJLlxj_dtq8", "extractor_key": "Generic"}, None),   # another site's id names no YouTube video
+    ({"id": "../../etc/x", "extractor_key": "Youtube"}, None),
+    ({"extractor_key": "Youtube"}, None),
+])
+def test_a_single_video_url_expands_to_its_youtube_id(monkeypatch, info, expanded):
+    """Planning finds repeats by id: a YouTube link in a form video_id_of does not read
+    comes back from yt-dlp's extraction as the watch URL of its id."""
+    url = "https://www.youtube.com/attribution_link?u=/watch%3Fv%3DGJLlxj_dtq8"
+    monkeypatch.setattr(ytdl, "_run", lambda *args: info)
+    assert ytdl.expand(url, ytdl.YtdlOptions()) == (expanded or [url])

@@ -6,8 +6,11 @@ none), hand the survivors to img2dataset's Downloader in this worker (laion_down
 which passes each row's result back as it comes. A success whose stored bytes Pillow decodes becomes a sample; everything else
 becomes a status row with a reason. Every input row ends in exactly one of the two.
 
-Keys: `laion:<hash>` (`laion_coco:<hash>`) from the row's `hash` column when it is present
-and occurs once among all the inputs of the run, else `<source>:<file stem>-<row index>`.
+Keys: `laion:<hash>` (`laion_coco:<hash>`) from the row's `hash` column when it holds an
+integer or hex text, else `<source>:<file stem>-<row index>`. LAION's hash is the pair's own
+(taken of its URL and caption), so a hash that came earlier in the input, in any file or
+unit, is the same pair again: that row is a duplicate_key status row (`<key>#dupN`,
+keys.py), found at planning over the hash columns of every input, and is not downloaded.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -31,7 +35,7 @@ from urllib3.util import parse_url
 from emu_data import images, net, records
 from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
-from emu_data.sources import laion_download, ordered
+from emu_data.sources import keys, laion_download, ordered
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +149,9 @@ class LaionUnit:
     stem: str
     start: int
     stop: int
-    repeated_hashes: tuple              # hashes of this slice found twice in the inputs: keyed by position
     config: LaionConfig
     net: net.NetPolicy = field(repr=False)
+    repeats: tuple = ()                 # (row, N, where the first is) of rows whose key came earlier
 
 
 def input_files(inputs: list[Path]) -> list[Path]:
@@ -175,15 +179,15 @@ def units(inputs: list[Path], config: LaionConfig, net_policy: net.NetPolicy = n
     files = input_files(inputs)
     for path in files:
         _check_columns(path, _parquet(pq.read_schema, path), config)
-    hashes = {path: _parquet(_hash_column, path) for path in files}
-    repeated = _repeated_hashes([c for c in hashes.values() if c is not None])
+    sizes = [_parquet(pq.read_metadata, path).num_rows for path in files]
+    repeats = _repeated_keys(files, sizes)
     found, n = [], config.rows_per_unit
-    for path in files:
-        rows, size = _parquet(pq.read_metadata, path).num_rows, path.stat().st_size
+    for path, rows in zip(files, sizes):
+        size = path.stat().st_size
         for start in range(0, rows, n):
             stop = min(rows, start + n)
-            payload = LaionUnit(str(path), size, _safe_stem(path), start, stop,
-                                _repeats_in(hashes[path], start, stop, repeated), config, net_policy)
+            payload = LaionUnit(str(path), size, _safe_stem(path), start, stop, config, net_policy,
+                                keys.between(repeats.get(path, []), start, stop - 1))
             found.append(Unit(f"{_safe_stem(path)}-{start // n:05d}", payload))
     return found
 
@@ -222,26 +226,23 @@ def _hash_column(path: Path) -> pa.ChunkedArray | None:
     return None
 
 
-def _repeated_hashes(columns: list[pa.ChunkedArray]) -> pa.Array:
-    """Hash values found more than once among all inputs (costs ~16 bytes a row while counting)."""
-    if not columns:
-        return pa.array([], pa.string())
-    if len({c.type for c in columns}) > 1:  # files disagree on the type: compare the text
-        columns = [pc.cast(c, pa.string()) for c in columns]
-    counts = pc.value_counts(pa.chunked_array([k for c in columns for k in c.chunks], columns[0].type))
-    return counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-
-
-def _repeats_in(hashes: pa.ChunkedArray | None, start: int, stop: int, repeated: pa.Array) -> tuple[str, ...]:
-    """This slice's hashes that are not unique: their rows get positional keys."""
-    if hashes is None or not len(repeated):
-        return ()
-    part = hashes.slice(start, stop - start)
-    if part.type != repeated.type:
-        part = pc.cast(part, repeated.type)
-    found = part.filter(pc.is_in(part, value_set=repeated)).to_pylist()
-    # decoded as _key's _lenient reads them; a null (repeated nulls count too) is no hash key
-    return tuple(sorted({v.decode("utf-8", "replace") for v in found if v is not None}))
+def _repeated_keys(files: list[Path], sizes: list[int]) -> dict[Path, list[tuple[int, int, str]]]:
+    """{file: [(row, N, "name:row" of the first), ...]} for every row whose hash key an
+    earlier row of the inputs has (the hash columns as bytes: ~16 bytes a row meanwhile)."""
+    columns = [_parquet(_hash_column, path) for path in files]
+    every = pa.chunked_array([chunk for column, rows in zip(columns, sizes)
+                              for chunk in (column.chunks if column is not None
+                                            else [pa.nulls(rows, pa.large_binary())])], pa.large_binary())
+    # the rows _key keys by hash (integers and hex text; invalid UTF-8 never matches)
+    keyed = pc.if_else(pc.match_substring_regex(every, _HASH_KEY.pattern), every, None)
+    index, first, n = keys.repeats_in_column(keyed)
+    starts = np.cumsum([0, *sizes])
+    file_of = lambda row: int(np.searchsorted(starts, row, "right")) - 1  # noqa: E731
+    found: dict[Path, list[tuple[int, int, str]]] = {}
+    for i, j, k in zip(index.tolist(), first.tolist(), n.tolist()):
+        fi, fj = file_of(i), file_of(j)
+        found.setdefault(files[fi], []).append((i - int(starts[fi]), k, f"{files[fj].name}:{j - int(starts[fj])}"))
+    return found
 
 
 # ---- reading a slice -------------------------------------------------------------------
@@ -266,8 +267,9 @@ def read_rows(unit: LaionUnit) -> list[InputRow]:
         if isinstance(e, OSError) and e.errno is not None:
             raise  # the file is gone or locked, not corrupt: the unit fails and a rerun retries it
         return _unreadable(unit, e)
-    return [_input_row(unit, unit.start + i, {name: values[i] for name, values in columns.items()})
-            for i in range(table.num_rows)]
+    repeats = {row: (n, first) for row, n, first in unit.repeats}
+    return [_input_row(unit, unit.start + i, {name: values[i] for name, values in columns.items()},
+                       repeats.get(unit.start + i)) for i in range(table.num_rows)]
 
 
 def _unreadable(unit: LaionUnit, error: Exception) -> list[InputRow]:
@@ -320,23 +322,25 @@ def _bytes_type(t: pa.DataType) -> pa.DataType:
     return t
 
 
-def _input_row(unit: LaionUnit, index: int, values: dict) -> InputRow:
+def _input_row(unit: LaionUnit, index: int, values: dict, repeat: tuple[int, str] | None) -> InputRow:
     config = unit.config
     url, url_error = _decode(values.get(config.url_col))
     url = url.strip() if url else url
     text, caption_meta, caption_problem = _caption(values.get(config.text_col), config.max_caption_chars)
+    key = _key(unit, index, values.get(HASH_COLUMN))
+    problem = _threshold_problem(values, config) or _url_problem(url, url_error) or caption_problem
+    if repeat:  # the same pair came earlier: its status row, nothing to fetch
+        key, problem = keys.repeat_key(key, repeat[0]), (keys.DUPLICATE, keys.repeat_error(key, repeat[1]))
     return InputRow(
-        index, _key(unit, index, values.get(HASH_COLUMN)),
-        input=url or f"{Path(unit.path).name}:{index}", url=url, text=text,
+        index, key, input=url or f"{Path(unit.path).name}:{index}", url=url, text=text,
         expected_hash=_lenient(values.get(config.verify_hash[0])) if config.verify_hash else None,
-        meta={**_meta(values, config, url), **caption_meta},
-        problem=(_threshold_problem(values, config) or _url_problem(url, url_error) or caption_problem))
+        meta={**_meta(values, config, url), **caption_meta}, problem=problem)
 
 
 def _key(unit: LaionUnit, index: int, value) -> str:
-    # integers and text only, as _hash_column counts them (a decimal 15 would be uncounted)
+    # integers and text only, as _hash_column reads them (a decimal 15 is no hash key)
     text = _lenient(value) if isinstance(value, (int, bytes, str)) and not isinstance(value, bool) else None
-    if text is not None and _HASH_KEY.fullmatch(text) and text not in unit.repeated_hashes:
+    if text is not None and _HASH_KEY.fullmatch(text):
         return f"{unit.config.source}:{text}"
     return f"{unit.config.source}:{unit.stem}-{index:08d}"
 

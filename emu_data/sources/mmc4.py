@@ -13,10 +13,13 @@ row's error; only a document left with no image at all gets a status reason (no_
 Units are line ranges of the input files, found once by a sequential scan at planning time;
 a unit reads only its own bytes (seek + read) and checks they still hash the same.
 
-Keys are mmc4:<16 hex of the url's SHA-1>; a line with no url, no usable document, a url
-MMC4 flags could_have_url_duplicate or one already seen in the unit is keyed by file stem
-and line instead (mmc4:<stem>-<line>), so keys stay unique. An unflagged url repeated in
-two units would still give one key twice (validate reports it; mix drops the repeat).
+Keys are mmc4:<16 hex of the url's SHA-1>; a line with no url, no usable document or a url
+MMC4 flags could_have_url_duplicate (MMC4 keeps such documents apart: they may differ) is
+keyed by file stem and line instead (mmc4:<stem>-<line>). A document whose url key came
+earlier in the input, in any file or unit, is the same document again: it is a
+duplicate_key status row (mmc4:<id>#dupN, keys.py), found at planning, when every line is
+parsed once to learn its key (the unit parses it again; what planning keeps is 20 bytes a
+document).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from scipy.optimize import linear_sum_assignment
 from emu_data import images, net, records
 from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
-from emu_data.sources import textfiles
+from emu_data.sources import keys, textfiles
 
 SOURCE = "mmc4"
 # Formats the corpus stores as they come (what `emu-data validate` accepts); any other
@@ -81,7 +84,8 @@ class Mmc4Config:
 
 @dataclass(frozen=True)
 class Slice:
-    """Lines [first_line, first_line + lines) of `path`, bytes [start, end); 1-based lines."""
+    """Lines [first_line, first_line + lines) of `path`, bytes [start, end); 1-based lines.
+    `repeats`: (line, N, where the key was first seen) of documents whose key came earlier."""
 
     path: str
     stem: str
@@ -90,6 +94,7 @@ class Slice:
     first_line: int
     lines: int
     sha1: str
+    repeats: tuple[tuple[int, int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,12 +107,15 @@ class Mmc4Unit:
 # ---- planning -----------------------------------------------------------------------------
 
 def units(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy = net.NetPolicy()) -> list[Unit]:
-    """Each file's lines in runs of `docs_per_unit`, in input order."""
+    """Each file's lines in runs of `docs_per_unit`, in input order; repeated keys marked."""
     files = textfiles.input_files(inputs, ".jsonl")
     stems = textfiles.distinct_stems(files, _stem)
-    return [Unit(f"mmc4-{s.stem}-{i:05d}", Mmc4Unit(s, config, net_policy))
-            for path, stem in zip(files, stems)
-            for i, s in enumerate(_slices(path, stem, config.docs_per_unit))]
+    scan = keys.Scan()
+    per_file = [_slices(path, stem, config, partial(scan.add, n))
+                for n, (path, stem) in enumerate(zip(files, stems))]
+    repeats = scan.repeats([p.name for p in files])
+    return [Unit(f"mmc4-{s.stem}-{i:05d}", Mmc4Unit(_with_repeats(s, repeats.get(n, [])), config, net_policy))
+            for n, slices in enumerate(per_file) for i, s in enumerate(slices)]
 
 
 def _stem(path: Path) -> str:
@@ -115,22 +123,44 @@ def _stem(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", path.name.removesuffix(".jsonl")) or "_"
 
 
-def _slices(path: Path, stem: str, per_unit: int) -> list[Slice]:
-    """One sequential read: byte offsets every `per_unit` lines, and each range's hash."""
+def _slices(path: Path, stem: str, config: Mmc4Config, on_key) -> list[Slice]:
+    """One sequential read: byte offsets every `docs_per_unit` lines, and each range's hash;
+    on_key(line, code) for each line whose document is keyed by its url."""
     slices, start, offset, count, first = [], 0, 0, 0, 1
-    digest = hashlib.sha1()
+    per_unit, digest = config.docs_per_unit, hashlib.sha1()
     resolved = str(path.resolve())
+    whole = Slice(resolved, stem, 0, 0, 0, 0, "")  # what parse needs of a slice: the path
     with open(path, "rb") as f:
         for line in f:
             offset += len(line)
             digest.update(line)
             count += 1
+            code = _key_code(line.removesuffix(b"\n"), whole, config)
+            if code is not None:
+                on_key(first + count - 1, code)
             if count == per_unit:
                 slices.append(Slice(resolved, stem, start, offset, first, count, digest.hexdigest()))
                 start, first, count, digest = offset, first + count, 0, hashlib.sha1()
     if count:
         slices.append(Slice(resolved, stem, start, offset, first, count, digest.hexdigest()))
     return slices
+
+
+def _key_code(raw: bytes, s: Slice, config: Mmc4Config) -> int | None:
+    """The line's url key as a 64-bit number (its 16 hex digits: exact), or None where the
+    line is keyed by position (blank, no usable document, no url, flagged)."""
+    if not raw.strip():
+        return None
+    try:
+        doc = parse(raw, 0, s, config)
+    except DocumentError:
+        return None
+    return int(document_id(doc.url), 16) if doc.url and not doc.could_duplicate else None
+
+
+def _with_repeats(s: Slice, repeats: list[tuple[int, int, str]]) -> Slice:
+    inside = keys.between(repeats, s.first_line, s.first_line + s.lines - 1)
+    return replace(s, repeats=inside) if inside else s
 
 
 def read_lines(s: Slice) -> list[tuple[int, bytes]]:
@@ -262,14 +292,16 @@ def document_id(url: str) -> str:
     return hashlib.sha1(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def _with_id(doc: Document, s: Slice, seen: set[str]) -> Document:
-    """Id from the URL's hash; file stem + line where there is no URL, or where the URL may
-    repeat (MMC4's could_have_url_duplicate, or seen earlier in this unit), so keys stay unique."""
-    positional = f"{s.stem}-{doc.line}"
-    uid = document_id(doc.url) if doc.url else positional
-    if doc.could_duplicate or uid in seen:
-        uid = positional
-    seen.add(uid)
+def _with_id(doc: Document, s: Slice) -> Document | dict:
+    """Id from the URL's hash; file stem + line where there is no URL or MMC4 says the URL
+    may name other documents too (could_have_url_duplicate). A document whose key came
+    earlier in the input becomes its duplicate_key status row."""
+    if not doc.url or doc.could_duplicate:
+        return replace(doc, id=f"{s.stem}-{doc.line}")
+    uid = document_id(doc.url)
+    repeat = next((r for r in s.repeats if r[0] == doc.line), None)
+    if repeat:
+        return keys.status(f"{SOURCE}:{uid}", SOURCE, repeat[1], repeat[2], input=doc.ref)
     return replace(doc, id=uid)
 
 
@@ -288,7 +320,7 @@ def process(unit: Mmc4Unit, writer: UnitWriter) -> None:
 
 def _parse_all(unit: Mmc4Unit) -> list[Document | dict]:
     """Documents, or the status row of a line that is not one. Blank lines are no documents."""
-    out, seen, s = [], set(), unit.slice
+    out, s = [], unit.slice
     for line, raw in read_lines(s):
         if not raw.strip():
             continue
@@ -298,7 +330,7 @@ def _parse_all(unit: Mmc4Unit) -> list[Document | dict]:
             key = f"{SOURCE}:{s.stem}-{line}"
             out.append(records.status(key, SOURCE, e.reason, input=f"{s.path}:{line}", error=str(e)))
             continue
-        out.append(_with_id(doc, s, seen))
+        out.append(_with_id(doc, s))
     return out
 
 

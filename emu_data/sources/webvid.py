@@ -6,14 +6,15 @@ decode it in memory, take N frames at the centres of N equal spans of the stream
 JPEG, and put the caption (`name`) last, at the last frame's time.
 
 Every data row ends as one sample or one status row with a reason: malformed_row,
-invalid_id, duplicate_id, missing_url, missing_caption, bad_duration, too_short, a fetch
+invalid_id, duplicate_key, missing_url, missing_caption, bad_duration, too_short, a fetch
 reason (http_404, timeout, too_large, ...), decode_error, decompression_bomb or invalid_record.
 
 Keys are webvid:<videoid>. A videoid is used only after it matched `\\w+` (ASCII), and only
-in keys, never in a path. A row with no usable id (malformed, invalid, or an id already
-seen earlier in the input) is keyed by file stem and line instead: webvid:<stem>-<line>,
-which cannot clash with an id since ids hold no "-". Repeated ids are found at planning
-time over all input files, so the first occurrence keeps the id and keys stay unique.
+in keys, never in a path. A row with no usable id (malformed or invalid) is keyed by file
+stem and line instead: webvid:<stem>-<line>, which cannot clash with an id since ids hold
+no "-". An id already seen earlier in the input is the same video again: that row is a
+duplicate_key status row (webvid:<videoid>#dupN, keys.py), found at planning over all
+input files, so the first occurrence keeps the id wherever the repeat lies.
 
 Units are row ranges of the CSV files, found once by a sequential scan at planning time
 (the csv module, so quoted commas and newlines inside quotes are handled); a unit reads only
@@ -27,8 +28,7 @@ import hashlib
 import io
 import math
 import re
-from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -42,12 +42,11 @@ from typing import BinaryIO, Iterator
 # frames, decodes from bytes in memory (no temp files), and is the FFmpeg binding
 # video2dataset also uses.
 import av
-import numpy as np
 from PIL import Image
 
 from emu_data import net, records
 from emu_data.corpus import Unit, UnitWriter
-from emu_data.sources import textfiles
+from emu_data.sources import keys, textfiles
 
 SOURCE = "webvid"
 REQUIRED_COLUMNS = ("videoid", "name", "duration", "contentUrl")
@@ -120,7 +119,7 @@ def parse_duration(text: str) -> float:
 @dataclass(frozen=True)
 class Slice:
     """Rows of `path` in bytes [start, end), lines first_line..last_line (1-based); `repeats`
-    holds (line, where the id was first seen) for rows whose videoid came earlier."""
+    holds (line, N, where the id was first seen) for rows whose videoid came earlier."""
 
     path: str
     stem: str
@@ -131,7 +130,7 @@ class Slice:
     rows: int
     sha1: str
     header: tuple[str, ...]
-    repeats: tuple[tuple[int, str], ...] = ()
+    repeats: tuple[tuple[int, int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,10 +144,11 @@ def units(inputs: list[Path], config: WebvidConfig, net_policy: net.NetPolicy = 
     """Each file's data rows in runs of `rows_per_unit`, in input order."""
     files = textfiles.input_files(inputs, ".csv")
     stems = textfiles.distinct_stems(files, _stem)
-    ids = _IdScan()
-    per_file = [_slices(path, stem, config.rows_per_unit, partial(ids.add, n))
+    ids = keys.Scan()
+    per_file = [_slices(path, stem, config.rows_per_unit, partial(_scan_id, ids, n))
                 for n, (path, stem) in enumerate(zip(files, stems))]
-    per_file = ids.mark_repeats(per_file, [p.name for p in files])
+    repeats = ids.repeats([p.name for p in files])
+    per_file = [[_with_repeats(s, repeats.get(n, [])) for s in slices] for n, slices in enumerate(per_file)]
     return [Unit(f"webvid-{s.stem}-{i:05d}", WebvidUnit(s, config, net_policy))
             for slices in per_file for i, s in enumerate(slices)]
 
@@ -245,48 +245,16 @@ def _id_code(videoid: str) -> int:
     return (1 << 62) | int.from_bytes(hashlib.blake2b(videoid.encode(), digest_size=8).digest()) >> 3
 
 
-class _IdScan:
-    """Finds ids that repeat an earlier row's, over all input files in input order. Compact
-    arrays, not a set of strings: WebVid-10M has ~10.7M rows."""
-
-    def __init__(self):
-        self.codes, self.files, self.lines = array("q"), array("i"), array("q")
-
-    def add(self, file_no: int, line: int, fields, header: tuple[str, ...]) -> None:
-        row = _as_dict(fields, header)
-        videoid = row["videoid"].strip() if row else ""  # malformed rows are keyed by line, not id
-        if VIDEO_ID.fullmatch(videoid):
-            self.codes.append(_id_code(videoid))
-            self.files.append(file_no)
-            self.lines.append(line)
-
-    def repeats(self) -> list[tuple[int, int, int, int]]:
-        """(file, line, first file, first line) of every repeat; the first occurrence is kept."""
-        codes = np.frombuffer(self.codes, dtype=np.int64)
-        order = np.argsort(codes, kind="stable")  # stable: equal codes stay in input order
-        same = codes[order][1:] == codes[order][:-1]
-        if not same.any():
-            return []
-        run_start = np.maximum.accumulate(np.where(np.r_[True, ~same], np.arange(len(order)), 0))
-        later, first = order[1:][same], order[run_start[1:][same]]
-        return [(self.files[i], self.lines[i], self.files[j], self.lines[j])
-                for i, j in zip(later.tolist(), first.tolist())]
-
-    def mark_repeats(self, per_file: list[list[Slice]], names: list[str]) -> list[list[Slice]]:
-        """The slices with each repeat noted in the slice holding its line."""
-        found: dict[int, list[tuple[int, str]]] = {}
-        for file_no, line, first_file, first_line in self.repeats():
-            found.setdefault(file_no, []).append((line, f"{names[first_file]}:{first_line}"))
-        return [[_with_repeats(s, sorted(found.get(n, []))) for s in slices]
-                for n, slices in enumerate(per_file)]
+def _scan_id(ids: keys.Scan, file_no: int, line: int, fields, header: tuple[str, ...]) -> None:
+    row = _as_dict(fields, header)
+    videoid = row["videoid"].strip() if row else ""  # malformed rows are keyed by line, not id
+    if VIDEO_ID.fullmatch(videoid):
+        ids.add(file_no, line, _id_code(videoid))
 
 
-def _with_repeats(s: Slice, repeats: list[tuple[int, str]]) -> Slice:
-    """`repeats` sorted by line: the slice takes those within its lines (bisect: a file may
-    hold many slices and many repeats)."""
-    lo = bisect_left(repeats, s.first_line, key=lambda r: r[0])
-    hi = bisect_left(repeats, s.last_line + 1, key=lambda r: r[0])
-    inside = tuple(repeats[lo:hi])
+def _with_repeats(s: Slice, repeats: list[tuple[int, int, str]]) -> Slice:
+    """The slice with the repeats (sorted by line) that fall within its lines."""
+    inside = keys.between(repeats, s.first_line, s.last_line)
     return Slice(**{**asdict(s), "repeats": inside}) if inside else s
 
 
@@ -319,17 +287,18 @@ def _as_dict(fields, header: tuple[str, ...]) -> dict[str, str] | None:
 
 
 def row_key(line: int, fields, s: Slice) -> str:
-    """webvid:<videoid> for a row whose id is usable and first seen; else webvid:<stem>-<line>."""
+    """webvid:<videoid> for a row whose id is usable; else webvid:<stem>-<line>. (A repeated
+    id's status row is keyed <key>#dupN: see _outcome.)"""
     row = _as_dict(fields, s.header)
     videoid = row["videoid"].strip() if row else ""
-    if VIDEO_ID.fullmatch(videoid) and line not in dict(s.repeats):
+    if VIDEO_ID.fullmatch(videoid):
         return f"{SOURCE}:{videoid}"
     return f"{SOURCE}:{s.stem}-{line}"
 
 
 def parse_row(line: int, fields, s: Slice, config: WebvidConfig) -> Video:
-    """The row as a Video, or VideoError(malformed_row | invalid_id | duplicate_id |
-    missing_url | missing_caption | bad_duration | too_short)."""
+    """The row as a Video, or VideoError(malformed_row | invalid_id | missing_url |
+    missing_caption | bad_duration | too_short). A repeated id is _outcome's to catch."""
     row = _as_dict(fields, s.header)
     if row is None:
         raise VideoError("malformed_row", fields if isinstance(fields, str) else
@@ -337,9 +306,6 @@ def parse_row(line: int, fields, s: Slice, config: WebvidConfig) -> Video:
     videoid = row["videoid"].strip()
     if not VIDEO_ID.fullmatch(videoid):
         raise VideoError("invalid_id", f"videoid {videoid[:60]!r} is not 1-64 letters, digits or _")
-    first = dict(s.repeats).get(line)
-    if first:
-        raise VideoError("duplicate_id", f"videoid {videoid} already at {first}")
     url, caption = row["contentUrl"].strip(), row["name"].strip()
     if not url:
         raise VideoError("missing_url", "contentUrl is empty")
@@ -357,6 +323,9 @@ def _outcome(item: tuple[int, tuple[str, ...] | str], *, s: Slice, config: Webvi
     line, fields = item
     key = row_key(line, fields, s)
     ref = _ref(line, fields, s)
+    repeat = next((r for r in s.repeats if r[0] == line), None)
+    if repeat:  # the id came earlier in the input: nothing to fetch
+        return None, keys.status(key, SOURCE, repeat[1], repeat[2], input=ref)
     attempts = 1
     try:
         video = parse_row(line, fields, s, config)

@@ -2,13 +2,22 @@
 
 The driver only does cheap work here (parse ids, expand playlists with yt-dlp's flat
 extraction, list files); reading an info dict is a worker's job, so a directory of
-millions of `yt-dlp -J` files is never loaded in one process.
+millions of `yt-dlp -J` files is never loaded in one process. The one exception: a file
+whose name lacks the video id (yt-dlp's default names carry it) is read here for its id,
+because repeats are found here.
+
+A video named twice (an id and its info file, the same id in --ids twice, two files of one
+video) is processed once: the first info file, else the first mention; every other
+mention is kept as a repeat, which the stage writes as a duplicate_key status row
+(sources/keys.py), so every input still ends in the status table.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -21,24 +30,33 @@ _VIDEO_PATHS = re.compile(r"^/(?:shorts|embed|live|v)/([A-Za-z0-9_-]{11})")
 @dataclass(frozen=True)
 class VideoInput:
     """One video to process. kind: id | url | file | failed (a list that could not be expanded:
-    `problem` is the reason). video_id is None until a worker reads a file whose name lacks it."""
+    `problem` is the reason). video_id is None where no id could be read from the input.
+    repeat: (N, the ref of the input processed instead) for a video already named."""
 
     kind: str
     ref: str
     video_id: str | None = None
     problem: str | None = None
+    repeat: tuple[int, str] | None = None
 
     @property
     def key(self) -> str:
-        """The status key: by video id when known, else by the file or URL (still stable)."""
+        """The status key: by video id when known, else by the file or URL (readable, and
+        a digest of the whole ref keeps two refs that read alike apart)."""
         if self.video_id:
             return f"yt_storyboard:{self.video_id}"
         name = Path(self.ref).name if self.kind == "file" else self.ref
-        return f"yt_storyboard:{self.kind}:" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)[-120:]
+        digest = hashlib.sha1(self.ref.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        return f"yt_storyboard:{self.kind}:" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)[-100:] + f"-{digest}"
 
     @property
-    def sort_key(self) -> tuple[str, str]:
-        return (self.video_id or "", self.ref)
+    def identity(self) -> tuple[str, str]:
+        """Two inputs with one identity are one video."""
+        return ("video", self.video_id) if self.video_id else (self.kind, self.ref)
+
+    @property
+    def sort_key(self) -> tuple[str, str, int]:
+        return (self.video_id or "", self.ref, self.repeat[0] if self.repeat else 0)
 
 
 def video_id_of(text: str) -> str | None:
@@ -122,19 +140,34 @@ def from_info_files(paths: list[Path]) -> list[VideoInput]:
     inputs = []
     for path in paths:
         match = _ID_IN_NAME.search(path.name)
-        inputs.append(VideoInput("file", str(path), match.group(1) if match else None))
+        inputs.append(VideoInput("file", str(path), match.group(1) if match else id_inside(path)))
     return inputs
 
 
+def id_inside(path: Path) -> str | None:
+    """The video id an info file holds, or None (unreadable, not an info dict, no valid id:
+    the worker reads it again and says why)."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    video_id = data.get("id") if isinstance(data, dict) else None
+    return video_id if isinstance(video_id, str) and VIDEO_ID.fullmatch(video_id) else None
+
+
 def dedupe(inputs: list[VideoInput]) -> list[VideoInput]:
-    """One input per video (an info file beats a bare id: it saves a metadata request),
-    in a stable order, so units are the same on every run."""
-    by_key: dict[str, VideoInput] = {}
+    """Every input, in a stable order (units are the same on every run); of the inputs naming
+    one video, one is processed (the first info file, which saves a metadata request, else
+    the first) and each other is marked a repeat of it."""
+    groups: dict[tuple[str, str], list[VideoInput]] = {}
     for item in inputs:
-        kept = by_key.get(item.key)
-        if kept is None or (item.kind == "file" and kept.kind != "file"):
-            by_key[item.key] = item
-    return sorted(by_key.values(), key=lambda i: i.sort_key)
+        groups.setdefault(item.identity, []).append(item)
+    found = []
+    for items in groups.values():
+        kept = next((i for i in items if i.kind == "file"), items[0])
+        others = [i for i in items if i is not kept]
+        found += [kept] + [replace(i, repeat=(n, kept.ref)) for n, i in enumerate(others, 1)]
+    return sorted(found, key=lambda i: i.sort_key)
 
 
 def collect(refs: list[str], ids_file: Path | None, info_dirs: list[Path], expand) -> list[VideoInput]:

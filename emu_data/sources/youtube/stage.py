@@ -18,6 +18,7 @@ from pathlib import Path
 
 from emu_data import align, net, records
 from emu_data.corpus import Unit, UnitWriter
+from emu_data.sources import keys
 from emu_data.sources.youtube import storyboard, subtitles, ytdl
 from emu_data.sources.youtube.inputs import VIDEO_ID, VideoInput
 
@@ -73,6 +74,9 @@ def units(videos: list[VideoInput], config: YoutubeConfig, ytdl_options: ytdl.Yt
 
 def process(unit: YoutubeUnit, writer: UnitWriter) -> None:
     for video in unit.videos:
+        if video.repeat:  # named earlier in the input (inputs.dedupe): processed there
+            writer.add_status(keys.status(video.key, SOURCE, *video.repeat, input=video.ref))
+            continue
         rows, status = _video_with_retries(video, unit)
         for row in rows:
             writer.add_sample(row)
@@ -107,6 +111,9 @@ def video_samples(video: VideoInput, unit: YoutubeUnit) -> list[dict]:
     """The samples of one video, or an exception carrying the reason it has none."""
     if video.problem:
         raise VideoError(video.problem, f"{video.ref}: could not be expanded into videos")
+    if video.kind == "url" and not video.video_id:  # repeats are found by id before the run
+        raise VideoError("unsupported_input", f"{video.ref}: no YouTube video id in the URL (give the id, "
+                                              "or a youtube.com or youtu.be link)")
     info = load_info(video, unit.ytdl, unit.net)
     video_id = _checked_id(info, video)
     level = storyboard.choose_level(storyboard.levels_from_info(info), unit.config.storyboard_level)

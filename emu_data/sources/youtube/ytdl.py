@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu_data import net, net_guard
+from emu_data.sources.youtube.inputs import VIDEO_ID
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,12 @@ def expand(url: str, options: YtdlOptions, policy: net.NetPolicy | None = None) 
     info = _run(lambda ydl: ydl.extract_info(url, download=False),
                 options.params(extract_flat="in_playlist"), policy)
     if info.get("_type") not in ("playlist", "multi_video"):
-        return [url]  # a single video after all: keep it, the stage reports what it is
+        # a single video after all: by its id where YouTube's extractor read one (planning
+        # needs every video's id to find repeats), else as given (the stage says what it is)
+        video_id = info.get("id")
+        if info.get("extractor_key") == "Youtube" and isinstance(video_id, str) and VIDEO_ID.fullmatch(video_id):
+            return [f"https://www.youtube.com/watch?v={video_id}"]
+        return [url]
     entries = info.get("entries") or []
     return [e.get("url") or e.get("id") for e in entries if e and (e.get("url") or e.get("id"))]
 
