@@ -68,6 +68,9 @@ def test_mmc4_a_document_twice_is_one_sample(tmp_path, ray_session):
         # docs_0: a a b | docs_1: c a b; two documents a unit: a twice in one unit, then across files
         publish_mmc4(tmp_path / "site", base, [a, a, b, c, a, b], shards=2)
         config = mmc4.Mmc4Config(docs_per_unit=2, fetch_workers=2)
+        files = sorted((tmp_path / "site" / "mmc4").glob("*.jsonl"))
+        # planned in parallel Ray tasks (one per file) or here: the same units, the same repeats
+        assert mmc4.units(files, config, LOCAL, ray_session) == mmc4.units(files, config, LOCAL)
         mmc4.make_mmc4([tmp_path / "site" / "mmc4"], config, LOCAL, OutputOptions(tmp_path / "out"), ray_session)
     samples, status = _outcome(tmp_path / "out")
     key = {d.name: f"mmc4:{mmc4.document_id(d.url)}" for d in (a, b, c)}

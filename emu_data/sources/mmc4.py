@@ -106,16 +106,36 @@ class Mmc4Unit:
 
 # ---- planning -----------------------------------------------------------------------------
 
-def units(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy = net.NetPolicy()) -> list[Unit]:
-    """Each file's lines in runs of `docs_per_unit`, in input order; repeated keys marked."""
+def units(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy = net.NetPolicy(),
+          ray=None) -> list[Unit]:
+    """Each file's lines in runs of `docs_per_unit`, in input order; repeated keys marked.
+    Every line is parsed once to learn its key (~50 us a document): with `ray` (RayOptions)
+    and several files, the files are planned in parallel Ray tasks, the repeats found here."""
     files = textfiles.input_files(inputs, ".jsonl")
     stems = textfiles.distinct_stems(files, _stem)
+    planned = _plan_files(list(zip(files, stems)), config, ray)
     scan = keys.Scan()
-    per_file = [_slices(path, stem, config, partial(scan.add, n))
-                for n, (path, stem) in enumerate(zip(files, stems))]
+    for n, (_, keyed) in enumerate(planned):
+        for line, code in keyed:
+            scan.add(n, line, code)
     repeats = scan.repeats([p.name for p in files])
     return [Unit(f"mmc4-{s.stem}-{i:05d}", Mmc4Unit(_with_repeats(s, repeats.get(n, [])), config, net_policy))
-            for n, slices in enumerate(per_file) for i, s in enumerate(slices)]
+            for n, (slices, _) in enumerate(planned) for i, s in enumerate(slices)]
+
+
+def _plan_files(todo: list[tuple[Path, str]], config: Mmc4Config, ray) -> list[tuple[list[Slice], list]]:
+    """_plan_file of each (path, stem), in input order."""
+    if ray is None or len(todo) < 2:
+        return [_plan_file(item, config) for item in todo]
+    from emu_data import runtime
+
+    done = {}
+    for item, result in runtime.map_tasks(partial(_plan_file, config=config), todo, options=ray,
+                                          desc="mmc4: plan", total=len(todo)):
+        if isinstance(result, runtime.TaskFailure):
+            raise ValueError(f"{item[0]}: cannot be planned: {result.error}")
+        done[item] = result
+    return [done[item] for item in todo]
 
 
 def _stem(path: Path) -> str:
@@ -123,10 +143,11 @@ def _stem(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", path.name.removesuffix(".jsonl")) or "_"
 
 
-def _slices(path: Path, stem: str, config: Mmc4Config, on_key) -> list[Slice]:
-    """One sequential read: byte offsets every `docs_per_unit` lines, and each range's hash;
-    on_key(line, code) for each line whose document is keyed by its url."""
-    slices, start, offset, count, first = [], 0, 0, 0, 1
+def _plan_file(item: tuple[Path, str], config: Mmc4Config) -> tuple[list[Slice], list[tuple[int, int]]]:
+    """One sequential read of a file: its slices (byte offsets every `docs_per_unit` lines,
+    each range's hash) and (line, key code) of every document keyed by its url."""
+    path, stem = item
+    slices, keyed, start, offset, count, first = [], [], 0, 0, 0, 1
     per_unit, digest = config.docs_per_unit, hashlib.sha1()
     resolved = str(path.resolve())
     whole = Slice(resolved, stem, 0, 0, 0, 0, "")  # what parse needs of a slice: the path
@@ -137,13 +158,13 @@ def _slices(path: Path, stem: str, config: Mmc4Config, on_key) -> list[Slice]:
             count += 1
             code = _key_code(line.removesuffix(b"\n"), whole, config)
             if code is not None:
-                on_key(first + count - 1, code)
+                keyed.append((first + count - 1, code))
             if count == per_unit:
                 slices.append(Slice(resolved, stem, start, offset, first, count, digest.hexdigest()))
                 start, first, count, digest = offset, first + count, 0, hashlib.sha1()
     if count:
         slices.append(Slice(resolved, stem, start, offset, first, count, digest.hexdigest()))
-    return slices
+    return slices, keyed
 
 
 def _key_code(raw: bytes, s: Slice, config: Mmc4Config) -> int | None:
@@ -470,5 +491,5 @@ def make_mmc4(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy,
     resolved = {"mmc4": asdict(config), "net": asdict(net_policy),
                 "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray),
                 "inputs": [str(p) for p in files]}
-    return stage.run_stage("mmc4", units(files, config, net_policy), process, output=output,
+    return stage.run_stage("mmc4", units(files, config, net_policy, ray), process, output=output,
                            layout=layout(config), config=resolved, ray=ray)
