@@ -14,11 +14,14 @@ here, once, instead of at each reader:
 from __future__ import annotations
 
 import json
+import logging
 import mmap
 import os
 import stat
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 MAX_JSON_DEPTH = 64        # emu-data's own files nest a handful of levels
 MAX_WALK_DEPTH = 32        # output directories sit a few levels below what a user names
@@ -125,17 +128,23 @@ def walk(root, max_depth: int = MAX_WALK_DEPTH) -> Iterator[tuple[Path, list[str
     stack (no recursion), symlinked folders not entered, folders deeper than max_depth below
     root and unreadable ones skipped. Other names: files, FIFOs, sockets... (callers open
     them with open_regular, which refuses all but regular files)."""
-    stack = [(Path(root), 0)]
+    stack, skipped = [(Path(root), 0)], []
     while stack:
         folder, level = stack.pop()
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
+            skipped.append(folder)
             continue
         dirs = [e.name for e in entries if _is_dir(e)]
         yield folder, dirs, [e.name for e in entries if e.name not in dirs]
         if level < max_depth:
             stack.extend((folder / name, level + 1) for name in reversed(dirs))
+        elif dirs:
+            skipped.append(folder / dirs[0])
+    if skipped:   # said, not silently dropped
+        log.warning("%s: %d folder(s) not searched (deeper than %d levels, or unreadable), e.g. %s",
+                    root, len(skipped), max_depth, str(skipped[0])[:300])
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

@@ -129,3 +129,36 @@ def test_json_from_strangers_is_one_error(text):
         files.loads_json(text, "x.json")
     assert str(caught.value).startswith("x.json: ") and len(str(caught.value)) < 400
     json.dumps(files.loads_json('{"a": ' * 60 + "1" + "}" * 60))   # deep, but within the bound
+
+
+# ---- input folders: the same families where ingest reads a stranger's files ----------------
+
+def test_a_fifo_among_input_files_is_refused_by_name_before_anything_runs(tmp_path, capsys):
+    """MMC4 and WebVid read their files at planning: a FIFO would block that read for ever."""
+    for command, suffix in (("mmc4", ".jsonl"), ("webvid", ".csv")):
+        folder = tmp_path / command
+        folder.mkdir()
+        os.mkfifo(folder / f"a{suffix}")
+        for given in (folder, folder / f"a{suffix}"):
+            capsys.readouterr()
+            assert cli.main([command, "--input", str(given), "--out", str(tmp_path / "out")]) == 2
+            err = one_line_of(capsys)
+            assert f"a{suffix}: not a regular file" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_youtube_info_json_dirs_are_walked_without_recursion_and_fifos_skipped(tmp_path, caplog):
+    from emu_data.sources.youtube import inputs
+
+    (tmp_path / "info").mkdir()
+    (tmp_path / "info" / "abcdefghijk.info.json").write_text('{"id": "abcdefghijk"}')
+    os.mkfifo(tmp_path / "info" / "fifo.info.json")
+    deep = tmp_path / "info"
+    for _ in range(files.MAX_WALK_DEPTH + 5):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (deep / "zzzzzzzzzzz.info.json").write_text('{"id": "zzzzzzzzzzz"}')
+    assert inputs.info_json_files(tmp_path / "info") == [tmp_path / "info" / "abcdefghijk.info.json"]
+    assert "1 folder(s) not searched (deeper than 32 levels" in caplog.text   # said, not dropped silently
+    (tmp_path / "info" / "nested.json").write_text("[" * DEEP)
+    assert inputs.id_inside(tmp_path / "info" / "nested.json") is None

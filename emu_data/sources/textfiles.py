@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+from emu_data import files
+
 # compressed streams cannot be entered at a unit's offset without reading all before them
 COMPRESSED = (".zip", ".gz", ".zst", ".bz2", ".xz")
 
@@ -23,17 +25,24 @@ class InputChanged(RuntimeError):
 
 def input_files(inputs: list[Path], suffix: str) -> list[Path]:
     """Files as given; a directory stands for its *suffix files in name order."""
-    files = []
+    found = []
     for path in map(Path, inputs):
         if path.is_dir():
-            files += sorted(path.glob(f"*{suffix}"))
-        elif not path.is_file():
+            found += [_regular(p) for p in sorted(path.glob(f"*{suffix}"))]
+        elif not path.exists():
             raise FileNotFoundError(f"{path}: no such file")
         elif path.suffix in COMPRESSED:
             raise ValueError(f"{path}: compressed input; decompress it to {suffix} first")
         else:
-            files.append(path)
-    return files
+            found.append(_regular(path))
+    return found
+
+
+def _regular(path: Path) -> Path:
+    """path, if it is a regular file: a FIFO or device would block planning's read for ever."""
+    if not files.is_regular(path):
+        raise ValueError(f"{path}: not a regular file")
+    return path
 
 
 def distinct_stems(files: list[Path], stem: Callable[[Path], str]) -> list[str]:

@@ -15,13 +15,17 @@ mention is kept as a repeat, which the stage writes as a duplicate_key status ro
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from emu_data import files
+
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
+# Info dicts and player responses nest a few dozen levels; deeper is not one (and every walk
+# of it, yt-dlp's sanitize_info too, recurses per level).
+INFO_DEPTH = 256
 # yt-dlp's default file names end in "[ID].info.json"; `-o "%(id)s"` gives "ID.info.json"
 _ID_IN_NAME = re.compile(r"(?:\[|^)([A-Za-z0-9_-]{11})\]?(?:\.info)?\.json$")
 _VIDEO_PATHS = re.compile(r"^/(?:shorts|embed|live|v)/([A-Za-z0-9_-]{11})")
@@ -110,7 +114,9 @@ def info_json_files(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"--info-json {directory}: not a directory")
-    return sorted(p for p in directory.rglob("*.json") if p.is_file())
+    # an explicit-stack walk: Path.rglob recurses, and a hostile tree is deeper than the stack
+    return sorted(folder / name for folder, _, names in files.walk(directory) for name in names
+                  if name.endswith(".json") and files.is_regular(folder / name))
 
 
 def from_refs(refs: list[str], expand=None) -> list[VideoInput]:
@@ -148,8 +154,8 @@ def id_inside(path: Path) -> str | None:
     """The video id an info file holds, or None (unreadable, not an info dict, no valid id:
     the worker reads it again and says why)."""
     try:
-        data = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError, RecursionError):
+        data = files.read_json(path, max_depth=INFO_DEPTH)
+    except files.UnreadableFile:
         return None
     video_id = data.get("id") if isinstance(data, dict) else None
     return video_id if isinstance(video_id, str) and VIDEO_ID.fullmatch(video_id) else None
@@ -173,8 +179,8 @@ def dedupe(inputs: list[VideoInput]) -> list[VideoInput]:
 def collect(refs: list[str], ids_file: Path | None, info_dirs: list[Path], expand) -> list[VideoInput]:
     """Every input the command line names, deduplicated, in a stable order."""
     refs = list(refs) + (read_ids_file(ids_file) if ids_file else [])
-    files = [f for d in info_dirs for f in info_json_files(d)]
-    found = dedupe(from_refs(refs, expand) + from_info_files(files))
+    info_files = [f for d in info_dirs for f in info_json_files(d)]
+    found = dedupe(from_refs(refs, expand) + from_info_files(info_files))
     if not found:
         raise ValueError("no videos given: pass ids or URLs, --ids FILE or --info-json DIR")
     return found

@@ -8,7 +8,6 @@ becomes the video's status row with a reason, and the run goes on.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tempfile
@@ -20,7 +19,8 @@ from emu_data import align, net, records
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.sources import keys
 from emu_data.sources.youtube import storyboard, subtitles, ytdl
-from emu_data.sources.youtube.inputs import VIDEO_ID, VideoInput
+from emu_data.files import UnreadableFile, read_json
+from emu_data.sources.youtube.inputs import INFO_DEPTH, VIDEO_ID, VideoInput
 
 log = logging.getLogger(__name__)
 SOURCE = "yt_storyboard"
@@ -150,11 +150,9 @@ def load_info(video: VideoInput, options: ytdl.YtdlOptions, policy: net.NetPolic
         url = video.ref if video.kind == "url" else f"https://www.youtube.com/watch?v={video.video_id}"
         return ytdl.extract(url, options, policy)
     try:
-        data = json.loads(Path(video.ref).read_bytes())
-    except (OSError, ValueError) as e:
-        raise VideoError("malformed_info", f"{video.ref}: not a JSON file: {e}") from None
-    except RecursionError:
-        raise VideoError("malformed_info", f"{video.ref}: JSON nested too deeply") from None
+        data = read_json(video.ref, max_depth=INFO_DEPTH)
+    except UnreadableFile as e:   # a FIFO, not JSON, nested too deep: one reason
+        raise VideoError("malformed_info", f"not a JSON file: {e}") from None
     if not isinstance(data, dict):
         raise VideoError("malformed_info", f"{video.ref}: JSON {type(data).__name__}, not an info dict")
     if "playabilityStatus" in data:  # a raw player response saved by another tool
