@@ -222,3 +222,25 @@ def test_site_plants_invalid_utf8_in_a_string_column(site):
     with pytest.raises(UnicodeDecodeError):
         column.to_pylist()
     assert Path(site.coco).exists()
+
+
+def test_a_row_img2dataset_never_answers_ends_as_downloader_error(site, tmp_path, monkeypatch):
+    """Every row ends somewhere: a row the downloader hands no result for is a retryable
+    downloader_error row, not a unit that fails on every rerun (nor a row lost)."""
+    from emu_data.corpus import UnitWriter
+    from emu_data.shards import ShardLimits
+
+    real = laion.laion_download.download
+
+    def answers_every_other_row(columns, job, handle, policy):
+        real(columns, job, lambda result: result.get(laion.ROW_ID) % 2 and handle(result), policy)
+
+    monkeypatch.setattr(laion.laion_download, "download", answers_every_other_row)
+    unit = laion.units([site.laion], CONFIG, LOCAL)[0]
+    writer = UnitWriter(tmp_path, "unit", ShardLimits())
+    laion.process(unit.payload, writer)
+    status = [r for s in writer.commit("f", "d")["status_shards"] for r in read_shard(tmp_path / s["path"]).to_pylist()]
+    assert len(status) == unit.payload.stop - unit.payload.start
+    unanswered = [r for r in status if r["error"] == "img2dataset returned no result for this row"]
+    assert unanswered and {r["status"] for r in unanswered} == {"downloader_error"}
+    assert "downloader_error" in laion.RETRYABLE

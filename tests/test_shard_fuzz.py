@@ -21,7 +21,7 @@ from emu_data import cli
 from emu_data.shards import ShardError, read_shard
 
 HARNESS = Path(__file__).with_name("shard_fuzz_harness.py")
-CASES = int(os.environ.get("EMU_FUZZ_SHARDS", "120"))
+CASES = int(os.environ.get("EMU_FUZZ_SHARDS", "80"))
 
 
 def run_harness(corpus: Path, features: Path, cases: int, seed: int) -> list[dict]:

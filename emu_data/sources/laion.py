@@ -492,9 +492,11 @@ def _fetch(rows: list[InputRow], unit: LaionUnit, out: ordered.InputOrder) -> No
         columns[unit.config.verify_hash[1]] = [r.expected_hash for r in rows]
     try:
         laion_download.download(columns, download_job(unit.config), handle, unit.net)
+        unanswered = "img2dataset returned no result for this row"
     except laion_download.DownloaderFailed as e:  # img2dataset itself stopped: the rest is lost
-        for row in waiting.values():
-            out.put(row.index, _status(row, unit, "downloader_error", str(e)))
+        unanswered = str(e)
+    for row in waiting.values():   # each row ends somewhere, never as a unit that fails every rerun
+        out.put(row.index, _status(row, unit, "downloader_error", unanswered))
 
 
 def download_job(config: LaionConfig) -> laion_download.Job:
