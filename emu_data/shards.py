@@ -280,7 +280,10 @@ def read_schema(path: Path) -> pa.Schema:
 def iter_batches(path: Path) -> Iterator[pa.RecordBatch]:
     """Every record batch of the shard, each fully validated (ShardError, naming the batch,
     for one that is not); memory-mapped, no copy."""
-    reader = _open(path)
+    return _validated(path, _open(path))
+
+
+def _validated(path: Path, reader: pa.ipc.RecordBatchFileReader) -> Iterator[pa.RecordBatch]:
     for i in range(reader.num_record_batches):
         try:
             batch = reader.get_batch(i)
@@ -293,7 +296,8 @@ def iter_batches(path: Path) -> Iterator[pa.RecordBatch]:
 def read_shard(path: Path, record: str | None = None) -> pa.Table:
     """Memory-map one shard, every batch validated: no copy, pages load as columns are touched.
     record: the columns of that record (schemas/) must be there with their types, else ShardError."""
-    table = pa.Table.from_batches(list(iter_batches(path)), schema=read_schema(path))
+    reader = _open(path)
+    table = pa.Table.from_batches(list(_validated(path, reader)), schema=reader.schema)
     if record is not None:
         _check_columns(path, table.schema, record)
     return table
