@@ -471,6 +471,7 @@ def test_every_decode_path_gives_a_reason_for_hostile_bytes_in_every_format(low_
 
 
 @pytest.mark.soak
+@pytest.mark.slow   # also out of `pytest -m "not slow"`, whose -m replaces the default "not soak"
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 def test_every_decode_path_gives_a_reason_for_hostile_bytes_longer(low_limit):
     seeds = format_seeds()

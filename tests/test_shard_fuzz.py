@@ -49,6 +49,7 @@ def test_flipped_bytes_in_data_and_status_shards_never_crash_a_reader(corpus_cop
 
 
 @pytest.mark.soak
+@pytest.mark.slow   # also out of `pytest -m "not slow"`, whose -m replaces the default "not soak"
 def test_flipped_bytes_many_more_cases(corpus_copy, sample_features):
     results = run_harness(corpus_copy, sample_features, 20 * CASES, seed=1)
     assert_every_answer_is_an_exit_code(results, 20 * CASES)
