@@ -48,7 +48,15 @@ def held(out: Path, what: str = "") -> Iterator[None]:
         if out.exists() and not out.is_dir():
             raise OutputError(out, "not a directory")
         out.mkdir(parents=True, exist_ok=True)
+    try:
         fd = os.open(out / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise OutputError.of(out / RUN_LOCK, e) from None
+        # nothing can be written here by anyone: a finished output is still read and reported
+        # as complete, and the first write a run attempts fails with its own clear line
+        yield
+        return
     try:
         if _lock(fd, out):
             _describe_holder(fd, what)

@@ -409,6 +409,9 @@ def test_a_disk_that_fills_mid_run_is_a_clear_error_and_a_rerun_with_room_comple
     assert _run(site, out) == 0
     _same_as_reference(out, reference, capsys)
 
+    remount("ro")   # a finished corpus on read-only storage: still complete, no lock needed
+    assert _run(site, out) == 0
+
 
 _FSIZE_SCRIPT = textwrap.dedent("""
     import resource, signal, sys
