@@ -113,3 +113,58 @@ def test_a_single_video_url_expands_to_its_youtube_id(monkeypatch, info, expande
     url = "https://www.youtube.com/attribution_link?u=/watch%3Fv%3DGJLlxj_dtq8"
     monkeypatch.setattr(ytdl, "_run", lambda *args: info)
     assert ytdl.expand(url, ytdl.YtdlOptions()) == (expanded or [url])
+
+
+IMPERSONATE_MESSAGE = ("--impersonate downloads through curl_cffi, which the address guard cannot "
+                       "watch; add --allow-private-addresses if the metadata you feed is trusted")
+
+
+def test_impersonate_under_the_address_guard_fails_closed_for_python_callers(monkeypatch, tmp_path):
+    """curl_cffi connects in C, below net_guard's socket hook: a Python caller of the stage
+    (not only the CLI) is refused before any Ray or network work."""
+    from emu_data import net, stage as stage_runner
+    from emu_data.sources.youtube import stage
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("reached Ray or the network")
+
+    monkeypatch.setattr(stage_runner, "run_stage", no_work)
+    monkeypatch.setattr(ytdl, "extract", no_work)
+    options = ytdl.YtdlOptions(impersonate="chrome")
+    videos = [inputs.VideoInput("id", "GJLlxj_dtq8", "GJLlxj_dtq8")]
+    with pytest.raises(ValueError) as caught:
+        stage.make_youtube(videos, stage.YoutubeConfig(), options, net.NetPolicy(),
+                           stage_runner.OutputOptions(tmp_path / "out"))
+    assert str(caught.value) == IMPERSONATE_MESSAGE and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="curl_cffi"):
+        stage.units(videos, stage.YoutubeConfig(), options, net.NetPolicy())
+
+
+def test_every_ytdl_call_refuses_impersonate_under_the_address_guard(monkeypatch, tmp_path):
+    import yt_dlp
+
+    from emu_data import net
+
+    def no_ytdl(*args, **kwargs):
+        raise AssertionError("yt-dlp was started")
+
+    monkeypatch.setattr(yt_dlp.YoutubeDL, "__init__", no_ytdl)
+    options, guarded = ytdl.YtdlOptions(impersonate="chrome"), net.NetPolicy()
+    calls = [lambda: ytdl.extract("https://www.youtube.com/watch?v=GJLlxj_dtq8", options, guarded),
+             lambda: ytdl.expand("https://www.youtube.com/playlist?list=PL123", options, guarded),
+             lambda: ytdl.download({"id": "GJLlxj_dtq8"}, "sb0", "en", "vtt", False, tmp_path, options, guarded)]
+    for call in calls:
+        with pytest.raises(ValueError) as caught:
+            call()
+        assert not isinstance(caught.value, ytdl.YtdlError) and str(caught.value) == IMPERSONATE_MESSAGE
+
+
+def test_impersonate_is_passed_on_where_private_addresses_are_allowed():
+    from emu_data import net
+    from emu_data.sources.youtube import stage
+
+    options, trusted = ytdl.YtdlOptions(impersonate="chrome"), net.NetPolicy(allow_private_addresses=True)
+    ytdl.check_guardable(options, trusted)
+    ytdl.check_guardable(ytdl.YtdlOptions(), net.NetPolicy())
+    assert len(stage.units([], stage.YoutubeConfig(), options, trusted)) == 0
+    assert str(options.params()["impersonate"]).startswith("chrome")

@@ -67,6 +67,7 @@ class YoutubeUnit:
 def units(videos: list[VideoInput], config: YoutubeConfig, ytdl_options: ytdl.YtdlOptions,
           net_policy: net.NetPolicy) -> list[Unit]:
     """Videos in their stable order, `videos_per_unit` to a unit."""
+    ytdl.check_guardable(ytdl_options, net_policy)  # every caller, before any Ray or network work
     n = config.videos_per_unit
     return [Unit(f"yt-{i // n:06d}", YoutubeUnit(tuple(videos[i:i + n]), config, ytdl_options, net_policy))
             for i in range(0, len(videos), n)]

@@ -71,6 +71,26 @@ class YtdlOptions:
         return params
 
 
+IMPERSONATE_UNGUARDED = ("--impersonate downloads through curl_cffi, which the address guard cannot "
+                         "watch; add --allow-private-addresses if the metadata you feed is trusted")
+
+
+class UnguardedImpersonation(ValueError):
+    """Impersonation asked for under the address guard: a usage error, refused up front."""
+
+
+def check_guardable(options: YtdlOptions, policy: net.NetPolicy | None) -> None:
+    """Fail closed: curl_cffi (--impersonate) connects in C, below net_guard's socket.connect
+    hook, so under a policy that refuses private addresses nothing would watch its sockets.
+    Checked where units are planned (before Ray) and again on every yt-dlp call."""
+    _check_guardable(options.impersonate, policy)
+
+
+def _check_guardable(impersonate, policy: net.NetPolicy | None) -> None:
+    if impersonate and policy is not None and not policy.allow_private_addresses:
+        raise UnguardedImpersonation(IMPERSONATE_UNGUARDED)
+
+
 class _Logger:
     """Route yt-dlp's output to logging: a data tool's stdout is for its own report."""
 
@@ -176,6 +196,7 @@ def _run(action, params: dict, policy: net.NetPolicy | None = None):
     from yt_dlp import YoutubeDL
     from yt_dlp.utils import YoutubeDLError
 
+    _check_guardable(params.get("impersonate"), policy)  # before the try: not a video's status
     # yt-dlp opens its own sockets: the guard sits under them (a configured proxy is allowed)
     guard = (net_guard.connection_guard(net_guard.with_proxy_allowed(policy, params.get("proxy")))
              if policy is not None else contextlib.nullcontext())
