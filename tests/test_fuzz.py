@@ -980,10 +980,15 @@ def test_laion_coco_list_columns_of_another_type():
 # ---------------------------------------------------------------- the youtube stage's own reading
 
 
-@pytest.mark.parametrize("data", [b"[" * 100_000, b'{"playabilityStatus": "OK"}'])
+@pytest.mark.parametrize("data", [b"[" * 100_000, b'{"playabilityStatus": "OK"}',
+                                  b'{"playabilityStatus": ["OK"], "videoDetails": {}}'])
 def test_info_json_deep_nesting_and_odd_playability_are_malformed_info(data):
+    """Too deep for read_json's depth limit; a player response whose playabilityStatus is
+    no object (no status YouTube gave, so not `unavailable`): both malformed_info."""
     with temp_dir() as tmp:
         path = tmp / f"{VIDEO_ID}.info.json"
         path.write_bytes(data)
-        outcome(lambda: youtube.load_info(inputs.VideoInput("file", str(path), VIDEO_ID), None),
-                youtube.VideoError)
+        info, error = outcome(lambda: youtube.load_info(inputs.VideoInput("file", str(path), VIDEO_ID), None),
+                              youtube.VideoError)
+    assert info is None and error is not None, info
+    assert error.reason == "malformed_info", (error.reason, str(error))

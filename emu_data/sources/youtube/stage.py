@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from emu_data import align, net, records
+from emu_data import align, errors, net, records
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.sources import keys
 from emu_data.sources.youtube import storyboard, subtitles, ytdl
@@ -30,12 +30,8 @@ RETRYABLE = ytdl.RETRYABLE
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
-class VideoError(RuntimeError):
+class VideoError(errors.ItemFailed):
     """A video that cannot become samples, with its status-table reason."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -163,13 +159,16 @@ def load_info(video: VideoInput, options: ytdl.YtdlOptions, policy: net.NetPolic
 
 def _player_response_error(video: VideoInput, response: dict) -> VideoError:
     """A blocked or unavailable player response says why; a playable one we cannot use
-    without yt-dlp's extraction, which needs the network."""
+    without yt-dlp's extraction, which needs the network. One whose playabilityStatus is
+    no object gives no status at all: malformed, not a video YouTube called unavailable."""
+    if not isinstance(response.get("playabilityStatus"), dict):
+        return VideoError("malformed_info", f"{video.ref}: playabilityStatus is "
+                                            f"{type(response.get('playabilityStatus')).__name__}, not an object")
     reason = storyboard.playability_reason(response)
     if reason is None:
         return VideoError("unsupported_input",
                           f"{video.ref}: a raw player response; give yt-dlp info dicts (yt-dlp -J)")
-    status = response.get("playabilityStatus")
-    status = status if isinstance(status, dict) else {}
+    status = response["playabilityStatus"]
     return VideoError(reason, f"{status.get('status')}: {status.get('reason') or 'no reason given'}")
 
 
