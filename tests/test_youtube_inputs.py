@@ -136,6 +136,9 @@ def test_impersonate_under_the_address_guard_fails_closed_for_python_callers(mon
         stage.make_youtube(videos, stage.YoutubeConfig(), options, net.NetPolicy(),
                            stage_runner.OutputOptions(tmp_path / "out"))
     assert str(caught.value) == IMPERSONATE_MESSAGE and not (tmp_path / "out").exists()
+    from emu_data import errors
+
+    assert isinstance(caught.value, errors.UsageError)   # exit 2 on the command line, not a traceback
     with pytest.raises(ValueError, match="curl_cffi"):
         stage.units(videos, stage.YoutubeConfig(), options, net.NetPolicy())
 

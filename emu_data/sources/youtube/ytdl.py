@@ -14,21 +14,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emu_data import net, net_guard
+from emu_data import errors, net, net_guard
 from emu_data.sources.youtube.inputs import VIDEO_ID
 
 log = logging.getLogger(__name__)
 
 
-class YtdlError(RuntimeError):
-    """A yt-dlp failure with its status-table reason."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
-
-    def __reduce__(self):  # keep reason across Ray's pickling
-        return (YtdlError, (self.reason, str(self)))
+class YtdlError(errors.ItemFailed, RuntimeError):
+    """A yt-dlp failure with its status-table reason. Still a RuntimeError: inputs.from_refs
+    takes any RuntimeError from expanding a list as that list's failure."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +69,8 @@ IMPERSONATE_UNGUARDED = ("--impersonate downloads through curl_cffi, which the a
                          "watch; add --allow-private-addresses if the metadata you feed is trusted")
 
 
-class UnguardedImpersonation(ValueError):
-    """Impersonation asked for under the address guard: a usage error, refused up front."""
+class UnguardedImpersonation(errors.UsageError):
+    """Impersonation asked for under the address guard: a usage error (a ValueError), refused up front."""
 
 
 def check_guardable(options: YtdlOptions, policy: net.NetPolicy | None) -> None:
@@ -266,7 +260,7 @@ def parse_extractor_args(text: str) -> dict:
     for block in text.split():
         ie, _, args = block.partition(":")
         if not args:
-            raise ValueError(f"--extractor-args {block!r}: expected IE:key=value")
+            raise errors.UsageError(f"--extractor-args {block!r}: expected IE:key=value")
         for pair in args.split(";"):
             key, _, values = pair.partition("=")
             parsed.setdefault(ie.lower(), {})[key.strip().replace("-", "_")] = values.split(",")
