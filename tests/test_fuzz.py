@@ -604,7 +604,7 @@ def test_info_file_names(names):
 
 # ---------------------------------------------------------------- MMC4 jsonl
 
-MMC4_REASONS = ("malformed_json", "missing_field", "bad_field", "bad_match_index", "no_images")
+MMC4_REASONS = ("malformed_json", "missing_field", "bad_field", "no_images")
 MMC4_FILE_REASONS = MMC4_REASONS + ("duplicate_key",)  # a url seen earlier in the file
 
 
@@ -626,12 +626,13 @@ MMC4_LINE = one_hostile(mmc4_doc().map(to_json) | mutated(mmc4_doc(), most=3, ro
 
 def assert_document(doc, config: mmc4.Mmc4Config) -> None:
     n = len(doc.sentences)
-    assert n and all(isinstance(t, str) and storable(t) for t in doc.sentences)
+    assert all(isinstance(t, str) and storable(t) for t in doc.sentences)
+    assert n or all(c.unplaced for c in doc.images)   # no sentence: every image is dropped (no_images)
     assert doc.images and isinstance(doc.ref, str) and storable(doc.ref)
     assert doc.url is None or (isinstance(doc.url, str) and doc.url)
     for c in doc.images:
         assert isinstance(c.url, str) and storable(c.url) and (c.name is None or storable(c.name))
-        assert isinstance(c.matched, int) and 0 <= c.matched < n
+        assert isinstance(c.matched, int) and (0 <= c.matched < n if c.unplaced is None else c.matched == -1)
         assert isinstance(c.sim, float) and math.isfinite(c.sim)
     if config.reassign:
         assert len(doc.similarity) == len(doc.images)

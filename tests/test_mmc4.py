@@ -1,9 +1,9 @@
 """`emu-data mmc4` end to end: MMC4 jsonl whose images live on a local server.
 
 A mixed batch (clean documents, a 404 image, a corrupt image, a GIF, an image below min_sim,
-more images than max_images, a document MMC4's own assignment placed badly, and lines with
-a bad index, a missing key, no images, broken JSON, no url) becomes a valid corpus plus a
-status table with exactly one row per document.
+more images than max_images, a document MMC4's own assignment placed badly, an image with an
+out-of-range matched_text_index, and lines with a missing key, no images, broken JSON, no
+url) becomes a valid corpus plus a status table with exactly one row per document.
 """
 
 import io
@@ -40,8 +40,8 @@ BATCH = [
 ]
 EXPECTED = {
     "clean1": "ok", "clean2": "ok", "missing": "ok", "lowsim": "ok", "corrupt": "ok", "gif": "ok",
-    "many": "ok", "nourl": "ok", "reassign": "ok", "allmissing": "no_images",
-    "badindex": "bad_match_index", "nokey": "missing_field", "noimages": "no_images",
+    "many": "ok", "nourl": "ok", "reassign": "ok", "badindex": "ok", "allmissing": "no_images",
+    "nokey": "missing_field", "noimages": "no_images",
     "broken": "malformed_json",
 }
 NET = net.NetPolicy(retries=0, per_host_rate=0, allow_private_addresses=True)
@@ -109,7 +109,7 @@ def test_the_corpus_validates(corpus):
 def test_failed_images_are_recorded_and_the_document_keeps_the_rest(site, corpus):
     samples, status = _samples(site, corpus), _status(site, corpus)
     for name, reason, kept in (("missing", "http_404", 2), ("corrupt", "decode_error", 1),
-                               ("lowsim", "below_min_sim", 1)):
+                               ("lowsim", "below_min_sim", 1), ("badindex", "bad_match_index", 1)):
         meta = json.loads(samples[name]["meta"])
         assert [(d["index"], d["reason"]) for d in meta["dropped_images"]] == [(0, reason)]
         assert meta["dropped_images"][0]["url"].endswith(f"/mmc4/img/{name}-0.jpg")
@@ -195,3 +195,33 @@ def test_image_checks(tmp_path):
         with pytest.raises(mmc4.ImageDropped) as e:
             mmc4.fetch_image(f"{base}/a.jpg", small, fetcher)
     assert e.value.reason == "too_small"
+
+
+def test_an_image_with_a_bad_match_index_is_dropped_not_its_document(tmp_path):
+    """An image_info entry whose matched_text_index names no sentence (negative, past the end,
+    not an integer) is dropped and recorded as a failed download is; the document keeps the
+    rest, and one left with no image is no_images."""
+    (tmp_path / "a.jpg").write_bytes(world.encode(world.render(world.random_scene(random.Random(0)))))
+    url = "https://doc.example/bad-index"
+    where = mmc4.Slice(str(tmp_path / "docs.jsonl"), "docs", 0, 0, 1, 1, "")
+    with serve(tmp_path) as base, net.Fetcher(NET) as fetcher:
+        def outcome(indices, config):
+            raw = json.dumps({"url": url, "text_list": ["One.", "Two."],
+                              "image_info": [{"raw_url": f"{base}/a.jpg", "matched_text_index": i,
+                                              "matched_sim": 0.9} for i in indices],
+                              "similarity_matrix": [[0.5, 0.4] for _ in indices]}).encode()
+            doc = mmc4._with_id(mmc4.parse(raw, 1, where, config), where)
+            return mmc4._outcome(doc, config=config, fetcher=fetcher)
+
+        for config in (CONFIG, mmc4.Mmc4Config(reassign=False)):
+            row, status = outcome([-1, 1, 2, "0", 1.0, True], config)
+            assert (status["key"], status["status"]) == ("mmc4:" + mmc4.document_id(url), "ok")
+            assert status["error"] == "5 of 6 image(s) dropped: bad_match_index 5"
+            meta = json.loads(row["meta"])
+            assert meta["dropped_images"] == [{"index": i, "url": f"{base}/a.jpg", "reason": "bad_match_index"}
+                                              for i in (0, 2, 3, 4, 5)]
+            assert [(i["index"], i["original_matched_text_index"]) for i in meta["images"]] == [(1, 1)]
+            assert sum(i is not None for i in row["images"]) == 1
+            row, status = outcome([2], config)
+            assert row is None and status["status"] == "no_images"
+            assert status["error"] == "no image left of 1: bad_match_index 1"

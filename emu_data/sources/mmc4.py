@@ -31,19 +31,21 @@ import math
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from emu_data import images, net, records
+from emu_data import errors, images, net, records
+from emu_data import sources as registry
+from emu_data.options import Params, option, positive_int, show_size, size
 from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
-from emu_data.sources import keys, textfiles
+from emu_data.sources import keys, sample, textfiles
 
-SOURCE = "mmc4"
+KIND = "mmc4"
 # Formats the corpus stores as they come (what `emu-data validate` accepts); any other
 # format Pillow decodes (GIF, BMP, TIFF, ...) is re-encoded to JPEG.
 # Config fields that change how fast a run goes, not what it writes: kept out of the layout
@@ -51,12 +53,8 @@ SOURCE = "mmc4"
 _SPEED_ONLY = ("fetch_workers",)
 
 
-class DocumentError(ValueError):
+class DocumentError(errors.ItemFailed):
     """A document that cannot become a sample, with its status-table reason."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
 
 
 class ImageDropped(images.ImageRejected):
@@ -65,21 +63,25 @@ class ImageDropped(images.ImageRejected):
 
 @dataclass(frozen=True)
 class Mmc4Config:
-    min_sim: float = 0.24           # OpenFlamingo's threshold (Emu used 0.32)
-    max_images: int = 6             # OpenFlamingo's cap (Emu used 5)
-    reassign: bool = True           # re-run the image->sentence assignment on the kept images
-    min_image_bytes: int = 0        # drop images of at most this many bytes; OpenFlamingo: 10_000
-    max_image_pixels: int = 2**26   # decompression-bomb guard, below Pillow's own 89 Mpx warning
-    docs_per_unit: int = 128
-    fetch_workers: int = field(default=16, repr=False)  # documents fetched at once per unit
+    min_sim: float = option(0.24, parse=float,   # OpenFlamingo's threshold (Emu used 0.32)
+                            help="drop images below this similarity")
+    max_images: int = option(6, parse=positive_int, help="images kept per document")   # OpenFlamingo's (Emu: 5)
+    reassign: bool = option(True, help="re-run the image-sentence assignment on the kept images")
+    min_image_bytes: int = option(0, parse=size, show=show_size, metavar="SIZE",   # OpenFlamingo: 10_000
+                                  help="drop images of at most SIZE bytes (default off)")
+    max_image_pixels: int = option(2**26, parse=positive_int,   # below Pillow's own 89 Mpx warning
+                                   help="decompression-bomb guard, in pixels")
+    docs_per_unit: int = option(128, parse=positive_int, help="documents per unit of work")
+    fetch_workers: int = option(16, repr=False, parse=positive_int,   # repr=False: not in unit digests
+                                help="parallel image fetches per unit")
 
     def __post_init__(self):
         if self.max_images < 1 or self.docs_per_unit < 1 or self.fetch_workers < 1:
-            raise ValueError("--max-images, --docs-per-unit and --fetch-workers must be at least 1")
+            raise errors.UsageError("--max-images, --docs-per-unit and --fetch-workers must be at least 1")
         if self.min_image_bytes < 0 or self.max_image_pixels < 1:
-            raise ValueError("--min-image-bytes must be >= 0 and --max-image-pixels positive")
+            raise errors.UsageError("--min-image-bytes must be >= 0 and --max-image-pixels positive")
         if not math.isfinite(self.min_sim):
-            raise ValueError("--min-sim must be a number")
+            raise errors.UsageError("--min-sim must be a number")
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def _plan_files(todo: list[tuple[Path, str]], config: Mmc4Config, ray) -> list[t
     for item, result in runtime.map_tasks(partial(_plan_file, config=config), todo, options=ray,
                                           desc="mmc4: plan", total=len(todo)):
         if isinstance(result, runtime.TaskFailure):
-            raise ValueError(f"{item[0]}: cannot be planned: {result.error}")
+            raise errors.UsageError(f"{item[0]}: cannot be planned: {result.error}")
         done[item] = result
     return [done[item] for item in todo]
 
@@ -205,6 +207,7 @@ class Candidate:
     name: str | None
     matched: int
     sim: float
+    unplaced: str | None = None   # why matched_text_index names no sentence: the image is dropped
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,8 @@ class Document:
 
 def parse(raw: bytes, line: int, s: Slice, config: Mmc4Config) -> Document:
     """A checked document, or DocumentError(malformed_json | missing_field | bad_field |
-    bad_match_index | no_images)."""
+    no_images). An image whose matched_text_index names no sentence stays in `images`,
+    marked `unplaced`: it is dropped (bad_match_index) as a failed download is."""
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -281,11 +285,14 @@ def _candidate(i: int, info, n_sentences: int) -> Candidate:
     if not isinstance(url, str) or not _unicode(url) or not _is_number(sim):
         raise DocumentError("bad_field", f"image_info[{i}]: raw_url must be a string (no lone surrogate), "
                                          "matched_sim a finite number")
+    unplaced = None
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_sentences:
-        raise DocumentError("bad_match_index", f"image_info[{i}].matched_text_index {index!r} is not "
-                                               f"a sentence index (text_list has {n_sentences})")
+        unplaced = (f"image_info[{i}].matched_text_index {index!r} is not a sentence index "
+                    f"(text_list has {n_sentences})")
+        index = -1
     name = info.get("image_name")
-    return Candidate(i, url, name if isinstance(name, str) and _unicode(name) else None, index, float(sim))
+    return Candidate(i, url, name if isinstance(name, str) and _unicode(name) else None, index, float(sim),
+                     unplaced)
 
 
 def _is_number(value) -> bool:
@@ -322,7 +329,7 @@ def _with_id(doc: Document, s: Slice) -> Document | dict:
     uid = document_id(doc.url)
     repeat = next((r for r in s.repeats if r[0] == doc.line), None)
     if repeat:
-        return keys.status(f"{SOURCE}:{uid}", SOURCE, repeat[1], repeat[2], input=doc.ref)
+        return keys.status(f"{KIND}:{uid}", KIND, repeat[1], repeat[2], input=doc.ref)
     return replace(doc, id=uid)
 
 
@@ -348,8 +355,8 @@ def _parse_all(unit: Mmc4Unit) -> list[Document | dict]:
         try:
             doc = parse(raw, line, s, unit.config)
         except DocumentError as e:
-            key = f"{SOURCE}:{s.stem}-{line}"
-            out.append(records.status(key, SOURCE, e.reason, input=f"{s.path}:{line}", error=str(e)))
+            key = f"{KIND}:{s.stem}-{line}"
+            out.append(records.status(key, KIND, e.reason, input=f"{s.path}:{line}", error=str(e)))
             continue
         out.append(_with_id(doc, s))
     return out
@@ -359,20 +366,20 @@ def _outcome(doc: Document | dict, *, config: Mmc4Config, fetcher: net.Fetcher) 
     """(sample or None, status row) of one parsed line."""
     if isinstance(doc, dict):
         return None, doc
-    key = f"{SOURCE}:{doc.id}"
+    key = f"{KIND}:{doc.id}"
     dropped: list[dict] = []
     kept = _fetch_best(doc, config, fetcher, dropped)
     if not kept:
-        return None, records.status(key, SOURCE, "no_images", input=doc.ref,
+        return None, records.status(key, KIND, "no_images", input=doc.ref,
                                     error=f"no image left of {len(doc.images)}: {_summary(dropped)}")
     matched = _assign(doc, kept) if config.reassign else [c.matched for c, _ in kept]
     try:
-        row = records.sample(key, SOURCE, _positions(doc.sentences, kept, matched),
+        row = records.sample(key, KIND, _positions(doc.sentences, kept, matched),
                              meta=_meta(doc, kept, matched, dropped, config))
     except records.RecordError as e:
-        return None, records.status(key, SOURCE, "invalid_record", input=doc.ref, error=str(e))
+        return None, records.status(key, KIND, "invalid_record", input=doc.ref, error=str(e))
     note = f"{len(dropped)} of {len(doc.images)} image(s) dropped: {_summary(dropped)}" if dropped else None
-    return row, records.status(key, SOURCE, "ok", input=doc.ref, error=note, samples=1)
+    return row, records.status(key, KIND, "ok", input=doc.ref, error=note, samples=1)
 
 
 def _summary(dropped: list[dict]) -> str:
@@ -381,8 +388,10 @@ def _summary(dropped: list[dict]) -> str:
 
 def _fetch_best(doc: Document, config: Mmc4Config, fetcher: net.Fetcher,
                 dropped: list[dict]) -> list[tuple[Candidate, bytes]]:
-    """Up to max_images images, best similarity first; a failure makes room for the next best."""
-    ranked = sorted(doc.images, key=lambda c: (-c.sim, c.index))
+    """Up to max_images images, best similarity first; a failure makes room for the next best.
+    Images with no sentence to sit before (unplaced) are dropped first, never fetched."""
+    dropped += [_drop(c, "bad_match_index", c.unplaced) for c in doc.images if c.unplaced]
+    ranked = sorted((c for c in doc.images if not c.unplaced), key=lambda c: (-c.sim, c.index))
     queue = [c for c in ranked if c.sim >= config.min_sim]
     dropped += [_drop(c, "below_min_sim", f"matched_sim {c.sim:.4f} < {config.min_sim}")
                 for c in ranked if c.sim < config.min_sim]
@@ -479,17 +488,42 @@ def layout(config: Mmc4Config) -> dict:
     return {"mmc4": {k: v for k, v in asdict(config).items() if k not in _SPEED_ONLY}}
 
 
+def input_files(inputs: list[Path]) -> list[Path]:
+    files = textfiles.input_files(inputs, ".jsonl")
+    if not files:
+        raise errors.UsageError("no .jsonl input: give jsonl files or directories holding them")
+    return files
+
+
 def make_mmc4(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy, output, ray=None):
     """Run the stage over the jsonl `inputs` (files or directories of *.jsonl) into output.out;
     resumable, every document accounted for."""
-    from emu_data import runtime, stage
+    from emu_data.stage import run_source
 
-    ray = ray or runtime.RayOptions()
-    files = textfiles.input_files(inputs, ".jsonl")
-    if not files:
-        raise ValueError("no .jsonl input: give jsonl files or directories holding them")
-    resolved = {"mmc4": asdict(config), "net": asdict(net_policy),
-                "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray),
-                "inputs": [str(p) for p in files]}
-    return stage.run_stage("mmc4", units(files, config, net_policy, ray), process, output=output,
-                           layout=layout(config), config=resolved, ray=ray)
+    return run_source(SOURCE, config, input_files(inputs), output, ray, net=net_policy)
+
+
+@dataclass(frozen=True)
+class Mmc4Inputs:
+    input: list = option(many=True, required=True, parse=Path, metavar="JSONL",
+                         help="MMC4 jsonl files, or directories of them")
+
+
+SOURCE = registry.register(registry.Source(
+    name="mmc4",
+    kinds=(registry.Kind("mmc4", emu_weight=64, colour="#805ad5", sample=sample.mmc4_document),),
+    help="MMC4 interleaved documents (jsonl) -> samples with images at their sentences",
+    description="One sample per document: images downloaded and placed before their matched "
+                "sentence; images below --min-sim dropped, the best --max-images kept, optionally "
+                "re-assigned to sentences (linear assignment on the similarity matrix). Images "
+                "that fail are recorded in the document's meta; a document left with no image "
+                "gets a status reason.",
+    epilog="examples:\n  emu-data mmc4 --input docs_shard_*.jsonl --out runs/mmc4\n"
+           "  emu-data mmc4 --input docs/ --out runs/mmc4 --min-sim 0.32 --max-images 5   # Emu\n"
+           "  emu-data mmc4 --input docs/ --out runs/mmc4 --min-image-bytes 11000       # OpenFlamingo",
+    config=Mmc4Config, inputs=Mmc4Inputs,
+    resolve=lambda given, net: input_files(given.input),
+    units=lambda files, config, ray, net: units(files, config, net, ray),
+    process=process, layout=layout,
+    extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),),
+))
