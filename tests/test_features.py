@@ -56,6 +56,22 @@ def feature_rows(out):
             yield path.name, key, index, emb
 
 
+def assert_same_rows(ours, reference, compare) -> None:
+    """Two runs' feature rows (feature_rows) agree: at least one row, as many on each side,
+    the same (shard, key, image_index) in the same order, and compare(ours, reference)
+    passes on every embedding. A bare zip would pass with no rows or with rows missing."""
+    ours, reference = list(ours), list(reference)
+    assert reference, "no feature rows to compare"
+    assert len(ours) == len(reference), f"{len(ours)} rows against {len(reference)}"
+    assert [r[:3] for r in ours] == [r[:3] for r in reference]
+    for (*_, a), (*_, b) in zip(ours, reference):
+        compare(a, b)
+
+
+def close_fp32(a, b) -> None:
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
 def direct_model(tiny, tokens="pooled"):
     """open_clip called directly: same config, same seed, its own eval transform."""
     import open_clip
@@ -107,8 +123,9 @@ def test_bf16_patch_tokens_match_the_last_block_within_bf16_precision(sample_dir
     model, preprocess = direct_model(tiny)
     kept = {}
     model.visual.transformer.resblocks[-1].register_forward_hook(lambda m, i, o: kept.update(tokens=o))
-    rows = list(feature_rows(out))
-    for (_, key, index, emb), (*_, data) in zip(rows[:12], corpus_images(sample_dir)):
+    rows, images = list(feature_rows(out)), list(corpus_images(sample_dir))
+    assert [r[:3] for r in rows] == [i[:3] for i in images] and len(rows) >= 12
+    for (_, key, index, emb), (*_, data) in zip(rows[:12], images):
         direct_pooled(model, preprocess, data)
         ours = encoder.as_float32(emb, "bf16").reshape(17, 64)
         np.testing.assert_allclose(ours, kept["tokens"][0].numpy(), rtol=0.05, atol=0.05)
@@ -170,6 +187,24 @@ def test_a_one_cpu_cluster_shares_its_cpu_between_encoder_and_decoding(monkeypat
         features.plan_inference(features.RunOptions(encoder_cpus=4), ray_session)
 
 
+def test_row_comparison_refuses_no_rows_missing_rows_and_misaligned_rows():
+    """assert_same_rows (the GPU-vs-CPU check) fails on what a bare zip lets through."""
+    emb = np.zeros(2, np.float32)
+    row, other = ("a.arrow", "k", 0, emb), ("a.arrow", "j", 0, emb)
+    assert_same_rows([row], [row], np.testing.assert_array_equal)
+    for ours, reference in [([], []), ([row], []), ([], [row]), ([row], [row, row]), ([other], [row])]:
+        with pytest.raises(AssertionError):
+            assert_same_rows(ours, reference, np.testing.assert_array_equal)
+
+
+def test_batched_cpu_features_match_unbatched_fp32(sample_dir, fp32, tiny, tmp_path, ray_session):
+    """The GPU test's comparison on CPU: batches of 64 against one image per call."""
+    out = tmp_path / "batched"
+    spec = encoder.ModelSpec(tiny, tokens="pooled", precision="fp32")
+    features.make_features(sample_dir, out, spec, features.RunOptions(batch_size=64), ray_session)
+    assert_same_rows(feature_rows(out), feature_rows(fp32[0]), close_fp32)
+
+
 def test_the_stage_pickles():
     import pickle
 
@@ -183,5 +218,4 @@ def test_gpu_features_match_cpu_fp32(sample_dir, fp32, tiny, tmp_path, ray_sessi
     out = tmp_path / "gpu"
     spec = encoder.ModelSpec(tiny, tokens="pooled", precision="fp32")
     features.make_features(sample_dir, out, spec, features.RunOptions(batch_size=64, gpus=1), ray_session)
-    for (*_, gpu), (*_, cpu) in zip(feature_rows(out), feature_rows(fp32[0])):
-        np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
+    assert_same_rows(feature_rows(out), feature_rows(fp32[0]), close_fp32)
