@@ -30,6 +30,17 @@ def _plan(tmp_path, text: str, **options):
     return runner.prepare(_recipe(tmp_path, text), runner.RunOptions(tmp_path / "run", **options))
 
 
+def test_the_pipelines_readme_describes_the_recipes_that_are_there():
+    """pipelines/README.md names every recipe and file beside it and how to run one, and
+    promises nothing as still to come (`emu-data run` exists)."""
+    text = (PIPELINES / "README.md").read_text()
+    assert "emu-data run" in text
+    for stale in ("to come", "until then", "arrive with"):
+        assert stale not in text.lower(), stale
+    shipped = [p.relative_to(PIPELINES).as_posix() for p in PIPELINES.rglob("*") if p.is_file()]
+    assert [p for p in shipped if p != "README.md" and p not in text] == []
+
+
 # ---- checking a recipe ----------------------------------------------------------------------
 
 def test_dry_run_of_the_full_scale_recipe_passes_and_names_what_is_not_there(tmp_path, capsys):
