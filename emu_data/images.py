@@ -19,28 +19,36 @@ from typing import Iterator
 
 from PIL import Image
 
+from emu_data.errors import ItemFailed
+
 STORED_FORMATS = ("JPEG", "PNG", "WEBP")   # what the interleaved record accepts as is
 
 
-class ImageRejected(ValueError):
+class ImageRejected(ItemFailed):
     """One image that will not be used, with its status-table reason."""
 
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+
+def pixel_limit(max_pixels: int | None = None) -> int | None:
+    """The most pixels an image (or a video frame, which becomes one) may have: the smaller of
+    max_pixels and Pillow's MAX_IMAGE_PIXELS, read at each call (so a changed Pillow limit
+    counts); None (or 0) stands for no limit of that side; None when neither sets one."""
+    limits = [n for n in (max_pixels, Image.MAX_IMAGE_PIXELS) if n]
+    return min(limits) if limits else None
 
 
-def refuse_bomb(size: tuple[int, int], max_pixels: int | None = None) -> None:
-    """ImageRejected(decompression_bomb) above max_pixels or Pillow's MAX_IMAGE_PIXELS. Pillow
-    itself refuses only above twice its limit and merely warns in between: refused here too."""
-    width, height = size
+def check_pixels(width: int, height: int, max_pixels: int | None = None, *,
+                 option: str = "max_image_pixels") -> None:
+    """The bomb check: ImageRejected(decompression_bomb) when width x height is above
+    pixel_limit(max_pixels). Pillow itself refuses only above twice its limit and merely warns
+    in between: refused here too. The message names the limit passed, Pillow's first; `option`
+    is the caller's name for max_pixels."""
     pillow = Image.MAX_IMAGE_PIXELS
     if pillow and width * height > pillow:
         raise ImageRejected("decompression_bomb", f"decompression bomb: {width}x{height} pixels "
                                                   f"exceed Pillow's limit of {pillow}")
     if max_pixels and width * height > max_pixels:
         raise ImageRejected("decompression_bomb", f"decompression bomb: {width}x{height} "
-                                                  f"exceeds max_image_pixels {max_pixels}")
+                                                  f"exceeds {option} {max_pixels}")
 
 
 @contextlib.contextmanager
@@ -63,7 +71,7 @@ def opened(data: bytes, *, max_pixels: int | None = None, load: bool = True) -> 
     too. load=False leaves decoding to `load_checked` (a caller's filters can run first)."""
     with rejecting():
         with Image.open(io.BytesIO(data)) as image:
-            refuse_bomb(image.size, max_pixels)
+            check_pixels(*image.size, max_pixels)
             if load:
                 load_checked(image, max_pixels)
             yield image
@@ -73,4 +81,4 @@ def load_checked(image: Image.Image, max_pixels: int | None = None) -> None:
     """Decode the pixels; some formats learn their real size only while loading: check again."""
     with rejecting():
         image.load()
-        refuse_bomb(image.size, max_pixels)
+        check_pixels(*image.size, max_pixels)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from emu_data import images
+
 # Far apart in RGB so a tiny model (and a JPEG round trip) cannot confuse them.
 COLOURS: dict[str, tuple[int, int, int]] = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220),
                                            "yellow": (240, 210, 20), "purple": (140, 50, 180), "orange": (245, 130, 20)}
@@ -146,7 +148,7 @@ def alt_text(scene: Scene, rng: random.Random) -> str:
 
 def encode(image: Image.Image, fmt: str = "JPEG", quality: int = 90) -> bytes:
     fmt = {"JPG": "JPEG"}.get(fmt.upper(), fmt.upper())
-    if fmt not in ("JPEG", "PNG", "WEBP"):
+    if fmt not in images.STORED_FORMATS:   # what the corpus stores as is
         raise ValueError(f"unsupported image format {fmt!r}")
     buf = io.BytesIO()
     options = {} if fmt == "PNG" else {"quality": quality}
