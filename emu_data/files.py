@@ -8,27 +8,33 @@ here, once, instead of at each reader:
 - JSON nested deeper than any emu-data file (json.loads and every walk after it recurse) or
   holding numbers Python refuses to convert (over 4,300 digits): one JsonError naming the file;
 - a directory tree deeper than Python's recursion limit (Path.rglob recurses): walked with
-  an explicit stack, symlinked folders not followed, depth bounded.
+  an explicit stack, symlinked folders not followed, depth bounded;
+- an input file's name that becomes part of unit ids, shard names and keys: safe_stem.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import mmap
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Iterator
+
+from emu_data.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 MAX_JSON_DEPTH = 64        # emu-data's own files nest a handful of levels
 MAX_WALK_DEPTH = 32        # output directories sit a few levels below what a user names
 MAX_JSON_BYTES = 1 << 30   # a manifest of a billion-row corpus is far smaller
+MAX_STEM = 200             # unit ids and shard names add under 40 to a stem: within NAME_MAX (255)
 
 
-class UnreadableFile(ValueError):
+class UnreadableFile(UsageError):
     """A file that cannot be read as what it should be: one line naming it and why."""
 
     def __init__(self, path, reason: str):
@@ -157,3 +163,20 @@ def _is_dir(entry: os.DirEntry) -> bool:
 def _short(error: Exception, limit: int = 200) -> str:
     text = str(error)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_stem(name: str, limit: int = MAX_STEM) -> str:
+    """`name` (an input file's name, its suffix taken off) as it may appear in unit ids, shard
+    names and keys: ASCII letters, digits, `.`, `_` and `-` kept, every other character (a
+    space, a slash, a non-ASCII letter, a surrogate escape) one `_`; never empty ("_").
+    Longer than `limit`: its first limit - 9 characters, `-`, and 8 hex digits of the whole
+    name's SHA-1, so long names that begin alike stay apart and the shard names built on the
+    stem stay within a file name's 255 bytes."""
+    stem = _UNSAFE.sub("_", name) or "_"
+    if len(stem) <= limit:
+        return stem
+    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{stem[:limit - 9]}-{digest}"

@@ -35,7 +35,8 @@ from urllib3.util import parse_url
 from emu_data import images, net, records
 from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
-from emu_data.sources import keys, laion_download, ordered
+from emu_data.files import safe_stem
+from emu_data.sources import keys, laion_download, ordered, textfiles
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class ImageOptions:
     encode_quality: int = 95            # png: compression level 0-9
     skip_reencode: bool = True          # resize modes: keep bytes already in encode_format when not resized
     min_image_size: int = 0             # smaller side below this: too_small
-    max_image_pixels: int | None = Image.MAX_IMAGE_PIXELS  # above: too_large (Pillow's bomb limit)
+    max_image_pixels: int | None = images.pixel_limit()  # above: too_large (default: the bomb limit)
     max_aspect_ratio: float | None = None
 
     def __post_init__(self):
@@ -155,15 +156,13 @@ class LaionUnit:
 
 
 def input_files(inputs: list[Path]) -> list[Path]:
-    """Parquet files, directories expanded, sorted; their stems name keys, so they must differ."""
-    files = sorted({p.resolve() for i in map(Path, inputs)
-                    for p in (sorted(i.glob("*.parquet")) if i.is_dir() else [i])})
+    """Parquet files by textfiles.input_files' rule (arguments in order, a folder's *.parquet
+    in name order, each file once), resolved; their stems name keys, so they must differ."""
+    files = [p.resolve() for p in textfiles.input_files(inputs, ".parquet")]
     if not files:
         raise FileNotFoundError(f"no parquet files in {', '.join(map(str, inputs))}")
     stems: dict[str, Path] = {}
     for path in files:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
         other = stems.setdefault(_safe_stem(path), path)
         if other != path:
             raise ValueError(f"{other} and {path} have the same name; keys would collide")
@@ -171,7 +170,7 @@ def input_files(inputs: list[Path]) -> list[Path]:
 
 
 def _safe_stem(path: Path) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", path.stem)
+    return safe_stem(path.stem)
 
 
 def units(inputs: list[Path], config: LaionConfig, net_policy: net.NetPolicy = net.NetPolicy()) -> list[Unit]:

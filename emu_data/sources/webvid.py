@@ -42,10 +42,10 @@ from typing import BinaryIO, Iterator
 # frames, decodes from bytes in memory (no temp files), and is the FFmpeg binding
 # video2dataset also uses.
 import av
-from PIL import Image
 
-from emu_data import net, records
+from emu_data import images, net, records
 from emu_data.corpus import Unit, UnitWriter
+from emu_data.files import safe_stem
 from emu_data.sources import keys, textfiles
 
 SOURCE = "webvid"
@@ -155,7 +155,7 @@ def units(inputs: list[Path], config: WebvidConfig, net_policy: net.NetPolicy = 
 
 def _stem(path: Path) -> str:
     """The file name without .csv, reduced to characters safe in file names and keys."""
-    return re.sub(r"[^A-Za-z0-9._]", "_", path.name.removesuffix(".csv")) or "_"
+    return safe_stem(path.name.removesuffix(".csv"))
 
 
 class _Lines:
@@ -442,10 +442,10 @@ def _video_stream(container, config: WebvidConfig):
 def _refuse_bomb(width: int, height: int, config: WebvidConfig) -> None:
     """VideoError(decompression_bomb) for frames above max_pixels or Pillow's MAX_IMAGE_PIXELS
     (each stored frame becomes a Pillow image, which never passes Pillow's own check)."""
-    limit = min(config.max_pixels, Image.MAX_IMAGE_PIXELS or config.max_pixels)
-    if width * height > limit:
-        raise VideoError("decompression_bomb", f"{width}x{height} frames exceed {limit} pixels "
-                         f"(max_pixels {config.max_pixels}, Pillow's limit {Image.MAX_IMAGE_PIXELS})")
+    try:
+        images.check_pixels(width, height, config.max_pixels, option="max_pixels")
+    except images.ImageRejected as e:
+        raise VideoError(e.reason, str(e)) from None
 
 
 def _stream_info(container, stream) -> _Stream:
