@@ -21,7 +21,6 @@ from emu_data.sources.youtube.storyboard import (
     StoryboardError,
     choose_level,
     levels_from_info,
-    levels_from_player_response,
     playability_reason,
     read_mhtml,
     slice_mosaics,
@@ -30,6 +29,8 @@ from emu_data.sources.youtube.storyboard import (
 DATA = Path(__file__).parent / "data" / "youtube"
 GJL = "youtube.innertube.json"  # GJLlxj_dtq8, 316 s, 65 tiles at 5 s
 DSM = "youtube_transcripts_disabled.innertube.json"  # dsMFmonKDD4, 288 s, 146 tiles at 2 s
+WW1 = "youtube_ww1_nl_en.innertube.json"  # F1xioXWb8CY, 1509 s, 152 tiles at 10 s
+LIVE = "youtube_live_long.innertube.json"  # Fjg5lYqvzUs, a past live stream: 23,169 s, 2,318 tiles at 10 s
 
 
 def load(name: str) -> dict:
@@ -56,68 +57,43 @@ def info_like_ytdlp(player_response: dict) -> dict:
     return {"id": player_response["videoDetails"]["videoId"], "duration": duration, "formats": formats}
 
 
-# --- levels from the raw spec -------------------------------------------------------------
+# --- levels from yt-dlp's own formats for recorded responses ------------------------------
 
-def test_levels_from_player_response_gjl():
-    levels = levels_from_player_response(load(GJL))
-    assert [lv.format_id for lv in levels] == ["sb0", "sb1", "sb2"]
-    top = levels[0]
-    assert (top.tile_width, top.tile_height, top.columns, top.rows, top.count) == (160, 90, 5, 5, 65)
-    assert (top.interval, top.interval_source) == (5.0, "spec")
-    assert len(top.fragment_urls) == math.ceil(65 / 25) == 3
-    # $L is the spec entry's position (the 160x90 entry is the third, L2), $N its name with $M
-    # the mosaic number; the signature goes last, as yt-dlp appends it.
-    for m, url in enumerate(top.fragment_urls):
-        assert url.startswith(f"https://i.ytimg.com/sb/GJLlxj_dtq8/storyboard3_L2/M{m}.jpg?sqp=-oaymw")
-        assert url.endswith("BQ==&sigh=rs$AOn4CLBRevtHnOyR6NWQv4bOfvU7pOhE3A")
-        assert "$L" not in url and "$N" not in url and "$M" not in url
-    default = levels[-1]  # interval 0 in the spec: timed from the duration, ordered last
-    assert (default.tile_width, default.tile_height, default.count) == (48, 27, 100)
-    assert (default.interval, default.interval_source) == (3.0, "duration")  # round(316 / 100)
-    assert default.fragment_urls == (
-        "https://i.ytimg.com/sb/GJLlxj_dtq8/storyboard3_L0/default.jpg?sqp=" + default.fragment_urls[0]
-        .split("sqp=", 1)[1].split("&sigh=")[0] + "&sigh=rs$AOn4CLCBl68_j71MErcfP_dtBmVkzI4ing",)
+def spec_entries(response: dict) -> dict[str, list[int]]:
+    """The spec's `w#h#count#cols#rows#interval_ms` per level, named as yt-dlp names them
+    (entries reversed: sb0 is the last, largest). interval_ms is what yt-dlp drops: the
+    truth the timing must find again."""
+    _base, *entries = response["storyboards"]["playerStoryboardSpecRenderer"]["spec"].split("|")
+    return {f"sb{i}": [int(x) for x in entry.split("#")[:6]] for i, entry in enumerate(reversed(entries))}
 
 
-def test_levels_from_player_response_dsm():
-    top = levels_from_player_response(load(DSM))[0]
-    assert (top.tile_width, top.tile_height, top.count, top.interval) == (211, 90, 146, 2.0)
-    assert len(top.fragment_urls) == 6  # ceil(146 / 25)
-    assert top.count == math.ceil(288 / 2) + 2  # lengthSeconds is truncated: the video is 288.x s
-
-
-def test_default_level_needs_a_duration():
-    response = load(GJL)
-    del response["videoDetails"]["lengthSeconds"]
-    assert [lv.format_id for lv in levels_from_player_response(response)] == ["sb0", "sb1"]
-    assert levels_from_player_response(response, duration=150)[-1].interval == 2.0  # round(1.5)
-
-
-def test_urls_match_ytdlp_itself():
-    """Our URLs against yt-dlp's own extractor code on the same recorded response."""
+def ytdlp_info(response: dict) -> dict:
+    """An info dict with the storyboard formats yt-dlp's own extractor builds from `response`."""
     youtube = pytest.importorskip("yt_dlp.extractor.youtube")
     extract = getattr(youtube.YoutubeIE, "_extract_storyboard", None)
     if extract is None:
         pytest.skip("this yt-dlp has no YoutubeIE._extract_storyboard")
-    for name in (GJL, DSM):
-        response = load(name)
-        formats = list(extract(youtube.YoutubeIE(), [response], float(response["videoDetails"]["lengthSeconds"])))
-        ours = {lv.format_id: lv for lv in levels_from_player_response(response)}
-        assert set(ours) == {f["format_id"] for f in formats}
-        for f in formats:
-            assert ours[f["format_id"]].fragment_urls == tuple(x["url"] for x in f["fragments"])
-        assert [lv.count for lv in levels_from_info({"duration": 1.0 * float(response["videoDetails"]["lengthSeconds"]),
-                                                     "formats": formats})] == [lv.count for lv in ours.values()]
+    duration = float(response["videoDetails"]["lengthSeconds"])
+    return {"duration": duration, "formats": list(extract(youtube.YoutubeIE(), [response], duration))}
 
 
-def test_malformed_spec_entries_are_skipped():
-    response = load(GJL)
-    spec = response["storyboards"]["playerStoryboardSpecRenderer"]["spec"].split("|")
-    spec[2] = "80#45#0#10#10#5000#M$M#rs$x"  # count 0, as yt-dlp would warn about
-    spec[1] = "48#27#100#10#10"  # too few fields
-    response["storyboards"]["playerStoryboardSpecRenderer"]["spec"] = "|".join(spec)
-    assert [lv.format_id for lv in levels_from_player_response(response)] == ["sb0"]
-    assert levels_from_player_response(load("youtube_request_blocked.innertube.json")) == []
+@pytest.mark.parametrize("name", [GJL, DSM, WW1, LIVE])
+def test_levels_from_ytdlps_own_formats_find_the_specs_interval_again(name):
+    """yt-dlp's extractor, on real recorded responses, keeps the spec's geometry and URLs but
+    drops its interval_ms: levels_from_info finds the interval again from duration and count
+    (5 s, 2 s, 10 s, and 10 s over 6.4 hours, where 1/fps would drift by minutes)."""
+    response = load(name)
+    info, spec = ytdlp_info(response), spec_entries(response)
+    levels = {lv.format_id: lv for lv in levels_from_info(info)}
+    assert set(levels) == set(spec) == {f["format_id"] for f in info["formats"]}
+    for fmt in info["formats"]:
+        level = levels[fmt["format_id"]]
+        width, height, count, columns, rows, interval_ms = spec[fmt["format_id"]]
+        assert (level.tile_width, level.tile_height, level.count, level.columns, level.rows) == \
+            (width, height, count, columns, rows)
+        assert level.fragment_urls == tuple(f["url"] for f in fmt["fragments"])
+        if interval_ms:  # 0: the tiny "default" level, whose spacing the spec does not give
+            assert (level.interval, level.interval_source) == (interval_ms / 1000, "duration")
 
 
 # --- levels from a yt-dlp info dict ---------------------------------------------------------
@@ -129,7 +105,7 @@ def test_levels_from_info(name, duration, count, interval):
     assert [lv.format_id for lv in levels] == ["sb0", "sb1", "sb2"]  # largest tiles first
     top = levels[0]
     assert (top.count, top.interval, top.interval_source) == (count, interval, "duration")
-    assert top.fragment_urls == levels_from_player_response(load(name))[0].fragment_urls
+    assert top.fragment_urls == tuple(f["url"] for f in info["formats"][0]["fragments"])
     fps = info["formats"][0]["fps"]
     assert 1 / fps != interval  # what yt-dlp's fps suggests is not the spacing
 
@@ -178,7 +154,7 @@ def test_playability_reason():
     # storyboards are as usable as in the plain response.
     po = load("youtube_po_token_required.innertube.json")
     assert po["playabilityStatus"]["status"] == "OK" and playability_reason(po) is None
-    assert levels_from_player_response(po) == levels_from_player_response(load(GJL))
+    assert levels_from_info(info_like_ytdlp(po)) == levels_from_info(info_like_ytdlp(load(GJL)))
 
 
 @pytest.mark.parametrize("status, expected", [
@@ -196,7 +172,7 @@ def test_playability_variants(status, expected):
 # --- choose_level ---------------------------------------------------------------------------
 
 def test_choose_level():
-    levels = levels_from_player_response(load(GJL))
+    levels = levels_from_info(info_like_ytdlp(load(GJL)))
     assert choose_level(levels) is levels[0]
     assert choose_level(levels, "sb1").tile_width == 80
     assert choose_level(levels, 2).format_id == "sb2"

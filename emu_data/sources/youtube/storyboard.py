@@ -2,15 +2,16 @@
 
 A storyboard level is a grid of `columns x rows` tiles per mosaic JPEG; its tiles are evenly
 spaced in time, row-major, and the last mosaic is cropped to the rows it uses. The level
-metadata comes either from a yt-dlp info dict (formats `sb0..sbN`) or from the raw player
-response's spec string, and the mosaics from yt-dlp's MHTML download or plain GETs.
+metadata comes from a yt-dlp info dict (formats `sb0..sbN`, which yt-dlp builds from the
+player response's storyboard spec; the info dict does not keep the spec itself), and the
+mosaics from yt-dlp's MHTML download.
 
 Times matter: Emu interleaves tiles with subtitles by time. yt-dlp drops the spec's
 interval and gives `fps = count / duration`, but 1/fps is not the spacing (a 316 s video
 with 65 tiles at 5 s has 1/fps = 4.86 s, which drifts the last tile by ~9 s). So the
-spacing is the spec's interval_ms when the raw spec is at hand, else the whole-second
-interval that reproduces the tile count (YouTube shows ceil(duration / interval) + 1 tiles),
-with Emu's own rule, round(duration / count) seconds, as the fallback (see REFERENCE.md).
+spacing is the whole-second interval that reproduces the tile count (YouTube shows
+ceil(duration / interval) + 1 tiles), with Emu's own rule, round(duration / count) seconds,
+as the fallback (see REFERENCE.md).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from PIL import Image
 
 from emu_data import images
 
-_SPEC_BASE = "https://i.ytimg.com/"  # yt-dlp resolves a relative spec base URL against this
 # yt-dlp treats these playabilityStatus reasons as an age gate (extractor _is_agegated):
 # a sign-in wall that retrying later will not lift, unlike the bot check.
 _AGE_GATE = ("confirm your age", "age-restricted", "inappropriate")
@@ -57,7 +57,7 @@ class Level:
     columns: int  # tiles per mosaic row
     rows: int  # tile rows per full mosaic
     interval: float  # seconds between tiles
-    interval_source: str  # "spec" (the raw spec's interval_ms) or "duration" (from duration and count)
+    interval_source: str  # how `interval` was found: "duration" (from duration and count, see above)
     fragment_urls: tuple[str, ...]  # one mosaic each, in order
 
     @property
@@ -183,58 +183,11 @@ def _fragment_url(fmt: dict, fragment: dict) -> str | None:
     return url
 
 
-def levels_from_player_response(player_response: dict, duration: float | None = None) -> list[Level]:
-    """Levels parsed from `storyboards.playerStoryboardSpecRenderer.spec`, named and with the
-    URLs yt-dlp gives them (spec entries reversed: sb0 is the last, largest entry).
-
-    Spacing is the spec's interval_ms; entries with interval 0 (the tiny "default" level)
-    are timed from duration and count when the duration is known (argument, else
-    videoDetails.lengthSeconds), and are skipped otherwise.
-    """
-    spec = _field(player_response, "storyboards", "playerStoryboardSpecRenderer", "spec")
-    if not isinstance(spec, str) or not spec.split("|")[0]:
-        return []
-    if duration is None:
-        duration = _field(player_response, "videoDetails", "lengthSeconds")
-    base, *entries = spec.split("|")
-    try:
-        base_url = urljoin(_SPEC_BASE, base)
-    except ValueError:  # "//[::1": not a URL
-        return []
-    entries.reverse()
-    top = len(entries) - 1  # $L counts from the first spec entry; yt-dlp's sb{i} from the last
-    levels = [_spec_level(f"sb{i}", top - i, entry, base_url, _positive_float(duration))
-              for i, entry in enumerate(entries)]
-    return _largest_first([level for level in levels if level is not None])
-
-
 def _field(obj, *names):
     """obj[name][name]..., or None where a step is missing or not an object (untrusted JSON)."""
     for name in names:
         obj = obj.get(name) if isinstance(obj, dict) else None
     return obj
-
-
-def _spec_level(format_id: str, spec_index: int, entry: str, base_url: str,
-                duration: float | None) -> Level | None:
-    """One `w#h#count#cols#rows#interval_ms#name#sigh` entry; None where yt-dlp would warn."""
-    args = entry.split("#")
-    if len(args) != 8:
-        return None
-    width, height, count, columns, rows = (_positive_int(a) for a in args[:5])
-    interval_ms = _positive_int(args[5]) or (0 if args[5] == "0" else None)  # 0: the "default" level
-    if not all((width, height, count, columns, rows)) or interval_ms is None or count > _MAX_TILES:
-        return None
-    if interval_ms:
-        interval, source = interval_ms / 1000, "spec"
-    elif duration:
-        interval, source = _duration_interval(duration, count), "duration"
-    else:
-        return None
-    name, sigh = args[6:]
-    url = base_url.replace("$L", str(spec_index)).replace("$N", name) + f"&sigh={sigh}"
-    urls = tuple(url.replace("$M", str(m)) for m in range(math.ceil(count / (columns * rows))))
-    return Level(format_id, width, height, count, columns, rows, interval, source, urls)
 
 
 def playability_reason(player_response: dict) -> str | None:
