@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from emu_data import files, manifest, records, schema
+from emu_data import errors, files, manifest, records, schema
 from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OutputError, ShardLimits, ShardWriter, file_sha256, writing
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ DATA_DIR, STATUS_DIR, PARTS_DIR = "data", "status", "_parts"
 CONFIG_NAME, CARD_NAME, LOCK_NAME = "_config.json", "README.md", ".lock"
 
 
-class LayoutChanged(RuntimeError):
+class LayoutChanged(errors.UsageError):
     """The directory holds a run made with another configuration; mixing them is refused."""
 
 

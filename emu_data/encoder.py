@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emu_data import images
+from emu_data import errors, images
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ DTYPE_NAME = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 NO_WEIGHTS = "none"
 
 
-class ModelError(ValueError):
+class ModelError(errors.UsageError):
     """A model name, config file or weights source that cannot be used."""
 
 

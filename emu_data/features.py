@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from emu_data import encoder, files, images, manifest, runlock, runtime, schema
+from emu_data import encoder, errors, files, images, manifest, runlock, runtime, schema
 from emu_data.corpus import CONFIG_NAME, DATA_DIR, LayoutChanged
 from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OneShard, ShardError, ShardInfo, file_sha256, read_schema, read_shard
 
@@ -45,7 +45,7 @@ STAGE = "features"
 META_PREFIX = "emu_data."
 
 
-class FeatureError(ValueError):
+class FeatureError(errors.UsageError):
     """The features stage cannot run on this input (the message says why)."""
 
 
@@ -60,7 +60,7 @@ class RunOptions:
 
     def __post_init__(self):
         if self.batch_size < 1 or self.images_per_read < 1 or (self.gpus or 0) < 0:
-            raise ValueError("batch size and images per read must be positive, gpus >= 0")
+            raise errors.UsageError("batch size and images per read must be positive, gpus >= 0")
 
 
 # ---- plan ------------------------------------------------------------------------------

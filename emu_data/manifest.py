@@ -16,13 +16,13 @@ from pathlib import Path
 
 import jsonschema
 
-from emu_data import __version__, files, schema
+from emu_data import __version__, errors, files, schema
 from emu_data.shards import TMP_PREFIX, fsync_dir, writing
 
 MANIFEST_NAME = "_manifest.json"
 
 
-class ManifestError(ValueError):
+class ManifestError(errors.UsageError):
     """A manifest is missing, unreadable or not of the manifest schema."""
 
 

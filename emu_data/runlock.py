@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from emu_data import files
+from emu_data import errors, files
 from emu_data.shards import OutputError, writing
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ RUN_LOCK = ".run.lock"
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
-class RunInProgress(RuntimeError):
+class RunInProgress(errors.UsageError):
     """Another live run holds the output directory."""
 
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from emu_data import files, schema
+from emu_data import errors, files, schema
 
 SHARD_SUFFIX = ".arrow"
 TMP_PREFIX = ".tmp-"
@@ -71,7 +71,7 @@ class ShardLimits:
 
     def __post_init__(self):
         if self.max_rows < 1 or self.max_bytes < 1:
-            raise ValueError("shard limits must be positive")
+            raise errors.UsageError("shard limits must be positive")
 
 
 @dataclass(frozen=True)
@@ -224,8 +224,9 @@ def fsync_dir(path: Path) -> None:
         pass
 
 
-class ShardError(ValueError):
-    """A file that is not a readable, valid Arrow IPC shard: one line naming it and why."""
+class ShardError(errors.UsageError):
+    """A file that is not a readable, valid Arrow IPC shard: one line naming it and why. A
+    reader given it cannot work with it (exit 2); still a ValueError for its callers."""
 
     def __init__(self, path, reason: str):
         super().__init__(f"{path}: {reason}")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from emu_data import corpus, manifest, runlock, runtime
+from emu_data import corpus, errors, manifest, runlock, runtime
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.shards import OutputError, ShardLimits
 
@@ -33,7 +33,7 @@ class OutputOptions:
         return ShardLimits(self.shard_rows, self.shard_bytes)
 
 
-class StageIncomplete(RuntimeError):
+class StageIncomplete(errors.DataFault):
     """Some units failed; what committed stays, and a rerun redoes only the rest."""
 
     def __init__(self, out: Path, failures: list[runtime.TaskFailure]):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from emu_data import corpus, encoder, files, images, manifest, schema
+from emu_data import corpus, encoder, errors, files, images, manifest, schema
 from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, ShardError, file_sha256, iter_batches, read_schema
 
 DECODE_PER_SHARD = 32  # images fully decoded per shard unless --deep
@@ -33,7 +33,7 @@ BF16_NAN = 0x7FC0  # a null bfloat16 value is counted as not finite, like a null
 _READ_ERRORS = (ShardError, files.UnreadableFile, OSError)
 
 
-class UnusableInput(ValueError):
+class UnusableInput(errors.UsageError):
     """The path is missing or holds no emu-data output at all (exit 2)."""
 
 

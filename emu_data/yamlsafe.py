@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import yaml
 
+from emu_data.errors import UsageError
+
 # Recipes and configs nest 3-4 levels. Composing and constructing recurse several frames a
 # level: with Python's default stack, loading "[" * n fails from n = 200 (measured).
 MAX_DEPTH = 100
@@ -25,7 +27,7 @@ ALIASES = ("anchors and aliases (&name, *name) are refused: recipes and configs 
            "need them, and each alias can multiply what the file expands to")
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """YAML we do not take, located: str() is `SOURCE:LINE: reason` on one line."""
 
     def __init__(self, source: str, line: int, reason: str):

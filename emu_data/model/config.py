@@ -16,11 +16,13 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from emu_data.errors import UsageError
+
 # Emu's per-step mixture (relative): LAION-2B 128, LAION-COCO 128, MMC4 64, WebVid 16, YT-Storyboard 16.
 EMU_WEIGHTS = {"laion": 128.0, "laion_coco": 128.0, "mmc4": 64.0, "webvid": 16.0, "yt_storyboard": 16.0}
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A training config that cannot be used (the message names the key)."""
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from emu_data import encoder, files, manifest
+from emu_data import encoder, errors, files, manifest
 from emu_data.model import tokenizer
 from emu_data.model.config import DataConfig
 from emu_data.model.tokenizer import BOS, END_IMG, EOS, IMG, PAD, Vocab
@@ -45,7 +45,7 @@ INDEX_VERSION = 1
 _HASH_SPAN = 2 ** 32
 
 
-class DataError(ValueError):
+class DataError(errors.UsageError):
     """Corpus and features that cannot be trained on together (the message says why)."""
 
 

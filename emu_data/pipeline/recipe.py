@@ -20,12 +20,12 @@ from pathlib import Path
 
 import yaml
 
-from emu_data import yamlsafe
+from emu_data import errors, yamlsafe
 
 SECTIONS = ("site", "defaults", "stages")
 
 
-class RecipeError(ValueError):
+class RecipeError(errors.UsageError):
     """A recipe that cannot run; the message names the file and line.
 
     Every line of the message is clipped: messages built from the recipe (stages.py, the
