@@ -50,6 +50,7 @@ from urllib3.exceptions import (
 from urllib3.util import parse_url
 
 from emu_data import __version__
+from emu_data.errors import ItemFailed, UsageError
 
 __all__ = [
     "FetchError",
@@ -119,11 +120,11 @@ class NetPolicy:
         object.__setattr__(self, "allowed_networks", tuple(
             str(ipaddress.ip_network(n, strict=False)) for n in self.allowed_networks))
         if self.connect_timeout <= 0 or self.read_timeout <= 0:
-            raise ValueError("timeouts must be positive")
+            raise UsageError("timeouts must be positive")
         if min(self.retries, self.max_redirects, self.max_bytes) < 0:
-            raise ValueError("retries, max_redirects and max_bytes must be >= 0")
+            raise UsageError("retries, max_redirects and max_bytes must be >= 0")
         if min(self.backoff_base, self.backoff_max, self.per_host_rate) < 0:
-            raise ValueError("backoff and rate must be >= 0")
+            raise UsageError("backoff and rate must be >= 0")
 
     def refuses(self, ip: str) -> bool:
         """True when this policy must not let a connection reach `ip`."""
@@ -137,7 +138,7 @@ class NetPolicy:
                        if ipaddress.ip_network(n).version == addr.version)
 
 
-class FetchError(Exception):
+class FetchError(ItemFailed):
     """Why a URL could not be fetched. `reason` is a short token for status tables."""
 
     def __init__(
@@ -149,9 +150,7 @@ class FetchError(Exception):
         attempts: int = 0,
         retry_after: float | None = None,
     ):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+        super().__init__(reason, message)
         self.retryable = retryable
         self.attempts = attempts
         # Seconds the server asked us to wait (Retry-After); used by the retry loop only.

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from emu_data import images, net, records
+from emu_data import errors, images, net, records
 from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.files import safe_stem
@@ -49,12 +49,8 @@ SOURCE = "mmc4"
 _SPEED_ONLY = ("fetch_workers",)
 
 
-class DocumentError(ValueError):
+class DocumentError(errors.ItemFailed):
     """A document that cannot become a sample, with its status-table reason."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
 
 
 class ImageDropped(images.ImageRejected):
@@ -73,11 +69,11 @@ class Mmc4Config:
 
     def __post_init__(self):
         if self.max_images < 1 or self.docs_per_unit < 1 or self.fetch_workers < 1:
-            raise ValueError("--max-images, --docs-per-unit and --fetch-workers must be at least 1")
+            raise errors.UsageError("--max-images, --docs-per-unit and --fetch-workers must be at least 1")
         if self.min_image_bytes < 0 or self.max_image_pixels < 1:
-            raise ValueError("--min-image-bytes must be >= 0 and --max-image-pixels positive")
+            raise errors.UsageError("--min-image-bytes must be >= 0 and --max-image-pixels positive")
         if not math.isfinite(self.min_sim):
-            raise ValueError("--min-sim must be a number")
+            raise errors.UsageError("--min-sim must be a number")
 
 
 @dataclass(frozen=True)
@@ -131,7 +127,7 @@ def _plan_files(todo: list[tuple[Path, str]], config: Mmc4Config, ray) -> list[t
     for item, result in runtime.map_tasks(partial(_plan_file, config=config), todo, options=ray,
                                           desc="mmc4: plan", total=len(todo)):
         if isinstance(result, runtime.TaskFailure):
-            raise ValueError(f"{item[0]}: cannot be planned: {result.error}")
+            raise errors.UsageError(f"{item[0]}: cannot be planned: {result.error}")
         done[item] = result
     return [done[item] for item in todo]
 
@@ -492,7 +488,7 @@ def make_mmc4(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy,
     ray = ray or runtime.RayOptions()
     files = textfiles.input_files(inputs, ".jsonl")
     if not files:
-        raise ValueError("no .jsonl input: give jsonl files or directories holding them")
+        raise errors.UsageError("no .jsonl input: give jsonl files or directories holding them")
     resolved = {"mmc4": asdict(config), "net": asdict(net_policy),
                 "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray),
                 "inputs": [str(p) for p in files]}

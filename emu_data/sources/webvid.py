@@ -43,7 +43,7 @@ from typing import BinaryIO, Iterator
 # video2dataset also uses.
 import av
 
-from emu_data import images, net, records
+from emu_data import errors, images, net, records
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.files import safe_stem
 from emu_data.sources import keys, textfiles
@@ -62,12 +62,8 @@ _SPEED_ONLY = ("fetch_workers",)
 _MIN_SKIP_SECONDS = Fraction(1, 4)
 
 
-class VideoError(ValueError):
+class VideoError(errors.ItemFailed):
     """A row that cannot become a sample, with its status-table reason."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -82,13 +78,13 @@ class WebvidConfig:
 
     def __post_init__(self):
         if min(self.frames, self.rows_per_unit, self.fetch_workers, self.max_pixels) < 1:
-            raise ValueError("--frames, --rows-per-unit, --fetch-workers and --max-pixels must be at least 1")
+            raise errors.UsageError("--frames, --rows-per-unit, --fetch-workers and --max-pixels must be at least 1")
         if self.frame_size and self.frame_size < 16:
-            raise ValueError("--frame-size must be at least 16 (or 0 to keep the source size)")
+            raise errors.UsageError("--frame-size must be at least 16 (or 0 to keep the source size)")
         if not 1 <= self.jpeg_quality <= 95:
-            raise ValueError("--jpeg-quality must be in 1..95 (Pillow's useful range)")
+            raise errors.UsageError("--jpeg-quality must be in 1..95 (Pillow's useful range)")
         if not (math.isfinite(self.min_duration) and self.min_duration >= 0):
-            raise ValueError("--min-duration must be a non-negative number of seconds")
+            raise errors.UsageError("--min-duration must be a non-negative number of seconds")
 
 
 # ---- durations ----------------------------------------------------------------------------
@@ -206,12 +202,12 @@ def parse_rows(lines: _Lines) -> Iterator[tuple[int, tuple[str, ...] | str]]:
 def _header(path: Path, rows: Iterator) -> tuple[str, ...]:
     first = next(rows, None)
     if first is None or isinstance(first[1], str):  # str: the csv module's complaint about it
-        raise ValueError(f"{path}: no CSV header row" + (f" ({first[1]})" if first else ""))
+        raise errors.UsageError(f"{path}: no CSV header row" + (f" ({first[1]})" if first else ""))
     header = tuple(name.strip() for name in first[1])
     header = (header[0].removeprefix("\ufeff"), *header[1:])  # a BOM some exporters write
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise ValueError(f"{path}: no column(s) {', '.join(missing)} in the header {list(header)[:10]}")
+        raise errors.UsageError(f"{path}: no column(s) {', '.join(missing)} in the header {list(header)[:10]}")
     return header
 
 
@@ -552,7 +548,7 @@ def make_webvid(inputs: list[Path], config: WebvidConfig, net_policy: net.NetPol
     ray = ray or runtime.RayOptions()
     files = textfiles.input_files(inputs, ".csv")
     if not files:
-        raise ValueError("no .csv input: give WebVid CSV files or directories holding them")
+        raise errors.UsageError("no .csv input: give WebVid CSV files or directories holding them")
     resolved = {"webvid": asdict(config), "net": asdict(net_policy),
                 "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray),
                 "inputs": [str(p) for p in files]}

@@ -47,9 +47,9 @@ class YoutubeConfig:
 
     def __post_init__(self):
         if self.frames_per_sample < 1 or self.videos_per_unit < 1:
-            raise ValueError("--frames-per-sample and --videos-per-unit must be at least 1")
+            raise errors.UsageError("--frames-per-sample and --videos-per-unit must be at least 1")
         if not self.langs:
-            raise ValueError("--langs needs at least one language")
+            raise errors.UsageError("--langs needs at least one language")
 
 
 @dataclass(frozen=True)
