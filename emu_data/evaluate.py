@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emu_data import train
+from emu_data import errors, train
 from emu_data.model import cider, data, emu
 from emu_data.model.tokenizer import BOS, END_IMG, EOS, IMG, PAD
 from emu_data.sources.sample import SOURCES
@@ -46,7 +46,7 @@ class EvalOptions:
     def __post_init__(self):
         object.__setattr__(self, "shots", tuple(self.shots))
         if self.max_pairs < 2 or any(k < 0 for k in self.shots) or self.batch_size < 1:
-            raise ValueError("--max-pairs must be >= 2, --shots non-negative, --batch-size positive")
+            raise errors.UsageError("--max-pairs must be >= 2, --shots non-negative, --batch-size positive")
 
 
 @dataclass

@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow.compute as pc
 
-from emu_data import files, manifest, records, runtime, stage, validate
+from emu_data import errors, files, manifest, records, runtime, stage, validate
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.shards import read_shard
 
@@ -47,7 +47,7 @@ class MixConfig:
 
     def __post_init__(self):
         if not self.weights or any(w < 0 for w in self.weights.values()) or not sum(self.weights.values()):
-            raise ValueError(f"weights must be non-negative and not all zero: {self.weights}")
+            raise errors.UsageError(f"weights must be non-negative and not all zero: {self.weights}")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def parse_weights(text: str) -> dict[str, float]:
         try:
             weights[name.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"--weights: {part!r} is not SOURCE=NUMBER") from None
+            raise errors.UsageError(f"--weights: {part!r} is not SOURCE=NUMBER") from None
     return weights
 
 
@@ -135,7 +135,7 @@ def scan(inputs: list[Path], ray: runtime.RayOptions) -> list[Entry]:
     by_path = {}
     for (path, _), result in runtime.map_tasks(scan_shard, tasks, options=ray, desc="mix: scan", total=len(tasks)):
         if isinstance(result, runtime.TaskFailure):
-            raise ValueError(f"cannot read {path}: {result.error} (run emu-data validate on it)")
+            raise errors.UsageError(f"cannot read {path}: {result.error} (run emu-data validate on it)")
         by_path[path] = result
     _refuse_corrupted([v for path, _ in tasks for v in by_path[path].problems])
     return [e for path, _ in tasks for e in by_path[path].entries]  # input order, whatever finished first
@@ -148,7 +148,7 @@ def _refuse_corrupted(problems: list[validate.Violation]) -> None:
     lines = [str(v) for v in problems[:SHOWN_PROBLEMS]]
     if len(problems) > SHOWN_PROBLEMS:
         lines.append(f"... and {len(problems) - SHOWN_PROBLEMS} more")
-    raise ValueError("\n".join(lines) + "\ninput shards differ from their manifest, nothing was written "
+    raise errors.UsageError("\n".join(lines) + "\ninput shards differ from their manifest, nothing was written "
                      "(emu-data validate on the inputs shows every problem)")
 
 
@@ -208,7 +208,7 @@ def _take_by_weight(entries: list[Entry], config: MixConfig):
     weights = {s: config.weights.get(s, 0.0) for s in by_source}
     total_weight = sum(weights.values())
     if not total_weight:
-        raise ValueError(f"no weight for any source present ({', '.join(sorted(by_source))})")
+        raise errors.UsageError(f"no weight for any source present ({', '.join(sorted(by_source))})")
     # the source with the fewest samples per unit of weight sets how many fit in all
     scale = min(len(by_source[s]) / w for s, w in weights.items() if w > 0)
     selected, over = [], []

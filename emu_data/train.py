@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emu_data import __version__, runlock
+from emu_data import __version__, errors, runlock
 from emu_data.corpus import LayoutChanged
 from emu_data.manifest import write_json_atomic
 from emu_data.model import data, emu
@@ -165,7 +165,7 @@ def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: torch sees no CUDA device")
+        raise errors.UsageError(f"--device {name}: torch sees no CUDA device")
     return torch.device(name)
 
 

@@ -15,6 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+from emu_data.errors import UsageError
+
 PAD, BOS, EOS, UNK, IMG, END_IMG = range(6)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>", "[IMG]", "[/IMG]")
 
@@ -72,5 +74,5 @@ class Vocab:
     def load(cls, path: Path) -> "Vocab":
         data = json.loads(Path(path).read_text())
         if data.get("specials") != list(SPECIALS):
-            raise ValueError(f"{path}: a vocabulary with other special tokens")
+            raise UsageError(f"{path}: a vocabulary with other special tokens")
         return cls(data["kept"])

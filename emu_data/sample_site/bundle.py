@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from emu_data.errors import UsageError
 from emu_data.sample_site.laion import SitePair, publish_laion
 from emu_data.sample_site.mmc4 import SiteDocument, publish_mmc4
 from emu_data.sample_site.webvid import SiteClip, publish_webvid
@@ -42,9 +43,9 @@ class SiteConfig:
     def __post_init__(self):
         for name in ("pairs", "documents", "clips", "videos"):
             if getattr(self, name) < 1:
-                raise ValueError(f"site {name} must be at least 1")
+                raise UsageError(f"site {name} must be at least 1")
         if self.fault_every < 0:
-            raise ValueError("site fault_every must be 0 (no faults) or more")
+            raise UsageError("site fault_every must be 0 (no faults) or more")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from urllib3.util import parse_url
 
-from emu_data import images, net, records
+from emu_data import errors, images, net, records
 from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.files import safe_stem
@@ -74,14 +74,14 @@ class ImageOptions:
 
     def __post_init__(self):
         if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize mode {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+            raise errors.UsageError(f"resize mode {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
         if self.encode_format not in ENCODE_FORMATS:
-            raise ValueError(f"encode format {self.encode_format!r} is not one of {', '.join(ENCODE_FORMATS)}")
+            raise errors.UsageError(f"encode format {self.encode_format!r} is not one of {', '.join(ENCODE_FORMATS)}")
         top = 9 if self.encode_format == "png" else 100
         if not 0 <= self.encode_quality <= top:
-            raise ValueError(f"{self.encode_format} quality must be within 0-{top}")
+            raise errors.UsageError(f"{self.encode_format} quality must be within 0-{top}")
         if self.image_size < 1 or self.min_image_size < 0:
-            raise ValueError("image size must be positive and min image size non-negative")
+            raise errors.UsageError("image size must be positive and min image size non-negative")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class DownloadOptions:
 
     def __post_init__(self):
         if min(self.thread_count, self.timeout) < 1 or self.retries < 0:
-            raise ValueError("threads and timeout must be at least 1, retries >= 0")
+            raise errors.UsageError("threads and timeout must be at least 1, retries >= 0")
 
 
 @dataclass(frozen=True)
@@ -117,11 +117,11 @@ class LaionConfig:
 
     def __post_init__(self):
         if self.source not in SOURCES:
-            raise ValueError(f"source {self.source!r} is not one of {', '.join(SOURCES)}")
+            raise errors.UsageError(f"source {self.source!r} is not one of {', '.join(SOURCES)}")
         if self.rows_per_unit < 1 or self.max_caption_chars < 1:
-            raise ValueError("rows per unit and max caption chars must be at least 1")
+            raise errors.UsageError("rows per unit and max caption chars must be at least 1")
         if self.verify_hash and self.verify_hash[1] not in ("md5", "sha256", "sha512"):
-            raise ValueError(f"verify hash type {self.verify_hash[1]!r} is not md5, sha256 or sha512")
+            raise errors.UsageError(f"verify hash type {self.verify_hash[1]!r} is not md5, sha256 or sha512")
 
     @property
     def text_col(self) -> str:
@@ -165,7 +165,7 @@ def input_files(inputs: list[Path]) -> list[Path]:
     for path in files:
         other = stems.setdefault(_safe_stem(path), path)
         if other != path:
-            raise ValueError(f"{other} and {path} have the same name; keys would collide")
+            raise errors.UsageError(f"{other} and {path} have the same name; keys would collide")
     return files
 
 
@@ -196,7 +196,7 @@ def _check_columns(path: Path, schema: pa.Schema, config: LaionConfig) -> None:
     needed += [config.verify_hash[0]] if config.verify_hash else []
     missing = [c for c in needed if c not in schema.names]
     if missing:
-        raise ValueError(f"{path}: no column {', '.join(map(repr, missing))} "
+        raise errors.UsageError(f"{path}: no column {', '.join(map(repr, missing))} "
                          f"(has {', '.join(schema.names)})")
 
 
@@ -206,7 +206,7 @@ def _parquet(read, path: Path):
     try:
         return read(path)
     except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+        raise errors.UsageError(f"{path}: not a readable parquet file ({e})") from None
 
 
 def _hash_column(path: Path) -> pa.ChunkedArray | None:

@@ -14,7 +14,7 @@ import string
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from emu_data import align, records, world
+from emu_data import align, errors, records, world
 from emu_data.corpus import Unit, UnitWriter
 
 SOURCES = ("yt_storyboard", "laion", "laion_coco", "mmc4", "webvid")
@@ -39,9 +39,9 @@ class SampleConfig:
     def __post_init__(self):
         unknown = set(self.sources) - set(SOURCES)
         if unknown:
-            raise ValueError(f"unknown sample source(s): {', '.join(sorted(unknown))}")
+            raise errors.UsageError(f"unknown sample source(s): {', '.join(sorted(unknown))}")
         if self.n < 1 or self.per_unit < 1:
-            raise ValueError("--n and per_unit must be at least 1")
+            raise errors.UsageError("--n and per_unit must be at least 1")
 
 
 @dataclass(frozen=True)

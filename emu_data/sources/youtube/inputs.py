@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from emu_data import files
+from emu_data import errors, files
 
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 # Info dicts and player responses nest a few dozen levels; deeper is not one (and every walk
@@ -106,7 +106,7 @@ def read_ids_file(path: Path) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:  # a ValueError, but one that does not name the file
-        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise errors.UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
 
 
@@ -182,5 +182,5 @@ def collect(refs: list[str], ids_file: Path | None, info_dirs: list[Path], expan
     info_files = [f for d in info_dirs for f in info_json_files(d)]
     found = dedupe(from_refs(refs, expand) + from_info_files(info_files))
     if not found:
-        raise ValueError("no videos given: pass ids or URLs, --ids FILE or --info-json DIR")
+        raise errors.UsageError("no videos given: pass ids or URLs, --ids FILE or --info-json DIR")
     return found
