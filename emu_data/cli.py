@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from emu_data import __version__
+from emu_data import __version__, errors
 
 EPILOG = "Docs: README.md. Record definitions: schemas/*.json."
 
@@ -30,51 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: committed work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
-    except _output_errors() as e:   # "cannot write PATH: No space left on device", one line
-        print(f"emu-data {args.command}: {e}", file=sys.stderr)
-        return 1
-    except _user_errors() as e:
-        print(f"emu-data {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except _data_errors() as e:
-        print(f"emu-data {args.command}: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:   # a write error from code that does not name its output itself
-        reason = _disk_full_or_read_only(e)
-        if reason is None:
+    except Exception as e:   # errors.py: 2 usage, 1 data (or disk) at fault; anything else is a bug
+        status = errors.exit_status(e)
+        if status is None:
             raise
-        print(f"emu-data {args.command}: cannot write {e.filename or 'the output'}: {reason}", file=sys.stderr)
-        return 1
-
-
-def _output_errors() -> tuple[type[Exception], ...]:
-    from emu_data.shards import OutputError
-
-    return (OutputError,)
-
-
-def _disk_full_or_read_only(error: OSError) -> str | None:
-    """The cause, in the system's words, of an OSError that a rerun with room would not hit."""
-    import errno
-    import os
-
-    return os.strerror(error.errno) if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG) else None
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from emu_data.corpus import LayoutChanged
-    from emu_data.manifest import ManifestError
-    from emu_data.runlock import RunInProgress
-    from emu_data.validate import UnusableInput
-
-    return (LayoutChanged, ManifestError, RunInProgress, UnusableInput, FileNotFoundError, NotADirectoryError,
-            ValueError)
-
-
-def _data_errors() -> tuple[type[Exception], ...]:
-    from emu_data.stage import StageIncomplete
-
-    return (StageIncomplete,)
+        print(errors.message(e, args.command), file=sys.stderr)
+        return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,7 +285,7 @@ def _run_youtube(args) -> int:
         impersonate=args.impersonate, retries=args.retries, socket_timeout=args.timeout)
     if args.impersonate and not args.allow_private_addresses:
         # fail closed: curl_cffi connects in C, below the socket.connect hook (net_guard.py)
-        raise ValueError("--impersonate downloads through curl_cffi, which the address guard cannot "
+        raise errors.UsageError("--impersonate downloads through curl_cffi, which the address guard cannot "
                          "watch; add --allow-private-addresses if the metadata you feed is trusted")
     config = stage.YoutubeConfig(
         langs=tuple(lang.strip() for lang in args.langs.split(",") if lang.strip()),

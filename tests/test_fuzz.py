@@ -3,7 +3,7 @@
 Every reader either returns a result that keeps its contract or raises the toolkit's own
 error, the one its stage turns into a status row (SubtitleError, StoryboardError,
 VideoError, DocumentError), or, for a whole input file that is unusable at planning, a
-plain ValueError naming the file (the CLI prints it). Anything else (KeyError, TypeError,
+UsageError naming the file (the CLI prints it, exit 2). Anything else (KeyError, TypeError,
 OverflowError, UnicodeDecodeError and ArrowInvalid, which are ValueErrors too, ...) fails.
 Readers of many items also turn one bad line or row into one status row and go on.
 
@@ -32,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emu_data import net, records, schema
+from emu_data import errors, net, records, schema
 from emu_data.sources import keys as source_keys
 from emu_data.sources import laion, mmc4, webvid
 from emu_data.sources.youtube import inputs, storyboard, subtitles
@@ -588,7 +588,7 @@ def test_ids_file(data):
     with temp_dir() as tmp:
         path = tmp / "ids.txt"
         path.write_bytes(data)
-        refs, error = outcome(lambda: inputs.read_ids_file(path), ValueError)
+        refs, error = outcome(lambda: inputs.read_ids_file(path), errors.UsageError)
     if error is not None:
         assert str(path) in str(error)
     else:
@@ -740,8 +740,8 @@ def assert_video(video, config: webvid.WebvidConfig) -> None:
 
 def read_webvid(path: Path, config: webvid.WebvidConfig) -> list[dict] | None:
     """The status row (or None for a video to fetch) of every row, as the stage would write it;
-    None for a file refused at planning (a ValueError naming it)."""
-    units, error = outcome(lambda: webvid.units([path], config), ValueError)
+    None for a file refused at planning (a UsageError naming it)."""
+    units, error = outcome(lambda: webvid.units([path], config), errors.UsageError)
     if error is not None:
         assert str(path) in str(error)
         return None
@@ -873,7 +873,7 @@ def assert_input_rows(rows: list, unit, config: laion.LaionConfig) -> list[dict]
 @settings(FUZZ, max_examples=150)
 def _units_or_named_refusal(paths, config):
     """LAION's planning: units, or None after checking the refusal names the bad file."""
-    units, error = outcome(lambda: laion.units(paths, config, PARSE_ONLY), ValueError)
+    units, error = outcome(lambda: laion.units(paths, config, PARSE_ONLY), errors.UsageError)
     if error is not None:
         assert any(str(p) in str(error) for p in paths), error
         return None
