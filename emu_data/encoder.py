@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from emu_data import errors, images
+from emu_data.options import option
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,17 @@ class ModelError(errors.UsageError):
 class ModelSpec:
     """Which encoder, with which weights, giving which tokens at which precision."""
 
-    model: str = "EVA02-B-16"        # an open_clip model name, or the path of a JSON model config
-    pretrained: str = NO_WEIGHTS     # hub tag, checkpoint path, or "none" (random init, seeded)
-    tokens: str = "pooled"           # pooled | patch
-    precision: str = "bf16"          # bf16 | fp16 | fp32 (autocast; fp32 is exact)
-    seed: int = 0                    # random init only: the same seed gives the same weights
+    model: str = option("EVA02-B-16", help="open_clip model name (EVA02-B-16, EVA02-L-14, EVA01-g-14, ...) or "
+                                           "the path of an open_clip JSON model config")
+    pretrained: str = option(NO_WEIGHTS, required=True, metavar="TAG|PATH|none",
+                             help="open_clip hub tag (needs network or a cache), a local checkpoint file, or none "
+                                  "(random init: for tests and speed runs only; warned and recorded)")
+    tokens: str = option("pooled", choices=TOKENS,
+                         help="pooled: the image embedding; patch: the last block's tokens, what Emu reads")
+    precision: str = option("bf16", choices=PRECISIONS,   # autocast; fp32 is exact
+                            help="autocast precision, also the stored dtype")
+    seed: int = option(0, parse=int,   # the same seed gives the same weights
+                       help="random init seed with --pretrained none")
 
     def __post_init__(self):
         if self.tokens not in TOKENS:

@@ -36,6 +36,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from emu_data import encoder, errors, files, images, manifest, runlock, runtime, schema
+from emu_data.options import option, positive_int
 from emu_data.corpus import CONFIG_NAME, DATA_DIR, LayoutChanged
 from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OneShard, ShardError, ShardInfo, file_sha256, read_schema, read_shard
 
@@ -53,10 +54,12 @@ class FeatureError(errors.UsageError):
 class RunOptions:
     """How fast, not what: changing these never changes the features (fp32) or the layout."""
 
-    batch_size: int = 256              # images per encoder call
-    gpus: int | None = None            # encoder actors, one GPU each; None: every GPU Ray sees; 0: CPU
-    encoder_cpus: int | None = None    # CPU encoding: CPUs of the one encoder actor (default: half)
-    images_per_read: int = 64          # images per CPU decode task
+    batch_size: int = option(256, parse=positive_int, help="images per encoder call")
+    gpus: int | None = option(None, parse=int,
+                              help="encoder actors, one GPU each (default: every GPU Ray sees; 0: encode on CPU)")
+    encoder_cpus: int | None = option(None, parse=positive_int,
+                                      help="CPUs of the CPU encoder when there is no GPU (default: half the CPUs)")
+    images_per_read: int = option(64, parse=positive_int, help="images per CPU decode task")
 
     def __post_init__(self):
         if self.batch_size < 1 or self.images_per_read < 1 or (self.gpus or 0) < 0:

@@ -50,6 +50,7 @@ from urllib3.exceptions import (
 from urllib3.util import parse_url
 
 from emu_data import __version__
+from emu_data.options import network, option, show_size, size
 from emu_data.errors import ItemFailed, UsageError
 
 __all__ = [
@@ -103,17 +104,26 @@ class NetPolicy:
     """Limits for one Fetcher. Frozen so a policy can be shared between threads and workers."""
 
     connect_timeout: float = 10.0
-    read_timeout: float = 30.0
-    retries: int = 3  # extra attempts after the first, for retryable failures only
+    read_timeout: float = option(30.0, flag="--timeout", parse=float, help="read timeout in seconds")
+    retries: int = option(3, parse=int, help="retries of a failed request")  # retryable failures only
     backoff_base: float = 0.5  # seconds; exponential with full jitter
     backoff_max: float = 30.0  # cap for backoff and for an honoured Retry-After
-    per_host_rate: float = 10.0  # requests per second per host; 0 = unlimited
-    max_bytes: int = 64 * 2**20
+    per_host_rate: float = option(10.0, flag="--rate-per-host", parse=float, metavar="N",   # 0 = unlimited
+                                  help="at most N requests per second to one host, per worker")
+    max_bytes: int = option(64 * 2**20, parse=size, show=show_size, metavar="SIZE",
+                            help="largest response body to accept; a bigger one is cut there and the item "
+                                 "reported too_large")
     max_redirects: int = 5
-    allow_private_addresses: bool = False
+    allow_private_addresses: bool = option(
+        False, help="let downloads reach loopback/private/link-local addresses (off by default: URL lists "
+                    "are untrusted; tests and the offline demo need it for 127.0.0.1)")
     # Exceptions to the address guard (CIDR or single addresses): a mirror on the company
     # network, a proxy on localhost, a test server. Narrower than allow_private_addresses.
-    allowed_networks: tuple[str, ...] = ()
+    allowed_networks: tuple[str, ...] = option(
+        (), flag="--allow-address", repeat=True, parse=network, metavar="CIDR",
+        help="let downloads reach this address or network despite the guard (e.g. a mirror at "
+             "10.1.2.0/24), on EVERY port: the guard matches addresses, not ports, so give the narrowest "
+             "(a single address for one host); repeatable; narrower than --allow-private-addresses")
     user_agent: str = f"emu-data/{__version__}"
 
     def __post_init__(self):

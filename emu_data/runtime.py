@@ -8,12 +8,17 @@ here only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
+
+from emu_data.options import option, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +27,13 @@ log = logging.getLogger(__name__)
 class RayOptions:
     """Where work runs. address None: RAY_ADDRESS if set, else an embedded local Ray."""
 
-    address: str | None = None
-    num_cpus: int | None = None         # embedded Ray only; default: all cores
-    max_in_flight: int | None = None    # tasks submitted at once; default: 2 x cluster CPUs
+    address: str | None = option(None, flag="--ray-address", metavar="ADDR",
+                                 help="join this Ray cluster (e.g. auto, ray://head:10001); default: "
+                                      "RAY_ADDRESS, else an embedded local Ray")
+    num_cpus: int | None = option(None, parse=positive_int, metavar="N",   # embedded Ray only
+                                  help="CPUs for the embedded local Ray (default: all)")
+    max_in_flight: int | None = option(None, flag="--max-concurrent", parse=positive_int, metavar="N",
+                                       help="units (workers) in flight at once; default 2 x CPUs")
     cpus_per_task: float = 1.0
 
 
@@ -46,14 +55,29 @@ def ensure_ray(options: RayOptions = RayOptions()):
         return ray
     address = options.address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a data tool
-    if address in (None, "local"):
-        ray.init(num_cpus=options.num_cpus, include_dashboard=False,
-                 logging_level=logging.WARNING, configure_logging=False)
-        log.info("started embedded Ray with %s CPUs", cluster_cpus(ray))
-    else:
-        ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
-        log.info("joined Ray cluster at %s (%s CPUs)", address, cluster_cpus(ray))
+    with _own_sigterm_handler():
+        if address in (None, "local"):
+            ray.init(num_cpus=options.num_cpus, include_dashboard=False,
+                     logging_level=logging.WARNING, configure_logging=False)
+            log.info("started embedded Ray with %s CPUs", cluster_cpus(ray))
+        else:
+            ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
+            log.info("joined Ray cluster at %s (%s CPUs)", address, cluster_cpus(ray))
     return ray
+
+
+@contextlib.contextmanager
+def _own_sigterm_handler():
+    """Keep the application's SIGTERM handler: ray.init installs one that sys.exits wherever
+    the signal lands, after which Ray's core worker aborts (exit 134, a native stack dump).
+    The CLI turns SIGTERM into an interrupt that stops units and keeps committed work."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def cluster_cpus(ray=None) -> int:

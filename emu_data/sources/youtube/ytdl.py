@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from emu_data import errors, net, net_guard
+from emu_data.options import option
 from emu_data.sources.youtube.inputs import VIDEO_ID
 
 log = logging.getLogger(__name__)
@@ -30,16 +31,20 @@ class YtdlOptions:
     """Pass-through options for yt-dlp. Sleep defaults follow yt-dlp's `-t sleep` preset:
     guest sessions are blocked after a few hundred videos an hour without them."""
 
-    cookies: str | None = None
-    proxy: str | None = None
-    sleep_requests: float = 0.75
-    sleep_interval: float = 10.0
-    max_sleep_interval: float = 20.0
-    sleep_subtitles: float = 5.0
-    extractor_args: dict = field(default_factory=dict)
-    impersonate: str | None = None
-    retries: int = 3
-    socket_timeout: float = 20.0
+    cookies: str | None = option(None, metavar="FILE", help="Netscape cookies file")
+    proxy: str | None = option(None, metavar="URL", help="proxy for every request")
+    sleep_requests: float = option(0.75, parse=float, help="seconds between requests")
+    sleep_interval: float = option(10.0, parse=float, help="seconds before each download")
+    max_sleep_interval: float = option(20.0, parse=float, help="random upper bound of it")
+    sleep_subtitles: float = option(5.0, parse=float, help="seconds before each subtitle")
+    extractor_args: dict = option(default_factory=dict, parse=lambda text: parse_extractor_args(text),
+                                  show=lambda value: None, metavar="ARGS",
+                                  help="yt-dlp syntax, e.g. 'youtube:player_skip=webpage,configs;skip=translated_subs'")
+    impersonate: str | None = option(None, metavar="TARGET",
+                                     help="browser to impersonate (needs curl_cffi, whose sockets the address "
+                                          "guard cannot see: only with --allow-private-addresses)")
+    retries: int = 3                      # the command line's --retries
+    socket_timeout: float = 20.0          # the command line's --timeout
 
     def params(self, **extra) -> dict:
         """YoutubeDL params for these options, plus `extra` (download settings)."""
