@@ -16,7 +16,6 @@ The report goes to RUN/eval/report.json and report.md (a markdown table).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -25,28 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emu_data import errors, train
+from emu_data import sources, train
 from emu_data.model import cider, data, emu
 from emu_data.model.tokenizer import BOS, END_IMG, EOS, IMG, PAD
-from emu_data.sources.sample import SOURCES
-
-# Pairs for captioning and retrieval, best first: clean captions before alt text.
-PAIR_SOURCES = ("laion_coco", "laion", "webvid")
+from emu_data.model.config import EvalOptions  # noqa: F401  (defined with the other option sets)
 
 
-@dataclass(frozen=True)
-class EvalOptions:
-    max_pairs: int = 100          # held-out image-text pairs for captioning and retrieval
-    shots: tuple = (0, 2, 4)      # in-context demonstrations
-    max_caption_tokens: int = 40
-    batch_size: int = 16
-    device: str = "auto"
-    seed: int = 0                 # random tie-breaking of the prior's ranking
-
-    def __post_init__(self):
-        object.__setattr__(self, "shots", tuple(self.shots))
-        if self.max_pairs < 2 or any(k < 0 for k in self.shots) or self.batch_size < 1:
-            raise errors.UsageError("--max-pairs must be >= 2, --shots non-negative, --batch-size positive")
+def pair_kinds() -> list[str]:
+    """Record sources read as caption/retrieval pairs, best first (the registry's pair_rank:
+    clean captions before alt text)."""
+    ranked = [k for k in sources.kinds() if k.pair_rank is not None]
+    return [k.name for k in sorted(ranked, key=lambda k: k.pair_rank)]
 
 
 @dataclass
@@ -109,8 +97,8 @@ def heldout_loss(model: emu.Emu, run: train.Run, reader: data.SampleReader, devi
 
 def heldout_pairs(index: data.Index, reader: data.SampleReader, limit: int) -> Pairs | None:
     """Up to `limit` held-out one-image-one-text samples of the best pair source present."""
-    for name in PAIR_SOURCES:
-        mask = index.heldout & (index.source == SOURCES.index(name)) & (index.images == 1) & (index.texts == 1)
+    for name in pair_kinds():
+        mask = index.heldout & (index.source == sources.kind_id(name)) & (index.images == 1) & (index.texts == 1)
         chosen = np.flatnonzero(mask)[:limit].tolist()
         if len(chosen) >= 2:
             captions = [next(t for t in reader.texts(s) if t is not None) for s in chosen]
@@ -136,7 +124,7 @@ def _cider(generated: list[str], references: list[str]) -> float:
 def prior_baseline(run: train.Run, reader: data.SampleReader, pairs: Pairs, options) -> dict:
     """The most frequent training caption for every image; a random ranking for retrieval
     (exact expectation: R@k = k / N)."""
-    index, source = run.index, SOURCES.index(pairs.source)
+    index, source = run.index, sources.kind_id(pairs.source)
     train_pairs = np.flatnonzero(~index.heldout & (index.source == source) & (index.images == 1) & (index.texts == 1))
     counts = Counter(next(t for t in reader.texts(s) if t is not None) for s in train_pairs.tolist())
     common = min(counts.items(), key=lambda item: (-item[1], item[0]))[0] if counts else ""

@@ -27,27 +27,54 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pyarrow.compute as pc
 
 from emu_data import errors, files, manifest, records, runtime, stage, validate
+from emu_data import sources as registry
+from emu_data.options import option
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.shards import read_shard
 
-# Emu's per-step batch sizes (arXiv 2307.05222): relative weights of the five sources.
-PRESETS = {
-    "emu": {"laion": 128, "laion_coco": 128, "mmc4": 64, "webvid": 16, "yt_storyboard": 16},
-    "equal": {"laion": 1, "laion_coco": 1, "mmc4": 1, "webvid": 1, "yt_storyboard": 1},
-}
+PRESET_NAMES = ("emu", "equal")
+
+
+def presets() -> dict[str, dict[str, float]]:
+    """Named weights of the registered record sources. emu: Emu's per-step batch sizes
+    (arXiv 2307.05222: laion 128, laion_coco 128, mmc4 64, webvid 16, yt_storyboard 16)."""
+    weights = registry.emu_weights()
+    return {"emu": weights, "equal": {name: 1 for name in weights}}
+
+
 SHOWN_PROBLEMS = 10  # lines of a corrupted input's problems in the error; validate lists them all
 
 
 @dataclass(frozen=True)
 class MixConfig:
-    weights: dict[str, float] = field(default_factory=lambda: dict(PRESETS["emu"]))
-    seed: int = 0
-    dedup_images: bool = True
-    dedup_urls: bool = True
+    weights: dict[str, float] = field(default_factory=lambda: presets()["emu"])   # see Weights
+    seed: int = option(0, parse=int, help="shuffle and subsample seed")
+    dedup_images: bool = option(True, help="drop samples whose images another sample has")
+    dedup_urls: bool = option(True, help="drop samples whose normalized URL another sample has")
 
     def __post_init__(self):
         if not self.weights or any(w < 0 for w in self.weights.values()) or not sum(self.weights.values()):
             raise errors.UsageError(f"weights must be non-negative and not all zero: {self.weights}")
+
+
+@dataclass(frozen=True)
+class MixInputs:
+    inputs: list = option(positional=True, many=True, required=True, parse=Path, metavar="SRC",
+                          help="finished corpus directories")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights as the command line gives them: a preset, some of it overridden."""
+
+    preset: str = option("emu", choices=PRESET_NAMES,
+                         help="named weights; emu = Emu's per-step batch sizes: laion 128, laion_coco 128, "
+                              "mmc4 64, webvid 16, yt_storyboard 16")
+    weights: str | None = option(None, metavar="LIST",
+                                 help="SOURCE=WEIGHT,... overriding the preset's weights for the sources named")
+
+    def resolve(self) -> dict[str, float]:
+        return {**presets()[self.preset], **(parse_weights(self.weights) if self.weights else {})}
 
 
 @dataclass(frozen=True)

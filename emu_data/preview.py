@@ -15,15 +15,16 @@ from collections.abc import Iterable, Mapping
 
 from emu_data import files
 
-# Badge colours; an unknown source still renders, in grey, rather than failing the page.
-SOURCE_COLOURS = {
-    "yt_storyboard": "#c4302b",
-    "laion": "#2b6cb0",
-    "laion_coco": "#2f855a",
-    "mmc4": "#805ad5",
-    "webvid": "#dd6b20",
-}
+# An unknown source still renders, in grey, rather than failing the page.
 _UNKNOWN_COLOUR = "#718096"
+
+
+def source_colour(name: str) -> str:
+    """The record source's badge colour (the registry's)."""
+    from emu_data import sources
+
+    kind = sources.kind(name)
+    return kind.colour if kind is not None else _UNKNOWN_COLOUR
 
 _CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px;
@@ -142,7 +143,7 @@ def _card_html(record: Mapping) -> str:
     images += [None] * (n - len(images))
     times = list(times) + [None] * (n - len(times)) if times is not None else [None] * n
     source = str(record.get("source", ""))
-    colour = SOURCE_COLOURS.get(source, _UNKNOWN_COLOUR)
+    colour = source_colour(source)
     n_images = sum(img is not None for img in images)
     # Timed samples are video frames with subtitles between: flow them as a wrapping row.
     layout = "flow" if record.get("times") is not None else "doc"

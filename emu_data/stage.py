@@ -8,12 +8,13 @@ every source: resume, parallelism, progress, the commit.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from emu_data import corpus, errors, manifest, runlock, runtime
 from emu_data.corpus import Unit, UnitWriter
+from emu_data.options import option, positive_int, show_size, size
 from emu_data.shards import OutputError, ShardLimits
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,11 @@ log = logging.getLogger(__name__)
 class OutputOptions:
     """Where and how a stage writes."""
 
-    out: Path
-    shard_rows: int = 10_000
-    shard_bytes: int = 256 * 2**20
-    overwrite: bool = False
+    out: Path = option(parse=Path, required=True, help="output directory (created; an existing one resumes)")
+    shard_rows: int = option(10_000, parse=positive_int, metavar="N", help="at most N samples per shard")
+    shard_bytes: int = option(256_000_000, parse=size, show=show_size, metavar="SIZE",
+                              help="at most about SIZE per shard, e.g. 64MB, 1GB")
+    overwrite: bool = option(False, help="replace what an earlier run with another configuration wrote in --out")
 
     @property
     def limits(self) -> ShardLimits:
@@ -71,7 +73,6 @@ class StageResult:
     skipped_units: int = 0
     ran_units: int = 0
     reused: bool = False
-    failures: list = field(default_factory=list)
 
 
 def run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWriter], None], *,
@@ -124,3 +125,21 @@ def _same_units(out: Path, units: list[Unit]) -> bool:
     """The committed parts are exactly these units with these inputs."""
     parts = corpus.committed_parts(out)
     return {uid: p.get("digest") for uid, p in parts.items()} == {u.id: u.digest for u in units}
+
+
+def run_source(source, config, items: list, output: OutputOptions, ray: runtime.RayOptions | None = None,
+               retry_failed: bool = False, **extras) -> StageResult:
+    """Run a registered source's stage over its resolved input items (files, videos).
+
+    extras: the other option objects the source takes (net=NetPolicy, ytdl=YtdlOptions),
+    handed to its units and saved, with everything else, as the resolved config.
+    """
+    ray = ray or runtime.RayOptions()
+    resolved = {source.name: asdict(config), **{name: asdict(value) for name, value in extras.items()},
+                "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray),
+                "inputs": [str(item) for item in items] if all(isinstance(i, Path) for i in items) else len(items)}
+    redo = None
+    if retry_failed:
+        redo = lambda part: any(reason in source.retryable for reason in part["status_counts"])  # noqa: E731
+    return run_stage(source.name, source.units(items, config, ray=ray, **extras), source.process, output=output,
+                     layout=source.layout(config), config=resolved, ray=ray, redo=redo)

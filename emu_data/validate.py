@@ -12,7 +12,6 @@ and its image bytes are never touched (only the validity of `images` items).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field

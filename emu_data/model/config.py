@@ -17,9 +17,16 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from emu_data.errors import UsageError
+from emu_data.options import option, positive_int, show_words
 
-# Emu's per-step mixture (relative): LAION-2B 128, LAION-COCO 128, MMC4 64, WebVid 16, YT-Storyboard 16.
-EMU_WEIGHTS = {"laion": 128.0, "laion_coco": 128.0, "mmc4": 64.0, "webvid": 16.0, "yt_storyboard": 16.0}
+
+
+def emu_weights() -> dict[str, float]:
+    """Emu's per-step mixture (relative), of every registered record source (the registry
+    holds each one's weight: LAION-2B 128, LAION-COCO 128, MMC4 64, WebVid 16, YT-Storyboard 16)."""
+    from emu_data import sources
+
+    return {name: float(weight) for name, weight in sources.emu_weights().items()}
 
 
 class ConfigError(UsageError):
@@ -69,12 +76,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    seq_len: int = 256
-    batch_size: int = 16           # packed rows per step
-    weights: dict = field(default_factory=lambda: dict(EMU_WEIGHTS))  # per-source sampling weight
+    seq_len: int = option(256, parse=positive_int, help="positions per packed row")
+    batch_size: int = option(16, parse=positive_int, help="packed rows per step")
+    weights: dict = field(default_factory=emu_weights)  # per-source sampling weight
     holdout: float = 0.05          # fraction of samples (by key hash) kept out for eval
     vocab_size: int = 8192         # LM vocabulary: the most frequent BPE ids of the corpus; 0: all of BPE
-    workers: int = 2               # loader processes (0: in the training process)
+    workers: int = option(2, parse=int, help="loader processes (0: in the training process)")
 
     def __post_init__(self):
         if self.seq_len < 48 or self.batch_size < 1 or self.workers < 0:
@@ -88,7 +95,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-3
+    lr: float = option(1e-3, parse=float, help="peak learning rate")
     min_lr_ratio: float = 0.1      # cosine decays to lr * min_lr_ratio
     betas: tuple = (0.9, 0.98)     # Emu's AdamW betas
     weight_decay: float = 0.05     # Emu's
@@ -103,10 +110,10 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    steps: int = 1000
-    checkpoint_every: int = 100
-    seed: int = 0
-    device: str = "auto"           # auto (cuda if there is one) | cpu | cuda | cuda:N
+    steps: int = option(1000, parse=positive_int, help="optimizer steps")
+    checkpoint_every: int = option(100, parse=positive_int, help="steps between checkpoints")
+    seed: int = option(0, parse=int, help="model init, mixture and sequence order")
+    device: str = option("auto", help="auto (cuda if there is one), cpu, cuda, cuda:N")
     precision: str = "bf16"        # bf16: autocast on GPU (CPU always trains in fp32) | fp32
 
     def __post_init__(self):
@@ -198,3 +205,47 @@ def _parse(path: Path, raw: bytes):
         raise ConfigError(str(e)) from None
     except (ValueError, RecursionError) as e:   # JSONDecodeError; [[[... past the stack; a 5000-digit int
         raise ConfigError(f"{path}: not valid JSON: {yamlsafe.one_line(str(e))}") from None
+
+
+# ---- what the train and eval commands take besides the config ----------------------------------------
+
+@dataclass(frozen=True)
+class TrainInputs:
+    corpus: Path = option(parse=Path, required=True, help="a finished corpus directory")
+    features: Path = option(parse=Path, required=True,
+                            help="its features directory (emu-data features --tokens patch; pooled works too)")
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    out: Path = option(parse=Path, required=True, help="run directory (created; an existing one resumes)")
+    config: Path | None = option(None, parse=Path, mapping=lambda value: TrainConfig.from_dict(value),
+                                 help="JSON/YAML training config (default: the smoke model)")
+    stop_after: int | None = option(None, parse=positive_int, metavar="STEP",
+                                    help="stop (with a checkpoint) after this step of the schedule; rerun to continue")
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    run: Path = option(parse=Path, required=True, help="a run directory written by emu-data train")
+
+
+def _shots(text: str) -> tuple[int, ...]:
+    return tuple(int(k) for k in text.split(",") if k.strip())
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    max_pairs: int = option(100, parse=positive_int,
+                            help="held-out image-text pairs for captioning and retrieval")
+    shots: tuple = option((0, 2, 4), parse=_shots, show=show_words,
+                          help="in-context demonstrations, comma-separated")
+    max_caption_tokens: int = 40
+    batch_size: int = 16
+    device: str = option("auto", help="auto, cpu, cuda, cuda:N")
+    seed: int = 0                 # random tie-breaking of the prior's ranking
+
+    def __post_init__(self):
+        object.__setattr__(self, "shots", tuple(self.shots))
+        if self.max_pairs < 2 or any(k < 0 for k in self.shots) or self.batch_size < 1:
+            raise UsageError("--max-pairs must be >= 2, --shots non-negative, --batch-size positive")

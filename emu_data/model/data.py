@@ -37,7 +37,7 @@ from emu_data.model import tokenizer
 from emu_data.model.config import DataConfig
 from emu_data.model.tokenizer import BOS, END_IMG, EOS, IMG, PAD, Vocab
 from emu_data.shards import ShardError, read_schema, read_shard
-from emu_data.sources.sample import SOURCES
+from emu_data import sources as registry
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Index:
     shards: list[str]          # relative shard paths, the same in corpus and features
     shard: np.ndarray          # per sample: int32 shard number
     row: np.ndarray            # int32 row in the shard
-    source: np.ndarray         # int8 index into SOURCES
+    source: np.ndarray         # int8 record-source id (registry.kind_id)
     images: np.ndarray         # int32 image count
     feature_row: np.ndarray    # int64 first feature row (in the feature shard)
     text_tokens: np.ndarray    # int32 BPE tokens of all its texts
@@ -96,9 +96,10 @@ _ARRAYS = ("shard", "row", "source", "images", "feature_row", "text_tokens", "te
 
 
 def heldout_key(key: str, fraction: float) -> bool:
-    """Held out by a hash of the key; storyboard chunks (yt_storyboard:ID:N) by their video."""
+    """Held out by a hash of the key; chunks of one item (yt_storyboard:ID:N) all together."""
     parts = key.split(":")
-    group = ":".join(parts[:2]) if parts[0] == "yt_storyboard" else key
+    kind = registry.kind(parts[0])
+    group = ":".join(parts[:2]) if kind is not None and kind.chunked else key
     digest = int.from_bytes(hashlib.sha256(group.encode()).digest()[:4], "big")
     return digest < fraction * _HASH_SPAN
 
@@ -174,7 +175,10 @@ def _index_shard(corpus_path: Path, feature_path: Path, number: int, holdout: fl
     table = read_shard(corpus_path, "interleaved").select(["key", "source", "texts"])
     keys = table.column("key").to_pylist()
     texts = table.column("texts").to_pylist()
-    sources = [SOURCES.index(s) for s in table.column("source").to_pylist()]
+    try:
+        kinds = [registry.kind_id(s) for s in table.column("source").to_pylist()]
+    except registry.UnknownKind as e:
+        raise DataError(f"{corpus_path}: {e}") from None
     images = np.array([sum(t is None for t in row) for row in texts], dtype=np.int32)
     feature_rows = read_shard(feature_path).num_rows
     if feature_rows != int(images.sum()):
@@ -193,7 +197,7 @@ def _index_shard(corpus_path: Path, feature_path: Path, number: int, holdout: fl
     _check_keys(feature_path, keys, images)
     columns["shard"].append(np.full(len(keys), number, dtype=np.int32))
     columns["row"].append(np.arange(len(keys), dtype=np.int32))
-    columns["source"].append(np.array(sources, dtype=np.int8))
+    columns["source"].append(np.array(kinds, dtype=np.int8))
     columns["images"].append(images)
     columns["feature_row"].append((np.cumsum(images) - images).astype(np.int64))
     columns["text_tokens"].append(text_tokens)
@@ -219,12 +223,13 @@ def _progress(items, what: str):
 
 def mixture(index: Index, weights: dict) -> tuple[list[int], np.ndarray]:
     """Sources with training samples and a positive weight, and their probabilities."""
-    present = [s for s in range(len(SOURCES)) if np.any((index.source == s) & ~index.heldout)]
-    chosen = [s for s in present if weights.get(SOURCES[s], 0) > 0]
+    names = registry.kind_names()
+    present = [s for s in range(len(names)) if np.any((index.source == s) & ~index.heldout)]
+    chosen = [s for s in present if weights.get(names[s], 0) > 0]
     if not chosen:
         raise DataError(f"no training samples from a weighted source: corpus has "
-                        f"{[SOURCES[s] for s in present]}, weights give {weights}")
-    p = np.array([weights[SOURCES[s]] for s in chosen], dtype=np.float64)
+                        f"{[names[s] for s in present]}, weights give {weights}")
+    p = np.array([weights[names[s]] for s in chosen], dtype=np.float64)
     return chosen, p / p.sum()
 
 

@@ -21,7 +21,7 @@ import logging
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -33,10 +33,12 @@ from PIL import Image
 from urllib3.util import parse_url
 
 from emu_data import errors, images, net, records
+from emu_data import sources as registry
+from emu_data.options import Params, option, positive_int
 from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.files import safe_stem
-from emu_data.sources import keys, laion_download, ordered, textfiles
+from emu_data.sources import keys, laion_download, ordered, sample, textfiles
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,11 @@ class ImageOptions:
 
     # "no": keep the served bytes when they are JPEG, PNG or WebP (other formats: re-encoded as
     # encode_format); else one of img2dataset's resize modes, which re-encode as encode_format
-    resize_mode: str = "no"
-    image_size: int = 256               # target size when resize_mode is not "no"
+    resize_mode: str = option("no", help="no (keep served images), border, keep_ratio, center_crop")
+    image_size: int = option(256, parse=positive_int, help="target size when resizing")
     resize_only_if_bigger: bool = False
-    encode_format: str = "jpg"          # jpg | png | webp
-    encode_quality: int = 95            # png: compression level 0-9
+    encode_format: str = option("jpg", choices=ENCODE_FORMATS, help="format of re-encoded images")
+    encode_quality: int = option(95, parse=int, help="JPEG/WebP quality; PNG: compression level 0-9")
     skip_reencode: bool = True          # resize modes: keep bytes already in encode_format when not resized
     min_image_size: int = 0             # smaller side below this: too_small
     max_image_pixels: int | None = images.pixel_limit()  # above: too_large (default: the bomb limit)
@@ -88,7 +90,8 @@ class ImageOptions:
 class DownloadOptions:
     """How img2dataset fetches. Not part of the layout: a rerun may change these freely."""
 
-    thread_count: int = 64              # per unit; Ray runs units in parallel, one per CPU
+    thread_count: int = option(64, parse=positive_int,   # Ray runs units in parallel, one per CPU
+                               help="download threads per unit")
     retries: int = 0                    # img2dataset's retries of a failed download
     timeout: int = 10                   # seconds per request
     user_agent_token: str | None = None
@@ -101,15 +104,20 @@ class DownloadOptions:
 
 @dataclass(frozen=True)
 class LaionConfig:
-    source: str = "laion"               # laion | laion_coco
-    url_col: str = "URL"
-    caption_col: str | None = None      # None: TEXT for laion, top_caption for laion_coco
-    min_similarity: float | None = None  # thresholds: None = off; a row without the value fails
-    max_punsafe: float | None = None
-    max_pwatermark: float | None = None
+    source: str = option("laion", choices=SOURCES,
+                         help="laion (text = TEXT) or laion_coco (text = top_caption, the BLIP caption)")
+    url_col: str = option("URL", help="URL column")
+    caption_col: str | None = option(None, help="caption column (default TEXT, or top_caption for laion_coco)")
+    # thresholds: None = off; a row without the value fails
+    min_similarity: float | None = option(None, parse=float, help="drop rows below this CLIP similarity")
+    max_punsafe: float | None = option(None, parse=float, help="drop rows above this NSFW probability")
+    max_pwatermark: float | None = option(None, parse=float, help="drop rows above this watermark probability")
     max_caption_chars: int = 4096       # longer captions are cut here (meta caption_truncated)
-    rows_per_unit: int = 10_000
-    verify_hash: tuple[str, str] | None = None  # (column, md5|sha256|sha512) of the served bytes
+    rows_per_unit: int = option(10_000, parse=positive_int, help="rows per unit of work")
+    # (column, md5|sha256|sha512) of the served bytes
+    verify_hash: tuple[str, str] | None = option(None, parse=lambda text: tuple(text.split(":", 1)),
+                                                 metavar="COL:TYPE",
+                                                 help="check downloaded bytes against a column, e.g. sha256:sha256")
     image: ImageOptions = ImageOptions()
     # repr=False: units' digests come from repr, and download speed settings must not make a
     # rerun redo committed units.
@@ -655,12 +663,38 @@ def make_laion(inputs: list[Path], config: LaionConfig, net_policy: net.NetPolic
 
     Resumable: committed units are kept. retry_failed reruns units holding retryable reasons.
     """
-    from emu_data import runtime, stage
+    from emu_data.stage import run_source
 
-    ray = ray or runtime.RayOptions()
-    files = input_files(inputs)
-    resolved = {"laion": asdict(config), "net": asdict(net_policy), "ray": asdict(ray),
-                "output": {**asdict(output), "out": str(output.out)}, "inputs": [str(f) for f in files]}
-    redo = (lambda part: any(r in RETRYABLE for r in part["status_counts"])) if retry_failed else None
-    return stage.run_stage("laion", units(files, config, net_policy), process, output=output,
-                           layout=layout(config), config=resolved, ray=ray, redo=redo)
+    return run_source(SOURCE, config, input_files(inputs), output, ray, retry_failed, net=net_policy)
+
+
+@dataclass(frozen=True)
+class LaionInputs:
+    input: list = option(many=True, required=True, parse=Path, metavar="PARQUET",
+                         help="LAION parquet files, or directories of them")
+
+
+def _configure(values: dict) -> dict:
+    """img2dataset retries and times out as --retries and --timeout say."""
+    config, policy = values["config"], values["net"]
+    download = replace(config.download, retries=policy.retries, timeout=max(1, int(policy.read_timeout)))
+    return {**values, "config": replace(config, download=download)}
+
+
+SOURCE = registry.register(registry.Source(
+    name="laion",
+    kinds=(registry.Kind("laion", emu_weight=128, colour="#2b6cb0", pair_rank=1, sample=sample.laion_pair),
+           registry.Kind("laion_coco", emu_weight=128, colour="#2f855a", pair_rank=0, sample=sample.coco_pair)),
+    help="LAION-2B / LAION-COCO parquet -> [image, text] samples, downloaded by img2dataset",
+    description="Image URLs downloaded with img2dataset (the field's downloader), its per-row "
+                "results converted to [image, text] samples and status rows. Threshold flags drop "
+                "rows with a reason; every URL is checked against the address guard first.",
+    epilog="examples:\n  emu-data laion --input laion2B-en/part-0000*.parquet --out runs/laion --min-similarity 0.28\n"
+           "  emu-data laion --input laion-coco/ --source laion_coco --out runs/coco   # text = top_caption",
+    config=LaionConfig, inputs=LaionInputs,
+    resolve=lambda given, net: input_files(given.input),
+    configure=_configure,
+    units=lambda files, config, ray, net: units(files, config, net),
+    process=process, layout=layout, retryable=RETRYABLE,
+    extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),),
+))

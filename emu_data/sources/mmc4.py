@@ -30,7 +30,7 @@ import json
 import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -38,12 +38,14 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from emu_data import errors, images, net, records
+from emu_data import sources as registry
+from emu_data.options import Params, option, positive_int, show_size, size
 from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.files import safe_stem
-from emu_data.sources import keys, textfiles
+from emu_data.sources import keys, sample, textfiles
 
-SOURCE = "mmc4"
+KIND = "mmc4"
 # Config fields that change how fast a run goes, not what it writes: kept out of the layout
 # fingerprint (and, by repr=False, out of unit digests) so changing them never forces a redo.
 _SPEED_ONLY = ("fetch_workers",)
@@ -59,13 +61,17 @@ class ImageDropped(images.ImageRejected):
 
 @dataclass(frozen=True)
 class Mmc4Config:
-    min_sim: float = 0.24           # OpenFlamingo's threshold (Emu used 0.32)
-    max_images: int = 6             # OpenFlamingo's cap (Emu used 5)
-    reassign: bool = True           # re-run the image->sentence assignment on the kept images
-    min_image_bytes: int = 0        # drop images of at most this many bytes; OpenFlamingo: 10_000
-    max_image_pixels: int = 2**26   # decompression-bomb guard, below Pillow's own 89 Mpx warning
-    docs_per_unit: int = 128
-    fetch_workers: int = field(default=16, repr=False)  # documents fetched at once per unit
+    min_sim: float = option(0.24, parse=float,   # OpenFlamingo's threshold (Emu used 0.32)
+                            help="drop images below this similarity")
+    max_images: int = option(6, parse=positive_int, help="images kept per document")   # OpenFlamingo's (Emu: 5)
+    reassign: bool = option(True, help="re-run the image-sentence assignment on the kept images")
+    min_image_bytes: int = option(0, parse=size, show=show_size, metavar="SIZE",   # OpenFlamingo: 10_000
+                                  help="drop images of at most SIZE bytes (default off)")
+    max_image_pixels: int = option(2**26, parse=positive_int,   # below Pillow's own 89 Mpx warning
+                                   help="decompression-bomb guard, in pixels")
+    docs_per_unit: int = option(128, parse=positive_int, help="documents per unit of work")
+    fetch_workers: int = option(16, repr=False, parse=positive_int,   # repr=False: not in unit digests
+                                help="parallel image fetches per unit")
 
     def __post_init__(self):
         if self.max_images < 1 or self.docs_per_unit < 1 or self.fetch_workers < 1:
@@ -321,7 +327,7 @@ def _with_id(doc: Document, s: Slice) -> Document | dict:
     uid = document_id(doc.url)
     repeat = next((r for r in s.repeats if r[0] == doc.line), None)
     if repeat:
-        return keys.status(f"{SOURCE}:{uid}", SOURCE, repeat[1], repeat[2], input=doc.ref)
+        return keys.status(f"{KIND}:{uid}", KIND, repeat[1], repeat[2], input=doc.ref)
     return replace(doc, id=uid)
 
 
@@ -347,8 +353,8 @@ def _parse_all(unit: Mmc4Unit) -> list[Document | dict]:
         try:
             doc = parse(raw, line, s, unit.config)
         except DocumentError as e:
-            key = f"{SOURCE}:{s.stem}-{line}"
-            out.append(records.status(key, SOURCE, e.reason, input=f"{s.path}:{line}", error=str(e)))
+            key = f"{KIND}:{s.stem}-{line}"
+            out.append(records.status(key, KIND, e.reason, input=f"{s.path}:{line}", error=str(e)))
             continue
         out.append(_with_id(doc, s))
     return out
@@ -358,20 +364,20 @@ def _outcome(doc: Document | dict, *, config: Mmc4Config, fetcher: net.Fetcher) 
     """(sample or None, status row) of one parsed line."""
     if isinstance(doc, dict):
         return None, doc
-    key = f"{SOURCE}:{doc.id}"
+    key = f"{KIND}:{doc.id}"
     dropped: list[dict] = []
     kept = _fetch_best(doc, config, fetcher, dropped)
     if not kept:
-        return None, records.status(key, SOURCE, "no_images", input=doc.ref,
+        return None, records.status(key, KIND, "no_images", input=doc.ref,
                                     error=f"no image left of {len(doc.images)}: {_summary(dropped)}")
     matched = _assign(doc, kept) if config.reassign else [c.matched for c, _ in kept]
     try:
-        row = records.sample(key, SOURCE, _positions(doc.sentences, kept, matched),
+        row = records.sample(key, KIND, _positions(doc.sentences, kept, matched),
                              meta=_meta(doc, kept, matched, dropped, config))
     except records.RecordError as e:
-        return None, records.status(key, SOURCE, "invalid_record", input=doc.ref, error=str(e))
+        return None, records.status(key, KIND, "invalid_record", input=doc.ref, error=str(e))
     note = f"{len(dropped)} of {len(doc.images)} image(s) dropped: {_summary(dropped)}" if dropped else None
-    return row, records.status(key, SOURCE, "ok", input=doc.ref, error=note, samples=1)
+    return row, records.status(key, KIND, "ok", input=doc.ref, error=note, samples=1)
 
 
 def _summary(dropped: list[dict]) -> str:
@@ -480,17 +486,42 @@ def layout(config: Mmc4Config) -> dict:
     return {"mmc4": {k: v for k, v in asdict(config).items() if k not in _SPEED_ONLY}}
 
 
-def make_mmc4(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy, output, ray=None):
-    """Run the stage over the jsonl `inputs` (files or directories of *.jsonl) into output.out;
-    resumable, every document accounted for."""
-    from emu_data import runtime, stage
-
-    ray = ray or runtime.RayOptions()
+def input_files(inputs: list[Path]) -> list[Path]:
     files = textfiles.input_files(inputs, ".jsonl")
     if not files:
         raise errors.UsageError("no .jsonl input: give jsonl files or directories holding them")
-    resolved = {"mmc4": asdict(config), "net": asdict(net_policy),
-                "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray),
-                "inputs": [str(p) for p in files]}
-    return stage.run_stage("mmc4", units(files, config, net_policy, ray), process, output=output,
-                           layout=layout(config), config=resolved, ray=ray)
+    return files
+
+
+def make_mmc4(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy, output, ray=None):
+    """Run the stage over the jsonl `inputs` (files or directories of *.jsonl) into output.out;
+    resumable, every document accounted for."""
+    from emu_data.stage import run_source
+
+    return run_source(SOURCE, config, input_files(inputs), output, ray, net=net_policy)
+
+
+@dataclass(frozen=True)
+class Mmc4Inputs:
+    input: list = option(many=True, required=True, parse=Path, metavar="JSONL",
+                         help="MMC4 jsonl files, or directories of them")
+
+
+SOURCE = registry.register(registry.Source(
+    name="mmc4",
+    kinds=(registry.Kind("mmc4", emu_weight=64, colour="#805ad5", sample=sample.mmc4_document),),
+    help="MMC4 interleaved documents (jsonl) -> samples with images at their sentences",
+    description="One sample per document: images downloaded and placed before their matched "
+                "sentence; images below --min-sim dropped, the best --max-images kept, optionally "
+                "re-assigned to sentences (linear assignment on the similarity matrix). Images "
+                "that fail are recorded in the document's meta; a document left with no image "
+                "gets a status reason.",
+    epilog="examples:\n  emu-data mmc4 --input docs_shard_*.jsonl --out runs/mmc4\n"
+           "  emu-data mmc4 --input docs/ --out runs/mmc4 --min-sim 0.32 --max-images 5   # Emu\n"
+           "  emu-data mmc4 --input docs/ --out runs/mmc4 --min-image-bytes 11000       # OpenFlamingo",
+    config=Mmc4Config, inputs=Mmc4Inputs,
+    resolve=lambda given, net: input_files(given.input),
+    units=lambda files, config, ray, net: units(files, config, net, ray),
+    process=process, layout=layout,
+    extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),),
+))

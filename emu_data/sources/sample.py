@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import random
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from emu_data import align, errors, records, world
 from emu_data.corpus import Unit, UnitWriter
+from emu_data.options import option, positive_int, show_words, words
 
-SOURCES = ("yt_storyboard", "laion", "laion_coco", "mmc4", "webvid")
 # Sample sources' URLs use the reserved .invalid domain: they name where a real item
 # would live without ever resolving.
 _URL = "https://sample.invalid"
@@ -25,23 +25,36 @@ _URL = "https://sample.invalid"
 
 @dataclass(frozen=True)
 class SampleConfig:
-    n: int = 16                       # items per source (videos, pairs, documents)
-    seed: int = 0
-    sources: tuple[str, ...] = SOURCES
+    n: int = option(16, parse=positive_int, help="items per source (videos, pairs, documents)")
+    seed: int = option(0, parse=int, help="world seed")
+    # () : every record source the sample world can make (the registry's, in its order)
+    sources: tuple[str, ...] = option((), parse=words, show=show_words, metavar="LIST",
+                                      help="comma-separated subset of record sources (default: all)")
     per_unit: int = 8                 # items per unit of work
     image_size: int = 224             # LAION / MMC4 images, square
     tile_size: tuple[int, int] = (160, 90)   # storyboard tiles (YouTube's sb0 level)
     storyboard_interval: float = 5.0  # seconds between storyboard tiles
-    frames_per_sample: int = 16       # storyboard frames per sample before a video is cut
+    frames_per_sample: int = option(16, parse=positive_int,
+                                    help="storyboard frames per sample before a video is cut")
     webvid_frames: int = 8            # frames sampled per WebVid video (Emu uses 8)
     webvid_size: int = 128
 
     def __post_init__(self):
-        unknown = set(self.sources) - set(SOURCES)
+        known = sample_kinds()
+        if not self.sources:
+            object.__setattr__(self, "sources", tuple(known))
+        unknown = set(self.sources) - set(known)
         if unknown:
             raise errors.UsageError(f"unknown sample source(s): {', '.join(sorted(unknown))}")
         if self.n < 1 or self.per_unit < 1:
             raise errors.UsageError("--n and per_unit must be at least 1")
+
+
+def sample_kinds() -> dict:
+    """The registered record sources the sample world can make, by name."""
+    from emu_data import sources
+
+    return {kind.name: kind.sample for kind in sources.kinds() if kind.sample is not None}
 
 
 @dataclass(frozen=True)
@@ -50,13 +63,16 @@ class SampleUnit:
     start: int
     count: int
     config: SampleConfig
+    # the kind's generator, handed over whole: a worker need not know the registry
+    build: Callable = field(default=None, repr=False, compare=False)
 
 
 def units(config: SampleConfig) -> list[Unit]:
     """Deterministic units: each source's item indices in runs of `per_unit`."""
+    builders = sample_kinds()
     return [
         Unit(f"{source}-{start // config.per_unit:05d}",
-             SampleUnit(source, start, min(config.per_unit, config.n - start), config))
+             SampleUnit(source, start, min(config.per_unit, config.n - start), config, builders[source]))
         for source in config.sources
         for start in range(0, config.n, config.per_unit)
     ]
@@ -68,7 +84,7 @@ def layout(config: SampleConfig) -> dict:
 
 def process(unit: SampleUnit, writer: UnitWriter) -> None:
     """Build one unit's items; an item that breaks an invariant becomes a status row."""
-    build = BUILDERS[unit.source]
+    build = unit.build
     for index in range(unit.start, unit.start + unit.count):
         rng = random.Random(f"{unit.config.seed}:{unit.source}:{index}")
         source_id = _source_id(unit.source, index, rng)
@@ -108,7 +124,7 @@ def _pair(key, rng, config, *, coco: bool) -> list[dict]:
     return [records.sample(key, key.split(":")[0], [image, text], meta=meta)]
 
 
-def _mmc4(key, rng, config) -> list[dict]:
+def mmc4_document(key, rng, config) -> list[dict]:
     doc = world.random_document(rng, n_images=rng.randint(1, 3))
     before: dict[int, list[bytes]] = {}
     for scene, sentence in zip(doc.scenes, doc.matched):
@@ -128,7 +144,7 @@ def _mmc4(key, rng, config) -> list[dict]:
     return [records.sample(key, "mmc4", items, meta=meta)]
 
 
-def _webvid(key, rng, config) -> list[dict]:
+def webvid_clip(key, rng, config) -> list[dict]:
     clip = world.random_clip(rng, duration=round(rng.uniform(8, 30), 1))
     n = config.webvid_frames
     times = [round((i + 0.5) * clip.duration / n, 3) for i in range(n)]  # centres of n equal spans
@@ -140,7 +156,7 @@ def _webvid(key, rng, config) -> list[dict]:
     return [records.sample(key, "webvid", frames + [text], times=times + [times[-1]], meta=meta)]
 
 
-def _storyboard(key, rng, config) -> list[dict]:
+def storyboard(key, rng, config) -> list[dict]:
     clip = world.random_clip(rng, duration=round(rng.uniform(40, 160)))
     interval = config.storyboard_interval
     count = math.ceil(clip.duration / interval) + 1  # what YouTube's specs show
@@ -162,13 +178,12 @@ def _storyboard(key, rng, config) -> list[dict]:
     ]
 
 
-BUILDERS: dict[str, Callable[[str, random.Random, SampleConfig], list[dict]]] = {
-    "yt_storyboard": _storyboard,
-    "laion": lambda key, rng, config: _pair(key, rng, config, coco=False),
-    "laion_coco": lambda key, rng, config: _pair(key, rng, config, coco=True),
-    "mmc4": _mmc4,
-    "webvid": _webvid,
-}
+def laion_pair(key, rng, config) -> list[dict]:
+    return _pair(key, rng, config, coco=False)
+
+
+def coco_pair(key, rng, config) -> list[dict]:
+    return _pair(key, rng, config, coco=True)
 
 
 def make_sample(config: SampleConfig, output, ray=None):

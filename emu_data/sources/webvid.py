@@ -30,7 +30,7 @@ import math
 import re
 from bisect import bisect_right
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
@@ -44,11 +44,13 @@ from typing import BinaryIO, Iterator
 import av
 
 from emu_data import errors, images, net, records
+from emu_data import sources as registry
+from emu_data.options import Params, option, positive_int
 from emu_data.corpus import Unit, UnitWriter
 from emu_data.files import safe_stem
-from emu_data.sources import keys, textfiles
+from emu_data.sources import keys, sample, textfiles
 
-SOURCE = "webvid"
+KIND = "webvid"
 REQUIRED_COLUMNS = ("videoid", "name", "duration", "contentUrl")
 VIDEO_ID = re.compile(r"\w{1,64}", re.ASCII)  # WebVid ids are digits; never a path part
 RETRYABLE = frozenset({"rate_limited", "timeout", "connection_error", "truncated",
@@ -68,13 +70,16 @@ class VideoError(errors.ItemFailed):
 
 @dataclass(frozen=True)
 class WebvidConfig:
-    frames: int = 8                   # frames per video, uniformly sampled (Emu: 8)
-    min_duration: float = 1.0         # seconds; shorter videos (declared or decoded) are too_short
-    frame_size: int | None = 512      # longest side of stored frames; never upscaled; 0/None keeps
-    jpeg_quality: int = 90
-    rows_per_unit: int = 256          # CSV rows per unit of work, the unit of resume
+    frames: int = option(8, parse=positive_int, help="frames per video, uniformly sampled (Emu: 8)")
+    min_duration: float = option(1.0, parse=float, help="shorter videos (declared or decoded) are too_short, "
+                                                        "in seconds")
+    frame_size: int | None = option(512, parse=int, store=lambda size: size or None,   # never upscaled
+                                    help="longest side of stored frames, 0 keeps")
+    jpeg_quality: int = option(90, parse=int, help="JPEG quality of stored frames")
+    rows_per_unit: int = option(256, parse=positive_int, help="CSV rows per unit of work, the unit of resume")
     max_pixels: int = 2**25           # decoded frame area guard (width x height)
-    fetch_workers: int = field(default=8, repr=False)  # videos downloaded + decoded at once per unit
+    fetch_workers: int = option(8, repr=False, parse=positive_int,   # repr=False: not in unit digests
+                                help="videos fetched and decoded at once per unit")
 
     def __post_init__(self):
         if min(self.frames, self.rows_per_unit, self.fetch_workers, self.max_pixels) < 1:
@@ -288,8 +293,8 @@ def row_key(line: int, fields, s: Slice) -> str:
     row = _as_dict(fields, s.header)
     videoid = row["videoid"].strip() if row else ""
     if VIDEO_ID.fullmatch(videoid):
-        return f"{SOURCE}:{videoid}"
-    return f"{SOURCE}:{s.stem}-{line}"
+        return f"{KIND}:{videoid}"
+    return f"{KIND}:{s.stem}-{line}"
 
 
 def parse_row(line: int, fields, s: Slice, config: WebvidConfig) -> Video:
@@ -321,22 +326,22 @@ def _outcome(item: tuple[int, tuple[str, ...] | str], *, s: Slice, config: Webvi
     ref = _ref(line, fields, s)
     repeat = next((r for r in s.repeats if r[0] == line), None)
     if repeat:  # the id came earlier in the input: nothing to fetch
-        return None, keys.status(key, SOURCE, repeat[1], repeat[2], input=ref)
+        return None, keys.status(key, KIND, repeat[1], repeat[2], input=ref)
     attempts = 1
     try:
         video = parse_row(line, fields, s, config)
         fetched = fetcher.get(video.url)
         attempts = fetched.attempts
         sampled = sample_video(fetched.body, config)
-        row = records.sample(key, SOURCE, [*sampled.images, video.caption],
+        row = records.sample(key, KIND, [*sampled.images, video.caption],
                              times=[*sampled.times, sampled.times[-1]], meta=_meta(video, sampled, fetched))
     except (VideoError, net.FetchError) as e:
         attempts = getattr(e, "attempts", 0) or attempts
-        return None, records.status(key, SOURCE, e.reason, input=ref, error=str(e)[:500] or e.reason,
+        return None, records.status(key, KIND, e.reason, input=ref, error=str(e)[:500] or e.reason,
                                     attempts=attempts)
     except records.RecordError as e:
-        return None, records.status(key, SOURCE, "invalid_record", input=ref, error=str(e)[:500])
-    return row, records.status(key, SOURCE, "ok", input=ref, attempts=attempts, samples=1)
+        return None, records.status(key, KIND, "invalid_record", input=ref, error=str(e)[:500])
+    return row, records.status(key, KIND, "ok", input=ref, attempts=attempts, samples=1)
 
 
 def _ref(line: int, fields, s: Slice) -> str:
@@ -538,20 +543,41 @@ def layout(config: WebvidConfig) -> dict:
     return {"webvid": {k: v for k, v in asdict(config).items() if k not in _SPEED_ONLY}}
 
 
+def input_files(inputs: list[Path]) -> list[Path]:
+    files = textfiles.input_files(inputs, ".csv")
+    if not files:
+        raise errors.UsageError("no .csv input: give WebVid CSV files or directories holding them")
+    return files
+
+
 def make_webvid(inputs: list[Path], config: WebvidConfig, net_policy: net.NetPolicy, output, ray=None,
                 *, retry_failed: bool = False):
     """Run the stage over the CSV `inputs` (files or directories of *.csv) into output.out;
     resumable, every row accounted for. retry_failed reruns committed units holding a
-    retryable reason (timeout, 5xx, rate limits, cut-off bodies)."""
-    from emu_data import runtime, stage
+    retryable reason (timeout, 5xx, rate limits, cut-off bodies). Each video is cut at the
+    net policy's max_bytes (--max-bytes) and reported too_large."""
+    from emu_data.stage import run_source
 
-    ray = ray or runtime.RayOptions()
-    files = textfiles.input_files(inputs, ".csv")
-    if not files:
-        raise errors.UsageError("no .csv input: give WebVid CSV files or directories holding them")
-    resolved = {"webvid": asdict(config), "net": asdict(net_policy),
-                "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray),
-                "inputs": [str(p) for p in files]}
-    redo = (lambda part: any(r in RETRYABLE for r in part["status_counts"])) if retry_failed else None
-    return stage.run_stage("webvid", units(files, config, net_policy), process, output=output,
-                           layout=layout(config), config=resolved, ray=ray, redo=redo)
+    return run_source(SOURCE, config, input_files(inputs), output, ray, retry_failed, net=net_policy)
+
+
+@dataclass(frozen=True)
+class WebvidInputs:
+    input: list = option(many=True, required=True, parse=Path, metavar="CSV",
+                         help="WebVid CSV files, or directories of them")
+
+
+SOURCE = registry.register(registry.Source(
+    name="webvid",
+    kinds=(registry.Kind("webvid", emu_weight=16, colour="#dd6b20", pair_rank=2, sample=sample.webvid_clip),),
+    help="WebVid CSV -> N uniformly sampled frames (with times) + caption per video",
+    description="Each mp4 downloaded (cut at --max-bytes), decoded with PyAV, N frames sampled at the "
+                "centres of N equal spans with their real times, caption from `name`. Short, corrupt, "
+                "too large or undecodable videos get status reasons.",
+    epilog="example: emu-data webvid --input results_2M_train.csv --out runs/webvid --frames 8",
+    config=WebvidConfig, inputs=WebvidInputs,
+    resolve=lambda given, net: input_files(given.input),
+    units=lambda files, config, ray, net: units(files, config, net),
+    process=process, layout=layout, retryable=RETRYABLE,
+    extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),),
+))

@@ -12,18 +12,20 @@ import logging
 import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from emu_data import align, errors, net, records
+from emu_data import sources as registry
+from emu_data.options import Params, option, positive_int, show_words, words
 from emu_data.corpus import Unit, UnitWriter
-from emu_data.sources import keys
-from emu_data.sources.youtube import storyboard, subtitles, ytdl
+from emu_data.sources import keys, sample
+from emu_data.sources.youtube import inputs, storyboard, subtitles, ytdl
 from emu_data.files import UnreadableFile, read_json
 from emu_data.sources.youtube.inputs import INFO_DEPTH, VIDEO_ID, VideoInput
 
 log = logging.getLogger(__name__)
-SOURCE = "yt_storyboard"
+KIND = "yt_storyboard"
 RETRYABLE = ytdl.RETRYABLE
 # A storyboard format_id or subtitle language from the info dict: yt-dlp puts both in the
 # work files' names and reads them as a format selector and a language regex. Plain names only.
@@ -36,14 +38,17 @@ class VideoError(errors.ItemFailed):
 
 @dataclass(frozen=True)
 class YoutubeConfig:
-    langs: tuple[str, ...] = ("en",)
-    allow_auto: bool = True
-    storyboard_level: str | None = None   # None: the largest tiles (sb0)
-    frames_per_sample: int = 16
-    videos_per_unit: int = 8
+    langs: tuple[str, ...] = option(("en",), parse=words, show=show_words,
+                                    help="subtitle languages in order of preference")
+    allow_auto: bool = option(True, help="use ASR captions when no manual track exists")
+    storyboard_level: str | None = option(None, metavar="LEVEL",
+                                          help="storyboard format (sb0, sb1, ...) or index; default the largest tiles")
+    frames_per_sample: int = option(16, parse=positive_int, help="frames per sample")
+    videos_per_unit: int = option(8, parse=positive_int, help="videos per unit of work, the unit of resume")
     tile_quality: int = 90
     rate_limit_retries: int = 3
-    rate_limit_wait: float = 60.0         # first pause after a rate-limit answer; doubles
+    rate_limit_wait: float = option(60.0, parse=float, metavar="S",   # doubles on each repeat
+                                    help="pause after a rate-limit answer, doubled on each repeat, in seconds")
 
     def __post_init__(self):
         if self.frames_per_sample < 1 or self.videos_per_unit < 1:
@@ -72,7 +77,7 @@ def units(videos: list[VideoInput], config: YoutubeConfig, ytdl_options: ytdl.Yt
 def process(unit: YoutubeUnit, writer: UnitWriter) -> None:
     for video in unit.videos:
         if video.repeat:  # named earlier in the input (inputs.dedupe): processed there
-            writer.add_status(keys.status(video.key, SOURCE, *video.repeat, input=video.ref))
+            writer.add_status(keys.status(video.key, KIND, *video.repeat, input=video.ref))
             continue
         rows, status = _video_with_retries(video, unit)
         for row in rows:
@@ -86,13 +91,13 @@ def _video_with_retries(video: VideoInput, unit: YoutubeUnit) -> tuple[list[dict
     for attempt in range(1, config.rate_limit_retries + 2):
         try:
             rows = video_samples(video, unit)
-            return rows, records.status(_key(video, rows), SOURCE, "ok", input=video.ref,
+            return rows, records.status(_key(video, rows), KIND, "ok", input=video.ref,
                                         attempts=attempt, samples=len(rows))
         except (VideoError, ytdl.YtdlError, storyboard.StoryboardError, subtitles.SubtitleError,
                 net.FetchError, records.RecordError) as e:
             reason = getattr(e, "reason", "invalid_record")
             if reason != "rate_limited" or attempt > config.rate_limit_retries:
-                return [], records.status(video.key, SOURCE, reason, input=video.ref,
+                return [], records.status(video.key, KIND, reason, input=video.ref,
                                           error=str(e) or reason, attempts=attempt)
             wait = config.rate_limit_wait * 2 ** (attempt - 1)
             log.warning("rate limited on %s: pausing this worker %.0f s", video.ref, wait)
@@ -125,7 +130,7 @@ def video_samples(video: VideoInput, unit: YoutubeUnit) -> list[dict]:
     positions = align.interleave([(t.time, t.image) for t in tiles], [(c.start, c.text) for c in cues])
     chunks = align.chunk(positions, unit.config.frames_per_sample)
     meta = _meta(info, video_id, level, track)
-    return [records.sample(f"{SOURCE}:{video_id}:{i}", SOURCE, [item for _, item in c],
+    return [records.sample(f"{KIND}:{video_id}:{i}", KIND, [item for _, item in c],
                            times=[t for t, _ in c], meta={**meta, "chunk": i, "chunks": len(chunks)})
             for i, c in enumerate(chunks)]
 
@@ -215,12 +220,48 @@ def layout(config: YoutubeConfig) -> dict:
 def make_youtube(videos: list[VideoInput], config: YoutubeConfig, ytdl_options: ytdl.YtdlOptions,
                  net_policy: net.NetPolicy, output, ray=None, *, retry_failed: bool = False):
     """Run the stage over `videos` into output.out; resumable, every video accounted for."""
-    from emu_data import runtime, stage
+    from emu_data.stage import run_source
 
-    ray = ray or runtime.RayOptions()
-    resolved = {"youtube": asdict(config), "ytdl": asdict(ytdl_options), "net": asdict(net_policy),
-                "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray),
-                "inputs": len(videos)}
-    redo = (lambda part: any(r in RETRYABLE for r in part["status_counts"])) if retry_failed else None
-    return stage.run_stage("youtube", units(videos, config, ytdl_options, net_policy), process,
-                           output=output, layout=layout(config), config=resolved, ray=ray, redo=redo)
+    return run_source(SOURCE, config, videos, output, ray, retry_failed, ytdl=ytdl_options, net=net_policy)
+
+
+@dataclass(frozen=True)
+class YoutubeInputs:
+    videos: tuple = option((), positional=True, many=True, metavar="VIDEO",
+                           help="video ids, video URLs, playlist or channel URLs")
+    ids: Path | None = option(None, parse=Path, metavar="FILE", help="file with one id or URL per line")
+    info_json: tuple = option((), repeat=True, parse=Path, metavar="DIR",
+                              help="directory of yt-dlp info dicts (yt-dlp -J); repeatable")
+
+
+def _resolve(given: YoutubeInputs, ytdl: ytdl.YtdlOptions, net: net.NetPolicy) -> list[VideoInput]:
+    from emu_data.sources.youtube import ytdl as yt
+
+    return inputs.collect(list(given.videos), given.ids, list(given.info_json),
+                          lambda url: yt.expand(url, ytdl, net))
+
+
+def _configure(values: dict) -> dict:
+    """yt-dlp retries and times out as --retries and --timeout say."""
+    return {**values, "ytdl": replace(values["ytdl"], retries=values["net"].retries,
+                                      socket_timeout=values["net"].read_timeout)}
+
+
+SOURCE = registry.register(registry.Source(
+    name="youtube",
+    kinds=(registry.Kind("yt_storyboard", emu_weight=16, colour="#c4302b", chunked=True, sample=sample.storyboard),),
+    help="YouTube storyboards + subtitles -> YT-Storyboard interleaved samples",
+    description="Fetch storyboard mosaics and subtitles with yt-dlp, slice tiles at their real "
+                "times, merge with subtitle text by Emu's rule (text since the previous frame "
+                "before each frame) and cut into samples of at most --frames-per-sample frames. "
+                "Every video ends in the corpus or in the status table with a reason.",
+    epilog="examples:\n  emu-data youtube GJLlxj_dtq8 https://youtu.be/dsMFmonKDD4 --out runs/yt\n"
+           "  emu-data youtube --ids ids.txt --out runs/yt --cookies cookies.txt\n"
+           "  yt-dlp -J ID > info/ID.info.json   # collect metadata apart, then:\n"
+           "  emu-data youtube --info-json info/ --out runs/yt",
+    config=YoutubeConfig, inputs=YoutubeInputs, resolve=_resolve, configure=_configure,
+    units=lambda videos, config, ray, ytdl, net: units(videos, config, ytdl, net),
+    process=process, layout=layout, retryable=RETRYABLE,
+    extras=(Params("ytdl", ytdl.YtdlOptions, "yt-dlp"), Params("net", net.NetPolicy, "downloads (the HTTP policy)")),
+    ray_options=("max_in_flight",),
+))
