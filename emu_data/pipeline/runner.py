@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from emu_data import __version__, runlock
+from emu_data.options import option
+from emu_data.runtime import RayOptions
 from emu_data.manifest import write_json_atomic
 from emu_data.pipeline import recipe as recipes
 from emu_data.pipeline import stages as stage_plan
@@ -31,13 +33,21 @@ RESOLVED = "recipe.json"
 
 
 @dataclass(frozen=True)
+class RecipeFile:
+    recipe: Path = option(positional=True, parse=Path, metavar="RECIPE", help="a recipe file (YAML)")
+
+
+@dataclass(frozen=True)
 class RunOptions:
-    out: Path
-    dry_run: bool = False
-    from_stage: str | None = None
-    ray_address: str | None = None
-    num_cpus: int | None = None
-    settings: tuple[str, ...] = ()    # --set STAGE.OPTION=VALUE
+    out: Path = option(parse=Path, required=True, help="run directory: every stage writes under it")
+    dry_run: bool = option(False, help="check the recipe and print each stage's command line; run nothing")
+    from_stage: str | None = option(None, flag="--from", metavar="STAGE",
+                                    help="run STAGE and every later stage again, from empty outputs")
+    settings: tuple[str, ...] = option((), flag="--set", repeat=True, metavar="STAGE.OPTION=VALUE",
+                                       help="override one option of the recipe (also site.KEY=VALUE, "
+                                            "defaults.OPTION=VALUE); repeatable, e.g. --set train.steps=50")
+    # where stages run (forced on every stage that takes it); never part of what a stage makes
+    ray: RayOptions = RayOptions()
 
 
 class StageFailed(RuntimeError):
@@ -66,7 +76,7 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
     out = Path(options.out).resolve()
     site = _site_config(recipe)
     site_inputs = bundle.inputs(out / "site").as_dict() if site else None
-    overrides = {"ray_address": options.ray_address, "num_cpus": options.num_cpus}
+    overrides = {"ray_address": options.ray.address, "num_cpus": options.ray.num_cpus}
     planned = stage_plan.plan(recipe, out, site_inputs, overrides)
     if options.from_stage is not None and options.from_stage not in {s.name for s in planned}:
         raise RecipeError(f"--from {options.from_stage}: no such stage; stages are "
@@ -122,12 +132,22 @@ def _run_planned(plan: Plan, options: RunOptions) -> None:
 
 
 def _run_stage(stage: stage_plan.PlannedStage) -> None:
-    from emu_data import cli
+    """The stage's command, called as a function with the options its plan parsed; what it
+    raises is reported as `emu-data COMMAND` would report it."""
+    import sys
+
+    from emu_data import errors
 
     for path, content in stage.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(path), content)
-    code = cli.main([stage.command, *stage.argv])
+    try:
+        code = stage.run()
+    except Exception as e:
+        code = errors.exit_status(e)
+        if code is None:
+            raise
+        print(errors.message(e, stage.command), file=sys.stderr)
     if code != 0:
         raise StageFailed(stage.name, code)
 

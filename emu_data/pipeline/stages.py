@@ -1,14 +1,14 @@
-"""From recipe stages to `emu-data` command lines, checked against the commands themselves.
+"""From recipe stages to `emu-data` commands, checked against the commands' own options.
 
-Each stage runs a real `emu-data` command, parsed by that command's own argparse parser, so
-a recipe can say exactly what a command line can, checked the same way, and `--dry-run`
+Each stage runs an `emu-data` command (emu_data.commands), its options checked and parsed
+by that command's own parser, generated from the same option fields the CLI uses, so a
+recipe can say exactly what a command line can, checked the same way, and `--dry-run`
 prints the commands a user could run by hand. The pipeline adds only where outputs go
 (RUN_DIR/<stage>) and the `${...}` references between stages.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import difflib
 import io
@@ -16,15 +16,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from emu_data import commands as command_table
+from emu_data import options as opts
 from emu_data.pipeline.recipe import Recipe, StageSpec
 
-# How each command's output is placed: a directory (--out RUN_DIR/<stage>), an HTML file
-# (--out RUN_DIR/<stage>.html), or nothing (it reads, reports, and writes beside its input).
-DIRECTORY, FILE, NONE = "directory", "file", "none"
-COMMANDS = {"sample": DIRECTORY, "youtube": DIRECTORY, "laion": DIRECTORY, "mmc4": DIRECTORY,
-            "webvid": DIRECTORY, "mix": DIRECTORY, "features": DIRECTORY, "validate": NONE,
-            "train": DIRECTORY, "eval": NONE, "stats": NONE, "preview": FILE}
 _REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
 
 
@@ -39,97 +36,109 @@ class PlannedStage:
     params: dict                      # the resolved options (for the saved recipe)
     files: dict[str, dict] = field(default_factory=dict)   # path -> JSON to write before it runs
     missing: list[str] = field(default_factory=list)       # inputs not there (yet): "line N: path"
+    run: Callable[[], int] | None = field(default=None, repr=False, compare=False)   # the command, parsed
 
     def command_line(self) -> str:
         return " ".join(["emu-data", self.command, *(_quote(a) for a in self.argv)])
 
 
-# Options that change where and how fast a stage runs, never what it makes: a rerun on a
-# cluster, or with other CPUs, still skips a stage finished without them.
-PLACEMENT_OPTIONS = ("--ray-address", "--num-cpus")
+def _placement_flags() -> tuple[str, ...]:
+    """Options that change where and how fast a stage runs, never what it makes: a rerun on a
+    cluster, or with other CPUs, still skips a stage finished without them."""
+    from emu_data.runtime import RayOptions
+
+    return tuple(spec.flag for spec in opts.specs(opts.Params("ray", RayOptions)))
 
 
 def identity_argv(argv: list[str]) -> list[str]:
     """argv without the placement options and their values."""
+    placement = _placement_flags()
     out, skip = [], False
     for word in argv:
         if skip:
             skip = False
-        elif word in PLACEMENT_OPTIONS:
+        elif word in placement:
             skip = True
         else:
             out.append(word)
     return out
 
 
-def parsers() -> dict[str, argparse.ArgumentParser]:
-    from emu_data.cli import build_parser
+@dataclass
+class _Command:
+    """A command as a recipe sees it: its options, and a parser to judge the values."""
 
-    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(actions[0].choices)
+    command: command_table.Command
+    params: tuple
+
+    def option(self, name: str) -> opts.Spec | None:
+        """The option a recipe calls `name`; `out` belongs to the pipeline."""
+        spec = opts.find(self.params, name)
+        return None if spec is None or spec.name == "out" else spec
+
+    def names(self) -> list[str]:
+        return sorted(n for n in opts.names(self.params) if n != "out")
 
 
 def plan(recipe: Recipe, run_dir: Path, site: dict | None, overrides: dict | None = None) -> list[PlannedStage]:
     """Every stage as a checked command line. site: the site's inputs (name -> path or list)
     when the recipe has one; overrides: options forced on every stage that takes them."""
-    commands = parsers()
-    _check_defaults(recipe, commands)
+    table = command_table.all_commands()
+    loaded: dict[str, _Command] = {}
+
+    def command(name: str) -> _Command:
+        if name not in loaded:
+            loaded[name] = _Command(table[name], table[name].params())
+        return loaded[name]
+
+    for spec in recipe.stages:
+        if spec.command not in table:
+            raise recipe.error(spec.where("command"), f"stage {spec.name!r}: unknown command {spec.command!r}; "
+                               f"stages run one of: {', '.join(table)}")
+    _check_defaults(recipe, [command(c) for c in dict.fromkeys(s.command for s in recipe.stages)])
     outputs: dict[str, Path | None] = {}
     planned = []
     for spec in recipe.stages:
-        if spec.command not in COMMANDS:
-            raise recipe.error(spec.where("command"), f"stage {spec.name!r}: unknown command {spec.command!r}; "
-                               f"stages run one of: {', '.join(COMMANDS)}")
-        stage = _plan_stage(recipe, spec, commands[spec.command], run_dir, site, outputs, overrides or {})
+        stage = _plan_stage(recipe, spec, command(spec.command), run_dir, site, outputs, overrides or {})
         outputs[spec.name] = stage.out
         planned.append(stage)
     return planned
 
 
-def _check_defaults(recipe: Recipe, commands: dict) -> None:
-    used = {spec.command for spec in recipe.stages if spec.command in commands}
+def _check_defaults(recipe: Recipe, used: list[_Command]) -> None:
     for name in recipe.defaults:
-        if not any(_action(commands[c], name) for c in used):
+        if not any(c.option(name) for c in used):
             raise recipe.error(recipe.default_lines[name], f"defaults: no stage's command takes {name!r}")
 
 
-def _plan_stage(recipe, spec: StageSpec, parser, run_dir, site, outputs, overrides) -> PlannedStage:
+def _plan_stage(recipe, spec: StageSpec, command: _Command, run_dir, site, outputs, overrides) -> PlannedStage:
     if "out" in spec.params:
         raise recipe.error(spec.where("out"), f"stage {spec.name!r}: `out` is set by the pipeline "
                            f"(RUN_DIR/{spec.name}); name another stage's output as ${{{spec.name}}}")
-    options = {k: v for k, v in recipe.defaults.items() if _action(parser, k)}
+    options = {k: v for k, v in recipe.defaults.items() if command.option(k)}
     options.update(spec.params)
-    options.update({k: v for k, v in overrides.items() if v is not None and _action(parser, k)})
+    options.update({k: v for k, v in overrides.items() if v is not None and command.option(k)})
     stage = PlannedStage(spec.name, spec.command, [], None, [], spec.line, {})
     positional, flags = [], []
     for name, value in options.items():
-        action = _action(parser, name)
-        if action is None:
-            raise recipe.error(spec.where(name), _unknown_option(spec, parser, name))
+        option = command.option(name)
+        if option is None:
+            raise recipe.error(spec.where(name), _unknown_option(spec, command, name))
         value = _resolve(recipe, spec, name, value, site, outputs, stage)
         stage.params[name] = value
-        words = _words(recipe, spec, name, value, action, run_dir, stage)
-        (flags if action.option_strings else positional).extend(words)
-    kind = COMMANDS[spec.command]
-    if kind != NONE:
-        stage.out = run_dir / (spec.name + (".html" if kind == FILE else ""))
+        words = _words(recipe, spec, name, value, option, run_dir, stage)
+        (positional if option.opt.positional else flags).extend(words)
+    if command.command.writes != command_table.NONE:
+        stage.out = run_dir / (spec.name + (".html" if command.command.writes == command_table.FILE else ""))
         flags += ["--out", str(stage.out)]
     stage.argv = positional + flags
-    _parse(recipe, spec, parser, stage.argv)
+    namespace = _parse(recipe, spec, command, stage.argv)
+    stage.run = lambda: command.command.execute(command_table.build_values(command.command, namespace))
     return stage
 
 
-def _action(parser: argparse.ArgumentParser, name: str):
-    """The option `name` (a long option with _ for -) or positional of parser, or None."""
-    flag = "--" + name.replace("_", "-")
-    for action in parser._actions:
-        if flag in action.option_strings or (not action.option_strings and action.dest == name):
-            return None if action.dest in ("help", "out") else action
-    return None
-
-
-def _unknown_option(spec: StageSpec, parser, name: str) -> str:
-    known = sorted(a.dest for a in parser._actions if a.dest not in ("help", "out"))
+def _unknown_option(spec: StageSpec, command: _Command, name: str) -> str:
+    known = command.names()
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return (f"stage {spec.name!r}: `emu-data {spec.command}` has no option {name!r}{hint}; "
@@ -172,40 +181,37 @@ def _target(recipe, spec, name, ref: str, site, outputs, stage):
     return str(outputs[ref])
 
 
-def _words(recipe, spec, name, value, action, run_dir: Path, stage: PlannedStage) -> list[str]:
+def _words(recipe, spec, name, value, option: opts.Spec, run_dir: Path, stage: PlannedStage) -> list[str]:
     """One option as command-line words."""
-    flag = action.option_strings[-1] if action.option_strings else None
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+    if option.is_flag:
         if not isinstance(value, bool):
             raise recipe.error(spec.where(name), f"stage {spec.name!r}: {name} is true or false, got {value!r}")
-        if isinstance(action, argparse.BooleanOptionalAction):
-            return [action.option_strings[0] if value else action.option_strings[1]]
-        return [flag] if value != action.default else []
+        if option.default is True:   # --x / --no-x
+            return [option.flag if value else "--no-" + option.flag[2:]]
+        return [option.flag] if value else []
     if isinstance(value, dict):
-        return [flag, _config_file(recipe, spec, name, value, action, run_dir, stage)]
-    values = value if isinstance(value, list) else [value]
-    one_each = isinstance(action, argparse._AppendAction)
-    if value is None or (isinstance(value, list) and action.nargs in (None, "?") and not one_each):
+        return [option.flag, _config_file(recipe, spec, name, value, option, run_dir, stage)]
+    several = option.opt.many or option.opt.repeat
+    if value is None or (isinstance(value, list) and not several):
         raise recipe.error(spec.where(name), f"stage {spec.name!r}: {name} takes one value, got {value!r}")
-    words = [_word(v) for v in values]
-    if action.type is Path:
+    words = [_word(v) for v in (value if isinstance(value, list) else [value])]
+    if option.is_path:
         _note_missing(spec, name, words, run_dir, stage)
-    if isinstance(action, argparse._AppendAction):  # repeatable (--allow-address): once per value
-        return [w for word in words for w in (flag, word)]
-    return ([flag] if flag else []) + words
+    if option.opt.positional:
+        return words
+    if option.opt.repeat:  # repeatable (--allow-address): once per value
+        return [w for word in words for w in (option.flag, word)]
+    return [option.flag, *words]
 
 
-def _config_file(recipe, spec, name, value: dict, action, run_dir: Path, stage: PlannedStage) -> str:
-    """A mapping given for a file option (train's config): written as JSON beside the outputs."""
-    if action.type is not Path:
+def _config_file(recipe, spec, name, value: dict, option: opts.Spec, run_dir: Path, stage: PlannedStage) -> str:
+    """A mapping given for a file option (train's config): checked, written as JSON beside the outputs."""
+    if option.opt.mapping is None:
         raise recipe.error(spec.where(name), f"stage {spec.name!r}: {name} is one value, not a mapping")
-    if spec.command == "train" and name == "config":
-        from emu_data.model.config import ConfigError, TrainConfig
-
-        try:
-            TrainConfig.from_dict(value)
-        except (ConfigError, TypeError, ValueError) as e:
-            raise recipe.error(spec.where(name), f"stage {spec.name!r}: config: {e}") from None
+    try:
+        option.opt.mapping(value)
+    except (TypeError, ValueError) as e:
+        raise recipe.error(spec.where(name), f"stage {spec.name!r}: {name}: {e}") from None
     path = run_dir / "recipe" / f"{spec.name}.{name}.json"
     stage.files[str(path)] = value
     return str(path)
@@ -225,12 +231,12 @@ def _word(value) -> str:
     return str(value)
 
 
-def _parse(recipe, spec: StageSpec, parser, argv: list[str]) -> None:
+def _parse(recipe, spec: StageSpec, command: _Command, argv: list[str]):
     """Let the command's own parser judge the values (types, choices, required options)."""
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
-            parser.parse_args(argv)
+            return command_table.parser(command.command).parse_args(argv)
     except SystemExit:
         message = errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "invalid options"
         message = message.split("error: ", 1)[-1]

@@ -9,7 +9,6 @@ from pathlib import Path
 from emu_data import manifest
 from emu_data.pipeline.stages import PlannedStage
 
-CORPUS_STAGES = ("sample", "youtube", "laion", "mmc4", "webvid", "mix")
 # The glance at whether the corpus trains; few-shot rows stay in the eval report (under the
 # default per-sample attention they measure the corpus's interleaved documents, not learning).
 EVAL_METRICS = (("text_ce", "held-out text CE"), ("cider_d_0shot", "CIDEr-D 0-shot"),
@@ -23,9 +22,12 @@ def summarize(stages: list[PlannedStage]) -> str:
 
 
 def _corpora(stages) -> str:
+    from emu_data.commands import all_commands
+
+    corpus_commands = {c.name for c in all_commands().values() if c.makes_corpus}
     rows = []
     for s in stages:
-        if s.command in CORPUS_STAGES and s.out and (s.out / manifest.MANIFEST_NAME).exists():
+        if s.command in corpus_commands and s.out and (s.out / manifest.MANIFEST_NAME).exists():
             m = manifest.read(s.out)
             sources = ", ".join(f"{k} {v}" for k, v in m.get("source_counts", {}).items())
             status = ", ".join(f"{k} {v}" for k, v in m.get("status_counts", {}).items())
