@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from emu_data import cli
+from emu_data import cli, options
 
 
 def test_sample_validate_stats_preview(tmp_path, ray_session, capsys):
@@ -50,7 +50,7 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
 
 
 def test_sizes_parse():
-    assert cli._size("64MB") == 64 * 10**6 and cli._size("1GiB") == 2**30 and cli._size("1000") == 1000
+    assert options.size("64MB") == 64 * 10**6 and options.size("1GiB") == 2**30 and options.size("1000") == 1000
 
 
 def test_impersonation_needs_the_flag_because_the_guard_cannot_see_curl(tmp_path, capsys):

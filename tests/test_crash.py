@@ -208,6 +208,31 @@ def test_a_driver_killed_at_a_random_point_resumes_to_the_same_corpus(site, refe
 
 
 @pytest.mark.slow
+def test_sigterm_stops_a_run_like_ctrl_c_one_line_exit_143_and_it_resumes(site, reference, tmp_path, capsys):
+    """What `timeout`, Slurm and Kubernetes send. Before: Ray's driver handler sys.exit'ed from
+    wherever it landed and its core worker aborted: a native stack dump and exit 134."""
+    out = tmp_path / "corpus"
+    log = tmp_path / "driver.log"
+    site["delay"]["seconds"] = SLOW
+    with open(log, "w") as err:
+        driver = subprocess.Popen([sys.executable, "-m", "emu_data.cli", *_args(site, out), "--num-cpus", "1"],
+                                  start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        _wait_for_units(out, 2, driver)
+        driver.send_signal(signal.SIGTERM)
+        driver.wait(timeout=120)
+        printed = log.read_text()
+        assert driver.returncode == 143, printed[-3000:]
+        assert "terminated: committed work is kept; rerun the same command to resume" in printed
+        assert "Traceback" not in printed and "*** SIG" not in printed and "Aborted" not in printed
+        assert _run(site, out, slow=True) == 0
+    finally:
+        site["delay"]["seconds"] = 0.0
+        _kill_session(driver.pid)
+    _same_as_reference(out, reference, capsys)
+
+
+@pytest.mark.slow
 def test_a_ray_worker_killed_mid_unit_is_retried_and_the_corpus_is_whole(site, reference, tmp_path, capsys):
     if not _raylets(os.getpid(), _proc_table()):
         pytest.skip("the session's Ray is not embedded in this process (RAY_ADDRESS?): its workers are not ours")

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from emu_data import net, net_guard, world
+from emu_data import net, net_guard, options, world
 from emu_data.corpus import shard_paths
 from emu_data.shards import read_shard
 from emu_data.sources import laion
@@ -233,7 +233,7 @@ def test_allow_address_opens_every_port_of_an_address_and_takes_no_port(capsys):
             socket.create_connection(("127.0.0.3", port), timeout=2)
     for text in ("10.0.0.5:8080", "[::1]:8080"):
         with pytest.raises(cli.argparse.ArgumentTypeError, match="without a port"):
-            cli._network(text)
+            options.network(text)
     with pytest.raises(SystemExit):
         cli.main(["laion", "--help"])
     assert "on EVERY port" in " ".join(capsys.readouterr().out.split())

@@ -15,7 +15,7 @@ from emu_data.model import config as model_config
 from emu_data.model import data, emu
 from emu_data.model.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from emu_data.model.tokenizer import BOS, END_IMG, EOS, IMG, PAD, UNK, Vocab
-from emu_data.sources.sample import SOURCES
+from emu_data import sources as registry
 
 SMALL = ModelConfig(width=64, depth=2, heads=2, queries=4, ct_width=32, ct_depth=1, ct_heads=2)
 DATA = DataConfig(seq_len=96, batch_size=3, holdout=0.2, workers=0)
@@ -96,7 +96,7 @@ def test_the_index_covers_every_sample_and_lines_up_with_the_features(indexed, s
         assert features.shape == (sum(t is None for t in texts), 37, 192)
         assert np.isfinite(features).all()
     chunks = {}
-    for sample in np.flatnonzero(index.source == SOURCES.index("yt_storyboard")):
+    for sample in np.flatnonzero(index.source == registry.kind_id("yt_storyboard")):
         video = reader.key(int(sample)).split(":")[1]
         chunks.setdefault(video, set()).add(bool(index.heldout[sample]))
     assert all(len(sides) == 1 for sides in chunks.values())   # a video sits on one side only
@@ -119,7 +119,7 @@ def test_the_schedule_is_a_function_of_the_seed_and_follows_the_weights(indexed)
     again = [next(iter_) for iter_ in [data.draws(index, weights, seed=1)] for _ in range(4000)]
     other = [next(iter_) for iter_ in [data.draws(index, weights, seed=2)] for _ in range(4000)]
     assert first == again and first != other
-    sources = Counter(SOURCES[index.source[s]] for s in first)
+    sources = Counter(registry.kind_names()[index.source[s]] for s in first)
     assert set(sources) == {"laion", "mmc4"}
     assert 2.6 < sources["laion"] / sources["mmc4"] < 3.4
     assert not index.heldout[first].any()

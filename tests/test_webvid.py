@@ -145,6 +145,20 @@ def test_the_corpus_validates_and_a_rerun_skips(site, corpus, ray_session):
     assert _run(site, corpus, ray_session).reused
 
 
+def test_the_command_cuts_videos_at_max_bytes(site, tmp_path, ray_session):
+    """Before, `emu-data webvid` overwrote --max-bytes with its own --max-video-bytes: the cap
+    a user gave was silently ignored. Now there is one option, the net policy's."""
+    from emu_data import cli
+
+    out = tmp_path / "cut"
+    clips = tmp_path / "clips.csv"   # two good videos of the site, nothing else
+    clips.write_text("\n".join(site[1][0].path.read_text().splitlines()[:3]))
+    assert cli.main(["webvid", "--input", str(clips), "--out", str(out), "--allow-private-addresses",
+                     "--retries", "0", "--max-bytes", "2000", "--rows-per-unit", "4"]) == 0
+    statuses = [r["status"] for r in _rows(out, "status")]
+    assert statuses and set(statuses) == {"too_large"}, statuses
+
+
 def test_frame_size_caps_the_longest_side_and_never_upscales():
     assert webvid._fit(596, 336, 512) == (512, 289)
     assert webvid._fit(128, 128, 512) == (128, 128)
