@@ -198,14 +198,14 @@ def _train_params():
 
 
 def _train(values: dict) -> int:
-    from emu_data import train
     from emu_data.model import config as model_config
 
     inputs, run = values["inputs"], values["train"]
     sections: dict[str, dict] = {}
     for (section, name), value in values["overrides"].items():
         sections.setdefault(section, {})[name] = value
-    config = model_config.load(run.config).with_overrides(**sections)
+    config = model_config.load(run.config).with_overrides(**sections)   # a bad config: said before torch loads
+    from emu_data import train
     summary = train.train(inputs.corpus, inputs.features, run.out, config, stop_after=run.stop_after)
     if "loss" in summary:
         print(f"trained {run.out}: step {summary['steps']} (from {summary['resumed_from']}), "

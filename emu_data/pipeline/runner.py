@@ -75,7 +75,7 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
     recipes.apply_settings(recipe, list(options.settings))
     out = Path(options.out).resolve()
     site = _site_config(recipe)
-    site_inputs = bundle.inputs(out / "site").as_dict() if site else None
+    site_inputs = bundle.inputs(out / "site") if site else None
     overrides = {"ray_address": options.ray.address, "num_cpus": options.ray.num_cpus}
     planned = stage_plan.plan(recipe, out, site_inputs, overrides)
     if options.from_stage is not None and options.from_stage not in {s.name for s in planned}:

@@ -176,3 +176,25 @@ def _coco_table(pairs: list[SitePair], urls: list[str | None]) -> pa.Table:
         "WIDTH": base["WIDTH"], "HEIGHT": base["HEIGHT"], "similarity": base["similarity"],
         "hash": base["hash"], "pwatermark": base["pwatermark"], "punsafe": base["punsafe"],
     })
+
+
+# ---- in the whole sample site (bundle.py) ---------------------------------------------------------
+
+FAULTS_PLANTED = ("404", "html", "truncated", "low_similarity", "null_caption")
+COCO_OFFSET = 1_000_000
+
+
+def site_inputs(root: Path) -> dict[str, Path]:
+    return {"laion": root / "laion2b" / "laion" / "laion.parquet",
+            "laion_coco": root / "coco" / "laion" / "laion_coco.parquet"}
+
+
+def publish_site(root: Path, base_url: str, config) -> None:
+    """LAION-2B and LAION-COCO with different images (COCO_OFFSET apart), as the real ones mostly
+    are: the same image in both would be one sample after mix's dedup."""
+    from emu_data.sample_site.bundle import fault
+
+    for folder, offset in (("laion2b", 0), ("coco", COCO_OFFSET)):
+        publish_laion(root / folder, f"{base_url}/{folder}",
+                      [SitePair(offset + i, fault(i, config, FAULTS_PLANTED), config.seed)
+                       for i in range(config.pairs)])

@@ -148,3 +148,19 @@ def _plant_reassign(record: dict) -> None:
     first["matched_text_index"] = caption
     matrix[1][0] = second["matched_sim"] = 0.26
     second["matched_text_index"] = 0
+
+
+# ---- in the whole sample site (bundle.py) ---------------------------------------------------------
+
+FAULTS_PLANTED = ("missing_image", "malformed_json", "corrupt_image")
+
+
+def site_inputs(root: Path) -> dict[str, Path]:
+    return {"mmc4": root / "mmc4"}
+
+
+def publish_site(root: Path, base_url: str, config) -> None:
+    from emu_data.sample_site.bundle import fault
+
+    publish_mmc4(root, base_url, [SiteDocument(f"doc{i:05d}", seed=config.seed, fault=fault(i, config, FAULTS_PLANTED))
+                                  for i in range(config.documents)])

@@ -158,3 +158,20 @@ def encode_clip(path: Path, clip: world.Clip, fps: int, size: int, *, faststart:
             frame.pts = k
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+
+
+# ---- in the whole sample site (bundle.py) ---------------------------------------------------------
+
+FAULTS_PLANTED = ("missing", "truncated")
+SITE_PREFIX = "results_2M_train"   # WebVid's own CSV name
+
+
+def site_inputs(root: Path) -> dict[str, list[Path]]:
+    return {"webvid": [root / "webvid" / f"{SITE_PREFIX}_0.csv"]}
+
+
+def publish_site(root: Path, base_url: str, config) -> None:
+    from emu_data.sample_site.bundle import fault
+
+    publish_webvid(root, base_url, [SiteClip(f"{i}", seed=config.seed, fault=fault(i, config, FAULTS_PLANTED))
+                                    for i in range(config.clips)], prefix=SITE_PREFIX)

@@ -139,3 +139,20 @@ def asr_vtt(cues: list[world.Cue]) -> str:
         out.append(f"{_ms(c.end - 0.01)} --> {_ms(c.end)} align:start position:0%\n{c.text}\n \n")
         previous = c.text
     return "\n".join(out) + "\n"
+
+
+# ---- in the whole sample site (bundle.py) ---------------------------------------------------------
+
+NO_SUBTITLES = ("none",)   # one video in fault_every has no subtitles: no_subtitles
+
+
+def site_inputs(root: Path) -> dict[str, Path]:
+    return {"youtube": root / "info"}
+
+
+def publish_site(root: Path, base_url: str, config) -> None:
+    from emu_data.sample_site.bundle import fault
+
+    publish_youtube(root, base_url, [SiteVideo(f"video{i:06d}", seed=config.seed,
+                                               subtitles=fault(i, config, NO_SUBTITLES) or "manual")
+                                     for i in range(config.videos)])

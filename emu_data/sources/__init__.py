@@ -49,6 +49,14 @@ class Kind:
 
 
 @dataclass(frozen=True)
+class Site:
+    """A source's part of the offline sample site."""
+
+    inputs: Callable[[Any], dict]             # root -> {name a recipe reads as ${site.NAME}: path or [paths]}
+    publish: Callable[[Any, str, Any], None]  # (root, base_url, SiteConfig): write it, URLs under base_url
+
+
+@dataclass(frozen=True)
 class Source:
     """An ingest command and stage: `emu-data NAME ...` and the recipe stage running it.
 
@@ -76,8 +84,7 @@ class Source:
     # of others (img2dataset's retries follow --retries); applied before the run, so the saved
     # config is what ran
     configure: Callable[[dict], dict] | None = None
-    # The sample site: (root, base_url, SiteConfig) -> {site input name: path or [paths]}
-    publish: Callable | None = None
+    site: Site | None = None   # its part of the sample site (`emu-data run` recipes with `site:`)
 
 
 _registered: dict[str, Source] = {}

@@ -37,6 +37,7 @@ from emu_data import sources as registry
 from emu_data.options import Params, option, positive_int
 from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
+from emu_data.sample_site import laion as site_laion
 from emu_data.files import safe_stem
 from emu_data.sources import keys, laion_download, ordered, sample, textfiles
 
@@ -697,4 +698,5 @@ SOURCE = registry.register(registry.Source(
     units=lambda files, config, ray, net: units(files, config, net),
     process=process, layout=layout, retryable=RETRYABLE,
     extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),),
+    site=registry.Site(site_laion.site_inputs, site_laion.publish_site),
 ))

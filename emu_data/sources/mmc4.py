@@ -42,6 +42,7 @@ from emu_data import sources as registry
 from emu_data.options import Params, option, positive_int, show_size, size
 from emu_data.images import STORED_FORMATS
 from emu_data.corpus import Unit, UnitWriter
+from emu_data.sample_site import mmc4 as site_mmc4
 from emu_data.files import safe_stem
 from emu_data.sources import keys, sample, textfiles
 
@@ -509,7 +510,7 @@ class Mmc4Inputs:
 
 SOURCE = registry.register(registry.Source(
     name="mmc4",
-    kinds=(registry.Kind("mmc4", emu_weight=64, colour="#805ad5", sample=sample.mmc4_document),),
+    kinds=(registry.Kind(KIND, emu_weight=64, colour="#805ad5", sample=sample.mmc4_document),),
     help="MMC4 interleaved documents (jsonl) -> samples with images at their sentences",
     description="One sample per document: images downloaded and placed before their matched "
                 "sentence; images below --min-sim dropped, the best --max-images kept, optionally "
@@ -524,4 +525,5 @@ SOURCE = registry.register(registry.Source(
     units=lambda files, config, ray, net: units(files, config, net, ray),
     process=process, layout=layout,
     extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),),
+    site=registry.Site(site_mmc4.site_inputs, site_mmc4.publish_site),
 ))

@@ -47,6 +47,7 @@ from emu_data import errors, images, net, records
 from emu_data import sources as registry
 from emu_data.options import Params, option, positive_int
 from emu_data.corpus import Unit, UnitWriter
+from emu_data.sample_site import webvid as site_webvid
 from emu_data.files import safe_stem
 from emu_data.sources import keys, sample, textfiles
 
@@ -569,7 +570,7 @@ class WebvidInputs:
 
 SOURCE = registry.register(registry.Source(
     name="webvid",
-    kinds=(registry.Kind("webvid", emu_weight=16, colour="#dd6b20", pair_rank=2, sample=sample.webvid_clip),),
+    kinds=(registry.Kind(KIND, emu_weight=16, colour="#dd6b20", pair_rank=2, sample=sample.webvid_clip),),
     help="WebVid CSV -> N uniformly sampled frames (with times) + caption per video",
     description="Each mp4 downloaded (cut at --max-bytes), decoded with PyAV, N frames sampled at the "
                 "centres of N equal spans with their real times, caption from `name`. Short, corrupt, "
@@ -580,4 +581,5 @@ SOURCE = registry.register(registry.Source(
     units=lambda files, config, ray, net: units(files, config, net),
     process=process, layout=layout, retryable=RETRYABLE,
     extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),),
+    site=registry.Site(site_webvid.site_inputs, site_webvid.publish_site),
 ))

@@ -19,6 +19,7 @@ from emu_data import align, errors, net, records
 from emu_data import sources as registry
 from emu_data.options import Params, option, positive_int, show_words, words
 from emu_data.corpus import Unit, UnitWriter
+from emu_data.sample_site import youtube as site_youtube
 from emu_data.sources import keys, sample
 from emu_data.sources.youtube import inputs, storyboard, subtitles, ytdl
 from emu_data.files import UnreadableFile, read_json
@@ -249,7 +250,7 @@ def _configure(values: dict) -> dict:
 
 SOURCE = registry.register(registry.Source(
     name="youtube",
-    kinds=(registry.Kind("yt_storyboard", emu_weight=16, colour="#c4302b", chunked=True, sample=sample.storyboard),),
+    kinds=(registry.Kind(KIND, emu_weight=16, colour="#c4302b", chunked=True, sample=sample.storyboard),),
     help="YouTube storyboards + subtitles -> YT-Storyboard interleaved samples",
     description="Fetch storyboard mosaics and subtitles with yt-dlp, slice tiles at their real "
                 "times, merge with subtitle text by Emu's rule (text since the previous frame "
@@ -264,4 +265,5 @@ SOURCE = registry.register(registry.Source(
     process=process, layout=layout, retryable=RETRYABLE,
     extras=(Params("ytdl", ytdl.YtdlOptions, "yt-dlp"), Params("net", net.NetPolicy, "downloads (the HTTP policy)")),
     ray_options=("max_in_flight",),
+    site=registry.Site(site_youtube.site_inputs, site_youtube.publish_site),
 ))
