@@ -1,0 +1,1 @@
+"""The records, their files and the rules every part shares."""

@@ -1,0 +1,1 @@
+"""Running units of work: Ray, the unit runner, the run lock."""

@@ -1,0 +1,1 @@
+"""Reading a corpus: validate, stats, preview."""

@@ -1,0 +1,1 @@
+"""Corpus-wide operations: mix, EVA-CLIP features and their encoder."""

@@ -1,0 +1,1 @@
+"""The generated sample world, the sample corpus and the offline sample site."""
