@@ -29,10 +29,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from emu_data import encoder, features, runtime
-from emu_data.corpus import shard_paths
-from emu_data.sources import sample
-from emu_data.stage import OutputOptions
+from emu_data.ops import encoder, features
+from emu_data.engine import runtime
+from emu_data.core.corpus import shard_paths
+from emu_data.synthetic import sample
+from emu_data.engine.stage import OutputOptions
 
 CLIP_RETRIEVAL_A100_VIT_L = 312.0
 PEAK_BF16 = {"H100": 790.0, "H200": 790.0}  # TFLOP/s, dense bf16 matmul (REFERENCE.md)

@@ -39,10 +39,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from emu_data import net, runtime, sample_site
-from emu_data.sample_site.laion import SitePair, publish_laion
+from emu_data import net
+from emu_data.engine import runtime
+from emu_data.synthetic import site as sample_site
+from emu_data.synthetic.site.laion import SitePair, publish_laion
 from emu_data.sources import laion
-from emu_data.stage import OutputOptions
+from emu_data.engine.stage import OutputOptions
 
 from _timing import alternate, timed  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
@@ -89,7 +91,7 @@ def photographic(folder: Path, pairs: list[SitePair], width: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from emu_data import world
+    from emu_data.synthetic import world
 
     for pair in pairs:
         w, h = pair.size()

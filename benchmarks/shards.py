@@ -18,9 +18,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from emu_data import schema
-from emu_data.shards import ShardLimits, ShardWriter, read_shard
-from emu_data.validate import validate
+from emu_data.core import schema
+from emu_data.core.shards import ShardLimits, ShardWriter, read_shard
+from emu_data.inspect.validate import validate
 
 from _timing import best_of_pair, timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -90,7 +90,7 @@ def bench_read(out: Path) -> dict:
 
 
 def bench_validate(out: Path, infos: list, rows: int) -> dict:
-    from emu_data import corpus
+    from emu_data.core import corpus
 
     # validate wants a corpus directory: link the shards into one and commit a manifest
     (out / "corpus" / "data").mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,8 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from emu_data import world
-from emu_data.align import chunk, interleave
+from emu_data.synthetic import world
+from emu_data.core.align import chunk, interleave
 from emu_data.sources.youtube.storyboard import Level, read_mhtml, slice_mosaics
 
 from _timing import best_of_pair, timed  # noqa: E402  (benchmarks/ is on sys.path as a script)

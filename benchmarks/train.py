@@ -27,12 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emu_data import encoder, features, manifest, runtime, train
+from emu_data.ops import encoder, features
+from emu_data.core import manifest
+from emu_data.engine import runtime
+from emu_data.model import train
 from emu_data.model import data, emu
 from emu_data.model.config import TrainConfig
-from emu_data.shards import read_shard
-from emu_data.sources import sample
-from emu_data.stage import OutputOptions
+from emu_data.core.shards import read_shard
+from emu_data.synthetic import sample
+from emu_data.engine.stage import OutputOptions
 
 PIXEL_VIT = {"embed_dim": 32,
              "vision_cfg": {"image_size": 48, "layers": 1, "width": 192, "head_width": 64, "patch_size": 8},

@@ -36,11 +36,13 @@ import av
 import numpy as np
 from PIL import Image
 
-from emu_data import net, runtime, world
-from emu_data.sample_site import serve
-from emu_data.sample_site.webvid import iso_duration
+from emu_data import net
+from emu_data.engine import runtime
+from emu_data.synthetic import world
+from emu_data.synthetic.site import serve
+from emu_data.synthetic.site.webvid import iso_duration
 from emu_data.sources import webvid
-from emu_data.stage import OutputOptions
+from emu_data.engine.stage import OutputOptions
 
 from _timing import timed  # noqa: E402  (benchmarks/ is on sys.path as a script)
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted: committed work is kept; rerun the same command to resume", file=sys.stderr)
             return 130
         except Exception as e:   # errors.py: 2 usage, 1 data (or disk) at fault; anything else is a bug
-            from emu_data import errors
+            from emu_data.core import errors
 
             status = errors.exit_status(e)
             if status is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from emu_data import sources as registry
-from emu_data.options import Params, option, positive_int
+from emu_data.core.options import Params, option, positive_int
 
 # How a command's output is placed when a recipe runs it: a directory (--out RUN/<stage>),
 # an HTML file (--out RUN/<stage>.html), or nothing (it reads and reports).
@@ -80,13 +80,13 @@ class RetryFailed:
 # ---- shared pieces -------------------------------------------------------------------------------
 
 def _output_params():
-    from emu_data.stage import OutputOptions
+    from emu_data.engine.stage import OutputOptions
 
     return Params("output", OutputOptions, "output")
 
 
 def _ray_params(*extra: str):
-    from emu_data.runtime import RayOptions
+    from emu_data.engine.runtime import RayOptions
 
     return Params("ray", RayOptions, "parallelism (Ray)", only=("address", "num_cpus", *extra))
 
@@ -108,7 +108,7 @@ def source_command(source: registry.Source) -> Command:
                 *source.extras, _output_params(), _ray_params(*source.ray_options))
 
     def execute(values: dict) -> int:
-        from emu_data.stage import run_source
+        from emu_data.engine.stage import run_source
 
         if source.configure is not None:
             values = source.configure(values)
@@ -126,13 +126,13 @@ def source_command(source: registry.Source) -> Command:
 # ---- sample ----------------------------------------------------------------------------------------
 
 def _sample_params():
-    from emu_data.sources.sample import SampleConfig
+    from emu_data.synthetic.sample import SampleConfig
 
     return Params("config", SampleConfig), _output_params(), _ray_params()
 
 
 def _sample(values: dict) -> int:
-    from emu_data.sources import sample
+    from emu_data.synthetic import sample
 
     result = sample.make_sample(values["config"], values["output"], values["ray"])
     m = result.manifest
@@ -145,14 +145,14 @@ def _sample(values: dict) -> int:
 # ---- mix -------------------------------------------------------------------------------------------
 
 def _mix_params():
-    from emu_data import mix
+    from emu_data.ops import mix
 
     return (Params("inputs", mix.MixInputs), Params("weights", mix.Weights), Params("config", mix.MixConfig),
             _output_params(), _ray_params())
 
 
 def _mix(values: dict) -> int:
-    from emu_data import mix
+    from emu_data.ops import mix
 
     weights = values["weights"].resolve()
     config = replace(values["config"], weights=weights)
@@ -167,8 +167,8 @@ def _mix(values: dict) -> int:
 # ---- features ----------------------------------------------------------------------------------------
 
 def _features_params():
-    from emu_data import encoder, features
-    from emu_data.stage import OutputOptions
+    from emu_data.ops import encoder, features
+    from emu_data.engine.stage import OutputOptions
 
     return (Params("corpus", FeaturesCorpus), Params("output", OutputOptions, only=("out", "overwrite")),
             Params("spec", encoder.ModelSpec, "model"), Params("run", features.RunOptions, "speed"),
@@ -176,7 +176,7 @@ def _features_params():
 
 
 def _features(values: dict) -> int:
-    from emu_data import features
+    from emu_data.ops import features
 
     corpus, out, spec = values["corpus"].corpus, values["output"].out, values["spec"]
     built = features.make_features(corpus, out, spec, values["run"], values["ray"],
@@ -205,7 +205,7 @@ def _train(values: dict) -> int:
     for (section, name), value in values["overrides"].items():
         sections.setdefault(section, {})[name] = value
     config = model_config.load(run.config).with_overrides(**sections)   # a bad config: said before torch loads
-    from emu_data import train
+    from emu_data.model import train
     summary = train.train(inputs.corpus, inputs.features, run.out, config, stop_after=run.stop_after)
     if "loss" in summary:
         print(f"trained {run.out}: step {summary['steps']} (from {summary['resumed_from']}), "
@@ -224,7 +224,7 @@ def _eval_params():
 
 
 def _eval(values: dict) -> int:
-    from emu_data import evaluate
+    from emu_data.model import evaluate
 
     run, inputs = values["run"].run, values["inputs"]
     report = evaluate.evaluate(run, inputs.corpus, inputs.features, values["options"])
@@ -236,7 +236,7 @@ def _eval(values: dict) -> int:
 # ---- validate, stats, preview ------------------------------------------------------------------------
 
 def _validate(values: dict) -> int:
-    from emu_data.validate import validate
+    from emu_data.inspect.validate import validate
 
     o = values["options"]
     report = validate(o.paths, deep=o.deep, corpus=o.corpus)
@@ -253,7 +253,7 @@ def _validate(values: dict) -> int:
 
 
 def _stats(values: dict) -> int:
-    from emu_data import stats
+    from emu_data.inspect import stats
 
     computed = stats.compute(values["corpus"].path)
     print(json.dumps(computed.to_dict(), indent=2) if values["json"].json else stats.format_table(computed))
@@ -261,7 +261,7 @@ def _stats(values: dict) -> int:
 
 
 def _preview(values: dict) -> int:
-    from emu_data.preview import write_preview
+    from emu_data.inspect.preview import write_preview
 
     o = values["options"]
     shown = write_preview(values["corpus"].path, o.out, o.n)
@@ -390,7 +390,7 @@ def all_commands() -> dict[str, Command]:
 
 
 def fill_parser(parser, command: Command) -> None:
-    from emu_data.options import add_options
+    from emu_data.core.options import add_options
 
     add_options(parser, command.params())
 
@@ -406,6 +406,6 @@ def parser(command: Command):
 
 def build_values(command: Command, namespace) -> dict:
     """The option objects of `command` from what its parser parsed."""
-    from emu_data.options import build
+    from emu_data.core.options import build
 
     return {params.name: build(params, namespace) for params in command.params()}

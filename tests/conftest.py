@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from emu_data import runtime
-from emu_data.sources import sample
-from emu_data.stage import OutputOptions
+from emu_data.engine import runtime
+from emu_data.synthetic import sample
+from emu_data.engine.stage import OutputOptions
 
 RAY = runtime.RayOptions(num_cpus=2)
 # Ray workers import the functions tests hand them by module name; workers started here
@@ -76,7 +76,7 @@ def tiny_vit() -> Path:
 @pytest.fixture(scope="session")
 def sample_features(sample_dir, tiny_vit, tmp_path_factory, ray_session) -> Path:
     """Patch-token features (bf16) of the sample corpus from the tiny tower, written once."""
-    from emu_data import encoder, features
+    from emu_data.ops import encoder, features
 
     out = tmp_path_factory.mktemp("sample-features") / "features"
     spec = encoder.ModelSpec(str(tiny_vit), tokens="patch", precision="bf16")

@@ -1,6 +1,6 @@
 import pytest
 
-from emu_data import align
+from emu_data.core import align
 
 F = b"\xff\xd8frame"
 

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from emu_data import cli, options
+from emu_data import cli
+from emu_data.core import options
 
 
 def test_sample_validate_stats_preview(tmp_path, ray_session, capsys):

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from emu_data import cli, corpus, manifest, records
-from emu_data.sample_site.laion import SitePair, publish_laion
-from emu_data.shards import TMP_PREFIX, ShardLimits, read_shard
-from emu_data.stage import UnitTask
+from emu_data import cli
+from emu_data.core import corpus, manifest, records
+from emu_data.synthetic.site.laion import SitePair, publish_laion
+from emu_data.core.shards import TMP_PREFIX, ShardLimits, read_shard
+from emu_data.engine.stage import UnitTask
 
 pytestmark = pytest.mark.timeout(300)   # a run that hangs fails here, not at the suite's limit
 
@@ -337,9 +338,9 @@ _ORPHAN_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from emu_data import records
-    from emu_data.corpus import Unit
-    from emu_data.shards import ShardLimits
-    from emu_data.stage import UnitTask
+    from emu_data.core.corpus import Unit
+    from emu_data.core.shards import ShardLimits
+    from emu_data.engine.stage import UnitTask
 
     out, holding = Path(sys.argv[1]), Path(sys.argv[2])
 
@@ -442,9 +443,9 @@ _FSIZE_SCRIPT = textwrap.dedent("""
     import resource, signal, sys
     from pathlib import Path
     from emu_data import manifest, records
-    from emu_data.corpus import Unit
-    from emu_data.shards import OutputError, ShardLimits
-    from emu_data.stage import UnitTask
+    from emu_data.core.corpus import Unit
+    from emu_data.core.shards import OutputError, ShardLimits
+    from emu_data.engine.stage import UnitTask
 
     out, limit = Path(sys.argv[1]), int(sys.argv[2])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG

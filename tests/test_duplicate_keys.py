@@ -15,17 +15,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from emu_data import net, sample_site
-from emu_data.corpus import shard_paths
-from emu_data.sample_site.laion import SitePair, publish_laion
-from emu_data.sample_site.mmc4 import SiteDocument, publish_mmc4
-from emu_data.sample_site.webvid import SiteClip, publish_webvid
-from emu_data.shards import read_shard
+from emu_data import net
+from emu_data.synthetic import site as sample_site
+from emu_data.core.corpus import shard_paths
+from emu_data.synthetic.site.laion import SitePair, publish_laion
+from emu_data.synthetic.site.mmc4 import SiteDocument, publish_mmc4
+from emu_data.synthetic.site.webvid import SiteClip, publish_webvid
+from emu_data.core.shards import read_shard
 from emu_data.sources import keys, laion, mmc4, webvid
 from emu_data.sources.youtube import inputs, ytdl
 from emu_data.sources.youtube import stage as youtube
-from emu_data.stage import OutputOptions
-from emu_data.validate import validate
+from emu_data.engine.stage import OutputOptions
+from emu_data.inspect.validate import validate
 
 LOCAL = net.NetPolicy(retries=0, per_host_rate=0, allow_private_addresses=True)
 

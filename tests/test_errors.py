@@ -7,13 +7,17 @@ import pickle
 
 import pytest
 
-from emu_data import cli, errors
+from emu_data import cli
+from emu_data.core import errors
 
 
 # ---- exit_status and message -------------------------------------------------------------
 
 def _user_error_classes():
-    from emu_data import corpus, encoder, features, files, manifest, runlock, validate, yamlsafe
+    from emu_data.core import corpus, files, manifest, yamlsafe
+    from emu_data.ops import encoder, features
+    from emu_data.engine import runlock
+    from emu_data.inspect import validate
     from emu_data.model import config, data
     from emu_data.pipeline import recipe
     from emu_data.sources.youtube import ytdl
@@ -35,8 +39,8 @@ def test_usage_errors_exit_2_and_stay_value_errors():
 
 
 def test_data_faults_exit_1():
-    from emu_data.shards import OutputError
-    from emu_data.stage import StageIncomplete
+    from emu_data.core.shards import OutputError
+    from emu_data.engine.stage import StageIncomplete
 
     for error in [errors.DataFault("x"), StageIncomplete("out", []), OutputError("out/f", "No space left on device"),
                   OSError(errno.ENOSPC, "No space left on device", "out/f"), OSError(errno.EROFS, "ro"),
@@ -53,7 +57,7 @@ def test_anything_else_is_a_bug(error):
 
 
 def test_messages_are_the_lines_the_cli_always_printed():
-    from emu_data.shards import OutputError
+    from emu_data.core.shards import OutputError
 
     assert errors.message(errors.UsageError("bad --n"), "sample") == "emu-data sample: error: bad --n"
     assert (errors.message(FileNotFoundError("x: no such file"), "mix")
@@ -76,7 +80,8 @@ def test_disk_full_or_read_only():
 # ---- ItemFailed: every error that carries a status reason --------------------------------
 
 def _item_failures():
-    from emu_data import images, net
+    from emu_data.core import images
+    from emu_data import net
     from emu_data.sources import laion, mmc4, webvid
     from emu_data.sources.youtube import stage, storyboard, ytdl
 
@@ -122,7 +127,7 @@ def test_item_failed_pickles_with_a_subclass_constructor_of_its_own():
 
 
 def test_except_sites_keep_catching_them():
-    from emu_data import images
+    from emu_data.core import images
     from emu_data.sources.youtube import storyboard, ytdl
 
     assert isinstance(storyboard.StoryboardError("decode_error", "x"), images.ImageRejected)
@@ -133,7 +138,7 @@ def test_except_sites_keep_catching_them():
 # ---- the command line ----------------------------------------------------------------------
 
 def test_a_bug_in_a_command_propagates_with_its_traceback(tmp_path, monkeypatch):
-    from emu_data import stats
+    from emu_data.inspect import stats
 
     def broken(directory):
         raise ValueError("an internal invariant broke")
@@ -149,7 +154,7 @@ def test_a_bug_in_a_command_propagates_with_its_traceback(tmp_path, monkeypatch)
     (OSError(errno.ENOSPC, "disk full", "out/x"), 1, f"emu-data stats: cannot write out/x: {os.strerror(errno.ENOSPC)}"),
 ])
 def test_a_known_error_is_one_line_and_its_exit_status(tmp_path, monkeypatch, capsys, error, status, line):
-    from emu_data import stats
+    from emu_data.inspect import stats
 
     def failing(directory):
         raise error

@@ -19,12 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from emu_data import net, net_guard, options, world
-from emu_data.corpus import shard_paths
-from emu_data.shards import read_shard
+from emu_data import net
+from emu_data.net import guard as net_guard
+from emu_data.core import options
+from emu_data.synthetic import world
+from emu_data.core.corpus import shard_paths
+from emu_data.core.shards import read_shard
 from emu_data.sources import laion
-from emu_data.stage import OutputOptions
-from emu_data.validate import validate
+from emu_data.engine.stage import OutputOptions
+from emu_data.inspect.validate import validate
 from fault_server import FAULTS, HOST, METADATA_URL, FaultServer, Trap
 
 # fault -> (reason in the first run, reason after the server heals and --retry-failed)
@@ -189,7 +192,7 @@ def test_the_guard_is_scoped_and_the_previous_opener_comes_back():
 @pytest.mark.parametrize("part", ["fragment", "subtitles"])
 def test_yt_dlp_fragment_and_subtitle_redirects_into_the_network_are_refused(tmp_path, part):
     """yt-dlp's own downloaders, redirected from an allowed host to 127.0.0.1: refused at connect."""
-    from emu_data.sample_site import SiteVideo, publish_youtube
+    from emu_data.synthetic.site import SiteVideo, publish_youtube
     from emu_data.sources.youtube import ytdl
 
     with Trap() as trap, FaultServer(_image(), trap.url, root=tmp_path) as server:

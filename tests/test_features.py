@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from emu_data import encoder, features
+from emu_data.ops import encoder, features
 from emu_data.cli import main
-from emu_data.corpus import LayoutChanged, shard_paths
-from emu_data.shards import read_shard
+from emu_data.core.corpus import LayoutChanged, shard_paths
+from emu_data.core.shards import read_shard
 
 TINY = {"embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
@@ -175,7 +175,7 @@ def test_bad_model_and_weights_are_clear_errors(sample_dir, tiny, tmp_path, caps
 
 def test_a_one_cpu_cluster_shares_its_cpu_between_encoder_and_decoding(monkeypatch, ray_session):
     """Whole CPUs each on a 1-CPU Ray would deadlock: the actor holds the CPU the reads need."""
-    from emu_data import runtime
+    from emu_data.engine import runtime
 
     monkeypatch.setattr(runtime, "cluster_cpus", lambda ray=None: 1)
     monkeypatch.setattr(runtime, "cluster_gpus", lambda ray=None: 0)

@@ -32,7 +32,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emu_data import errors, net, records, schema
+from emu_data.core import errors, records, schema
+from emu_data import net
 from emu_data.sources import keys as source_keys
 from emu_data.sources import laion, mmc4, webvid
 from emu_data.sources.youtube import inputs, storyboard, subtitles

@@ -1,6 +1,6 @@
 """Garbage a stranger can hand `validate` (issue 15, break 3), and the other readers of an
 output directory: every case is a violation line or one error line, never a traceback or a
-hang. The families, each caught in emu_data/files.py: JSON nested deeper than Python's
+hang. The families, each caught in emu_data/core/files.py: JSON nested deeper than Python's
 stack or holding numbers Python refuses; a tree deeper than Path.rglob's recursion; a path
 that is not a regular file (a FIFO blocks open() until a writer comes: forever).
 """
@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from emu_data import cli, corpus, files, manifest, stats
-from emu_data.shards import read_shard
+from emu_data import cli
+from emu_data.core import corpus, files, manifest
+from emu_data.inspect import stats
+from emu_data.core.shards import read_shard
 
 from test_validate import _found, _rewrite, _shard_of, _violations
 

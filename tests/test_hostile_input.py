@@ -35,15 +35,19 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from emu_data import encoder, features, images, manifest, net, preview, records, sample_site
-from emu_data.corpus import UnitWriter
-from emu_data.sample_site.webvid import SiteClip, publish_webvid
-from emu_data.schema import arrow_schema
-from emu_data.shards import ShardLimits, read_shard, write_table
+from emu_data.ops import encoder, features
+from emu_data.core import images, manifest, records
+from emu_data import net
+from emu_data.inspect import preview
+from emu_data.synthetic import site as sample_site
+from emu_data.core.corpus import UnitWriter
+from emu_data.synthetic.site.webvid import SiteClip, publish_webvid
+from emu_data.core.schema import arrow_schema
+from emu_data.core.shards import ShardLimits, read_shard, write_table
 from emu_data.sources import laion, mmc4, webvid
 from emu_data.sources.youtube import stage as youtube, storyboard, ytdl
 from emu_data.sources.youtube.inputs import VideoInput
-from emu_data.validate import image_problem
+from emu_data.inspect.validate import image_problem
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
@@ -588,7 +592,7 @@ def test_a_lone_surrogate_in_metadata_is_stored_escaped_not_fatal():
     """A title with a lone surrogate (valid in JSON, not in UTF-8) must not fail the shard."""
     import json as _json
 
-    from emu_data import records as _records
+    from emu_data.core import records as _records
 
     row = _records.sample("laion:x", "laion", [b"\xff\xd8", "caption"], meta={"title": "bad \ud800 title"})
     row["meta"].encode("utf-8")   # storable

@@ -1,7 +1,7 @@
 """Hostile YAML (issue 15, break 9): recipes, `run --set` values and `train --config` files.
 
 Every YAML construct that runs code, expands, nests past the stack or fails to construct is
-refused by the one loader (emu_data/yamlsafe.py) before anything walks the tree: the CLI
+refused by the one loader (emu_data/core/yamlsafe.py) before anything walks the tree: the CLI
 exits 2 with one line naming the file and line, no traceback. "Fast" is asserted as work
 done (the output is short), never wall-clock (before the fix the alias case ran 111 s and
 2.1 GB; the suite's per-test timeout is the hang guard).

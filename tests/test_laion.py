@@ -17,13 +17,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from emu_data import net, sample_site, world
-from emu_data.corpus import shard_paths
-from emu_data.sample_site.laion import SitePair, image_bytes, publish_laion
-from emu_data.shards import read_shard
+from emu_data import net
+from emu_data.synthetic import site as sample_site, world
+from emu_data.core.corpus import shard_paths
+from emu_data.synthetic.site.laion import SitePair, image_bytes, publish_laion
+from emu_data.core.shards import read_shard
 from emu_data.sources import laion
-from emu_data.stage import OutputOptions
-from emu_data.validate import validate
+from emu_data.engine.stage import OutputOptions
+from emu_data.inspect.validate import validate
 
 P = SitePair
 BATCH = [P(0), P(1), P(2, "404"), P(3, "html"), P(4, "truncated"), P(5, "redirect"), P(6, "refused"),
@@ -227,8 +228,8 @@ def test_site_plants_invalid_utf8_in_a_string_column(site):
 def test_a_row_img2dataset_never_answers_ends_as_downloader_error(site, tmp_path, monkeypatch):
     """Every row ends somewhere: a row the downloader hands no result for is a retryable
     downloader_error row, not a unit that fails on every rerun (nor a row lost)."""
-    from emu_data.corpus import UnitWriter
-    from emu_data.shards import ShardLimits
+    from emu_data.core.corpus import UnitWriter
+    from emu_data.core.shards import ShardLimits
 
     real = laion.laion_download.download
 

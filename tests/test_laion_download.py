@@ -12,7 +12,8 @@ from functools import partial
 import pytest
 from PIL import Image
 
-from emu_data import net, world
+from emu_data import net
+from emu_data.synthetic import world
 from emu_data.sources import laion, laion_download
 
 _LOCAL = net.NetPolicy(allow_private_addresses=True)  # the test's server is on 127.0.0.1

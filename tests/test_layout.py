@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from emu_data import cli, commands, options
+from emu_data import cli, commands
+from emu_data.core import options
 
 PACKAGE = Path(__file__).resolve().parent.parent / "emu_data"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from emu_data import errors, files, images, world
+from emu_data.core import errors, files, images
+from emu_data.synthetic import world
 from emu_data.sources import laion, mmc4, textfiles, webvid
 
 ROOT = Path(__file__).resolve().parents[1] / "emu_data"

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from emu_data import cli, manifest, mix, records
-from emu_data.corpus import Unit, shard_paths
-from emu_data.sources import sample
-from emu_data.shards import read_shard
-from emu_data.stage import OutputOptions, run_stage
-from emu_data.validate import Violation, validate
+from emu_data import cli
+from emu_data.core import manifest, records
+from emu_data.ops import mix
+from emu_data.core.corpus import Unit, shard_paths
+from emu_data.synthetic import sample
+from emu_data.core.shards import read_shard
+from emu_data.engine.stage import OutputOptions, run_stage
+from emu_data.inspect.validate import Violation, validate
 
 COUNTS = {"laion": 3000, "laion_coco": 3000, "mmc4": 1500, "webvid": 400, "yt_storyboard": 400}
 

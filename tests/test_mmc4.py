@@ -13,15 +13,16 @@ import random
 import pytest
 from PIL import Image
 
-from emu_data import net, world
-from emu_data.corpus import shard_paths
-from emu_data.sample_site import serve
-from emu_data.sample_site.mmc4 import SiteDocument as D
-from emu_data.sample_site.mmc4 import publish_mmc4
-from emu_data.shards import read_shard
+from emu_data import net
+from emu_data.synthetic import world
+from emu_data.core.corpus import shard_paths
+from emu_data.synthetic.site import serve
+from emu_data.synthetic.site.mmc4 import SiteDocument as D
+from emu_data.synthetic.site.mmc4 import publish_mmc4
+from emu_data.core.shards import read_shard
 from emu_data.sources import mmc4
-from emu_data.stage import OutputOptions
-from emu_data.validate import validate
+from emu_data.engine.stage import OutputOptions
+from emu_data.inspect.validate import validate
 
 BATCH = [
     D("clean1", n_images=1), D("clean2", n_images=3),

@@ -256,7 +256,7 @@ def test_few_shot_demonstrations_are_laid_out_as_training_saw_several_images(att
     only way they are visible), each its own sample under "row"."""
     from types import SimpleNamespace
 
-    from emu_data import evaluate
+    from emu_data.model import evaluate
 
     run = SimpleNamespace(config=TrainConfig().with_overrides(model={"queries": 2, "attention": attention}),
                           vocab=SimpleNamespace(encode=lambda text: [100 + len(text)]))
@@ -268,7 +268,7 @@ def test_few_shot_demonstrations_are_laid_out_as_training_saw_several_images(att
 
 
 def test_cached_generation_equals_a_full_forward(indexed, sample_dir, sample_features):
-    from emu_data import evaluate
+    from emu_data.model import evaluate
 
     index, vocab, _ = indexed
     model = _model(vocab, index).eval()

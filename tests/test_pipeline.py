@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from emu_data import cli, manifest
+from emu_data import cli
+from emu_data.core import manifest
 from emu_data.pipeline import runner
 from emu_data.pipeline.recipe import RecipeError
-from emu_data.validate import validate
+from emu_data.inspect.validate import validate
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 SOURCES = {"laion", "laion_coco", "mmc4", "webvid", "yt_storyboard"}

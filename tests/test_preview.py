@@ -1,4 +1,4 @@
-"""Tests for emu_data.preview: structure of the HTML, escaping, and a real headless render."""
+"""Tests for emu_data.inspect.preview: structure of the HTML, escaping, and a real headless render."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from PIL import Image
 
-from emu_data.preview import format_time, render_html, sniff_mime
+from emu_data.inspect.preview import format_time, render_html, sniff_mime
 
 HOSTILE = "<script>alert(1)</script>"
 # Vivid colours the render test looks for in the screenshot.

@@ -3,9 +3,9 @@
 import pytest
 from ray.cluster_utils import Cluster
 
-from emu_data import runtime
-from emu_data.sources import sample
-from emu_data.stage import OutputOptions
+from emu_data.engine import runtime
+from emu_data.synthetic import sample
+from emu_data.engine.stage import OutputOptions
 
 CONFIG = sample.SampleConfig(n=4, per_unit=1, sources=("laion", "mmc4", "yt_storyboard"))
 

@@ -14,15 +14,16 @@ from functools import partial
 
 import pytest
 
-from emu_data import manifest, net, records
-from emu_data.corpus import UnitWriter
-from emu_data.sample_site.laion import SitePair, publish_laion
-from emu_data.sample_site.mmc4 import SiteDocument, publish_mmc4
-from emu_data.sample_site.webvid import SiteClip, publish_webvid
-from emu_data.shards import ShardLimits, read_shard
+from emu_data.core import manifest, records
+from emu_data import net
+from emu_data.core.corpus import UnitWriter
+from emu_data.synthetic.site.laion import SitePair, publish_laion
+from emu_data.synthetic.site.mmc4 import SiteDocument, publish_mmc4
+from emu_data.synthetic.site.webvid import SiteClip, publish_webvid
+from emu_data.core.shards import ShardLimits, read_shard
 from emu_data.sources import laion, mmc4, webvid
 from emu_data.sources.ordered import InputOrder
-from emu_data.stage import OutputOptions
+from emu_data.engine.stage import OutputOptions
 
 LOCAL = net.NetPolicy(allow_private_addresses=True, per_host_rate=0)
 

@@ -3,9 +3,9 @@
 import json
 import re
 
-from emu_data import world
-from emu_data.shards import read_shard
-from emu_data.corpus import shard_paths
+from emu_data.synthetic import world
+from emu_data.core.shards import read_shard
+from emu_data.core.corpus import shard_paths
 
 
 def _rows(directory):
@@ -51,8 +51,8 @@ def test_text_names_what_is_drawn(sample_dir):
 
 
 def test_sample_is_deterministic(tmp_path, sample_dir, ray_session):
-    from emu_data.sources import sample
-    from emu_data.stage import OutputOptions
+    from emu_data.synthetic import sample
+    from emu_data.engine.stage import OutputOptions
 
     config = sample.SampleConfig(n=6, per_unit=3, frames_per_sample=8)
     again = sample.make_sample(config, OutputOptions(tmp_path / "again", shard_rows=8), ray_session)

@@ -3,7 +3,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from emu_data import schema
+from emu_data.core import schema
 
 
 @pytest.mark.parametrize("name", ["interleaved", "status", "features"])
@@ -11,7 +11,7 @@ def test_arrow_schema_has_exactly_the_json_columns(name):
     raw = json.loads((schema.schemas_dir() / f"{name}.json").read_text())
     built = schema.arrow_schema(name, params={"storage": "float16", "size": 4})
     assert built.names == [f["name"] for f in raw["fields"]]
-    assert built.metadata[b"emu_data.schema"] == name.encode()
+    assert built.metadata[b"emu_data.core.schema"] == name.encode()
     assert built.metadata[b"emu_data.version"] == raw["version"].encode()
 
 

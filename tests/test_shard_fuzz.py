@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from emu_data import cli
-from emu_data.shards import ShardError, read_shard
+from emu_data.core.shards import ShardError, read_shard
 
 HARNESS = Path(__file__).with_name("shard_fuzz_harness.py")
 CASES = int(os.environ.get("EMU_FUZZ_SHARDS", "80"))

@@ -1,8 +1,8 @@
 import pyarrow as pa
 import pytest
 
-from emu_data import schema
-from emu_data.shards import ShardLimits, ShardWriter, file_sha256, read_shard
+from emu_data.core import schema
+from emu_data.core.shards import ShardLimits, ShardWriter, file_sha256, read_shard
 
 
 def _rows(n, text_len=10):

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from emu_data import cli, options, schema, world
+from emu_data import cli
+from emu_data.core import options, schema
+from emu_data.synthetic import world
 from emu_data import sources as registry
-from emu_data.corpus import Unit
-from emu_data.options import option, positive_int
-from emu_data.records import sample, status
+from emu_data.core.corpus import Unit
+from emu_data.core.options import option, positive_int
+from emu_data.core.records import sample, status
 
 TOY_KIND = "toy_pairs"
 

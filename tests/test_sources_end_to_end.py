@@ -9,13 +9,15 @@ from collections import Counter
 
 import pytest
 
-from emu_data import cli, mix, sample_site
-from emu_data.corpus import shard_paths
-from emu_data.sample_site import laion as site_laion
-from emu_data.sample_site import mmc4 as site_mmc4
-from emu_data.sample_site import webvid as site_webvid
-from emu_data.shards import read_shard
-from emu_data.validate import validate
+from emu_data import cli
+from emu_data.ops import mix
+from emu_data.synthetic import site as sample_site
+from emu_data.core.corpus import shard_paths
+from emu_data.synthetic.site import laion as site_laion
+from emu_data.synthetic.site import mmc4 as site_mmc4
+from emu_data.synthetic.site import webvid as site_webvid
+from emu_data.core.shards import read_shard
+from emu_data.inspect.validate import validate
 
 pytestmark = pytest.mark.slow
 NET = ["--allow-private-addresses", "--retries", "0", "--timeout", "5"]

@@ -5,9 +5,9 @@ import pickle
 
 import pytest
 
-from emu_data import corpus, manifest
-from emu_data.sources import sample
-from emu_data.stage import OutputOptions, StageIncomplete, UnitTask, run_stage
+from emu_data.core import corpus, manifest
+from emu_data.synthetic import sample
+from emu_data.engine.stage import OutputOptions, StageIncomplete, UnitTask, run_stage
 
 CONFIG = sample.SampleConfig(n=4, per_unit=2, sources=("laion", "webvid"))
 
@@ -63,7 +63,7 @@ def _generic(out, units, ray, redo=None):
 
 
 def test_changed_or_dropped_units_are_redone_and_leave_no_orphans(tmp_path, ray_session):
-    from emu_data.validate import validate
+    from emu_data.inspect.validate import validate
 
     out = tmp_path / "c"
     _generic(out, [corpus.Unit("a", ("1",)), corpus.Unit("b", ("2",)), corpus.Unit("c", ("3",))], ray_session)

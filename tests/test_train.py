@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from emu_data import evaluate, train
+from emu_data.model import evaluate, train
 from emu_data.cli import main
-from emu_data.corpus import LayoutChanged
+from emu_data.core.corpus import LayoutChanged
 from emu_data.model.config import TrainConfig
 
 TINY = TrainConfig().with_overrides(
@@ -103,9 +103,9 @@ def test_a_few_minutes_of_cpu_training_learns_to_caption_and_retrieve(tmp_path_f
     Few-shot captioning is reported, not asserted: with each packed sample attending only to
     itself, in-context use of demonstrations has to come from the corpus's interleaved
     documents, whose text is not caption-like here (BENCHMARKS.md)."""
-    from emu_data import encoder, features
-    from emu_data.sources import sample
-    from emu_data.stage import OutputOptions
+    from emu_data.ops import encoder, features
+    from emu_data.synthetic import sample
+    from emu_data.engine.stage import OutputOptions
 
     work = tmp_path_factory.mktemp("learns")
     corpus, feats = work / "corpus", work / "features"

@@ -7,9 +7,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from emu_data import cli, manifest, schema
-from emu_data.shards import read_shard, write_table
-from emu_data.validate import validate
+from emu_data import cli
+from emu_data.core import manifest, schema
+from emu_data.core.shards import read_shard, write_table
+from emu_data.inspect.validate import validate
 
 
 def _violations(path, deep=False):

@@ -12,10 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from emu_data import encoder, features, manifest, schema
+from emu_data.ops import encoder, features
+from emu_data.core import manifest, schema
 from emu_data.cli import main
-from emu_data.shards import read_shard, write_table
-from emu_data.validate import image_positions, validate
+from emu_data.core.shards import read_shard, write_table
+from emu_data.inspect.validate import image_positions, validate
 
 TINY = {"embed_dim": 32,
         "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},

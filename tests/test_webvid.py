@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emu_data import net, world
-from emu_data.corpus import shard_paths
-from emu_data.sample_site import serve
-from emu_data.sample_site.webvid import FAULTS, SiteClip, publish_webvid
-from emu_data.shards import read_shard
+from emu_data import net
+from emu_data.synthetic import world
+from emu_data.core.corpus import shard_paths
+from emu_data.synthetic.site import serve
+from emu_data.synthetic.site.webvid import FAULTS, SiteClip, publish_webvid
+from emu_data.core.shards import read_shard
 from emu_data.sources import webvid
-from emu_data.stage import OutputOptions
-from emu_data.validate import validate
+from emu_data.engine.stage import OutputOptions
+from emu_data.inspect.validate import validate
 
 C = SiteClip
 FAULTED = [C(f"30{i:02d}", fault=fault) for i, fault in enumerate(f for f in FAULTS if f)]

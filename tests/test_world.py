@@ -6,10 +6,8 @@ import random
 import pytest
 from PIL import Image
 
-from emu_data import world
-from emu_data.world import (BACKGROUNDS, COLOURS, SHAPES, Clip, Mover, Scene, Thing, alt_text, caption,
-                            clip_caption, encode, narrate, random_clip, random_document, random_scene,
-                            render)
+from emu_data.synthetic import world
+from emu_data.synthetic.world import BACKGROUNDS, COLOURS, SHAPES, Clip, Mover, Scene, Thing, alt_text, caption, clip_caption, encode, narrate, random_clip, random_document, random_scene, render
 
 SEEDS = range(30)
 

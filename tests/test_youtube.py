@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from emu_data import cli, sample_site
-from emu_data.corpus import shard_paths
-from emu_data.shards import read_shard
-from emu_data.validate import validate
+from emu_data import cli
+from emu_data.synthetic import site as sample_site
+from emu_data.core.corpus import shard_paths
+from emu_data.core.shards import read_shard
+from emu_data.inspect.validate import validate
 
 DATA = Path(__file__).parent / "data" / "youtube"
 V = sample_site.SiteVideo

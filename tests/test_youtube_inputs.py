@@ -50,7 +50,7 @@ def test_collect_dedupes_prefers_files_and_orders_stably(tmp_path):
 
 
 def test_feeds_expand_through_yt_dlps_flat_extraction(tmp_path):
-    from emu_data import sample_site
+    from emu_data.synthetic import site as sample_site
 
     items = "".join(f"<item><title>{v}</title><link>https://www.youtube.com/watch?v={v}</link></item>"
                     for v in ("GJLlxj_dtq8", "dsMFmonKDD4"))
@@ -122,7 +122,8 @@ IMPERSONATE_MESSAGE = ("--impersonate downloads through curl_cffi, which the add
 def test_impersonate_under_the_address_guard_fails_closed_for_python_callers(monkeypatch, tmp_path):
     """curl_cffi connects in C, below net_guard's socket hook: a Python caller of the stage
     (not only the CLI) is refused before any Ray or network work."""
-    from emu_data import net, stage as stage_runner
+    from emu_data import net
+    from emu_data.engine import stage as stage_runner
     from emu_data.sources.youtube import stage
 
     def no_work(*args, **kwargs):
@@ -136,7 +137,7 @@ def test_impersonate_under_the_address_guard_fails_closed_for_python_callers(mon
         stage.make_youtube(videos, stage.YoutubeConfig(), options, net.NetPolicy(),
                            stage_runner.OutputOptions(tmp_path / "out"))
     assert str(caught.value) == IMPERSONATE_MESSAGE and not (tmp_path / "out").exists()
-    from emu_data import errors
+    from emu_data.core import errors
 
     assert isinstance(caught.value, errors.UsageError)   # exit 2 on the command line, not a traceback
     with pytest.raises(ValueError, match="curl_cffi"):

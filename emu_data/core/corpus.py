@@ -38,8 +38,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from emu_data import errors, files, manifest, records, schema
-from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OutputError, ShardLimits, ShardWriter, file_sha256, writing
+from emu_data.core import errors, files, manifest, records, schema
+from emu_data.core.shards import SHARD_SUFFIX, TMP_PREFIX, OutputError, ShardLimits, ShardWriter, file_sha256, writing
 
 log = logging.getLogger(__name__)
 

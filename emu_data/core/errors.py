@@ -54,7 +54,7 @@ def disk_full_or_read_only(error: OSError) -> str | None:
 
 
 def _is_output_error(error: BaseException) -> bool:
-    shards = sys.modules.get("emu_data.shards")   # an OutputError was raised: shards is loaded
+    shards = sys.modules.get("emu_data.core.shards")   # an OutputError was raised: shards is loaded
     return shards is not None and isinstance(error, shards.OutputError)
 
 

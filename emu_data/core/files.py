@@ -24,7 +24,7 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from emu_data.errors import UsageError
+from emu_data.core.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from emu_data.errors import ItemFailed
+from emu_data.core.errors import ItemFailed
 
 STORED_FORMATS = ("JPEG", "PNG", "WEBP")   # what the interleaved record accepts as is
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import jsonschema
 
-from emu_data import __version__, errors, files, schema
-from emu_data.shards import TMP_PREFIX, fsync_dir, writing
+from emu_data import __version__
+from emu_data.core import errors, files, schema
+from emu_data.core.shards import TMP_PREFIX, fsync_dir, writing
 
 MANIFEST_NAME = "_manifest.json"
 

@@ -160,7 +160,7 @@ def _parser(parse):
         return parse
 
     def typed(text: str):
-        from emu_data.errors import UsageError
+        from emu_data.core.errors import UsageError
 
         try:
             return parse(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from emu_data import schema
+from emu_data.core import schema
 
 
 class RecordError(ValueError):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from emu_data import files
+from emu_data.core import files
 
 _PRIMITIVES = {
     "string": pa.string(),
@@ -79,7 +79,7 @@ class RecordDef:
 def schemas_dir() -> Path:
     """The schemas/ folder: beside the package in a checkout, under share/ when installed."""
     candidates = [
-        Path(__file__).resolve().parent.parent / "schemas",
+        Path(__file__).resolve().parent.parent.parent / "schemas",
         Path(sys.prefix) / "share" / "emu-data" / "schemas",
     ]
     for path in candidates:
@@ -144,7 +144,7 @@ def arrow_schema(name: str, *, params: dict | None = None,
     # equal to its own, which are nullable. `nullable: false` is enforced by the writer
     # and by validate instead.
     fields = [pa.field(f.name, parse_type(f.type, params)) for f in rec.fields]
-    meta = {"emu_data.schema": rec.name, "emu_data.version": rec.version}
+    meta = {"emu_data.core.schema": rec.name, "emu_data.version": rec.version}
     meta.update(metadata or {})
     meta["huggingface"] = json.dumps({"info": {"features": _hf_features(rec, params)}})
     return pa.schema(fields, metadata=meta)

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from emu_data import errors, files, schema
+from emu_data.core import errors, files, schema
 
 SHARD_SUFFIX = ".arrow"
 TMP_PREFIX = ".tmp-"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import yaml
 
-from emu_data.errors import UsageError
+from emu_data.core.errors import UsageError
 
 # Recipes and configs nest 3-4 levels. Composing and constructing recurse several frames a
 # level: with Python's default stack, loading "[" * n fails from n = 200 (measured).

@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from emu_data import errors, files
-from emu_data.shards import OutputError, writing
+from emu_data.core import errors, files
+from emu_data.core.shards import OutputError, writing
 
 log = logging.getLogger(__name__)
 

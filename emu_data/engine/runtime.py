@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from emu_data.options import option, positive_int
+from emu_data.core.options import option, positive_int
 
 log = logging.getLogger(__name__)
 

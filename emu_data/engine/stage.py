@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from emu_data import corpus, errors, manifest, runlock, runtime
-from emu_data.corpus import Unit, UnitWriter
-from emu_data.options import option, positive_int, show_size, size
-from emu_data.shards import OutputError, ShardLimits
+from emu_data.core import corpus, errors, manifest
+from emu_data.engine import runlock, runtime
+from emu_data.core.corpus import Unit, UnitWriter
+from emu_data.core.options import option, positive_int, show_size, size
+from emu_data.core.shards import OutputError, ShardLimits
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 
-from emu_data import files
+from emu_data.core import files
 
 # An unknown source still renders, in grey, rather than failing the page.
 _UNKNOWN_COLOUR = "#718096"
@@ -185,8 +185,8 @@ def render_html(records: Iterable[dict], title: str, *, summary: dict | None = N
 
 def pick_records(directory, n: int) -> list[dict]:
     """Up to n samples of a corpus, taken round-robin across sources so each kind shows."""
-    from emu_data import corpus
-    from emu_data.shards import read_shard
+    from emu_data.core import corpus
+    from emu_data.core.shards import read_shard
 
     by_source: dict[str, list[dict]] = {}
     for path in corpus.shard_paths(directory):
@@ -205,7 +205,7 @@ def write_preview(directory, out, n: int = 20) -> int:
     """Write the preview page of a corpus directory to `out`; returns how many samples it shows."""
     from pathlib import Path
 
-    from emu_data import stats
+    from emu_data.inspect import stats
 
     records = pick_records(directory, n)
     summary = stats.compute(directory).to_dict()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from emu_data import corpus
-from emu_data.shards import read_shard
+from emu_data.core import corpus
+from emu_data.core.shards import read_shard
 
 
 @dataclass

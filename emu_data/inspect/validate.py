@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from emu_data import corpus, encoder, errors, files, images, manifest, schema
-from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, ShardError, file_sha256, iter_batches, read_schema
+from emu_data.core import corpus, errors, files, images, manifest, schema
+from emu_data.ops import encoder
+from emu_data.core.shards import SHARD_SUFFIX, TMP_PREFIX, ShardError, file_sha256, iter_batches, read_schema
 
 DECODE_PER_SHARD = 32  # images fully decoded per shard unless --deep
 # Stored dtype name (shard metadata) -> Arrow storage of the embedding values.
@@ -96,7 +97,7 @@ def record_name(directory: Path) -> str | None:
                 meta = read_schema(path).metadata or {}
             except _READ_ERRORS:
                 continue
-            return meta.get(b"emu_data.schema", b"").decode(errors="replace") or None
+            return meta.get(b"emu_data.core.schema", b"").decode(errors="replace") or None
     return None
 
 

@@ -16,8 +16,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from emu_data.errors import UsageError
-from emu_data.options import option, positive_int, show_words
+from emu_data.core.errors import UsageError
+from emu_data.core.options import option, positive_int, show_words
 
 
 
@@ -171,7 +171,7 @@ def _section(name: str, kind: type, values: dict):
 
 def _names(keys) -> str:
     """Unknown keys for a message: any YAML type (sorted as text), clipped."""
-    from emu_data import yamlsafe
+    from emu_data.core import yamlsafe
 
     return yamlsafe.clip(", ".join(sorted(map(str, keys))))
 
@@ -194,7 +194,7 @@ def load(path: Path | None) -> TrainConfig:
 
 def _parse(path: Path, raw: bytes):
     """The file's data; any way it is not YAML/JSON we take is a one-line ConfigError."""
-    from emu_data import yamlsafe
+    from emu_data.core import yamlsafe
 
     try:
         text = yamlsafe.decode(raw, str(path))

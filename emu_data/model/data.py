@@ -32,11 +32,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from emu_data import encoder, errors, files, manifest
+from emu_data.ops import encoder
+from emu_data.core import errors, files, manifest
 from emu_data.model import tokenizer
 from emu_data.model.config import DataConfig
 from emu_data.model.tokenizer import BOS, END_IMG, EOS, IMG, PAD, Vocab
-from emu_data.shards import ShardError, read_schema, read_shard
+from emu_data.core.shards import ShardError, read_schema, read_shard
 from emu_data import sources as registry
 
 log = logging.getLogger(__name__)

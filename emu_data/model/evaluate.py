@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emu_data import sources, train
+from emu_data import sources
+from emu_data.model import train
 from emu_data.model import cider, data, emu
 from emu_data.model.tokenizer import BOS, END_IMG, EOS, IMG, PAD
 from emu_data.model.config import EvalOptions  # noqa: F401  (defined with the other option sets)

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
-from emu_data.errors import UsageError
+from emu_data.core.errors import UsageError
 
 PAD, BOS, EOS, UNK, IMG, END_IMG = range(6)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>", "[IMG]", "[/IMG]")

@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emu_data import __version__, errors, runlock
-from emu_data.corpus import LayoutChanged
-from emu_data.manifest import write_json_atomic
+from emu_data import __version__
+from emu_data.core import errors
+from emu_data.engine import runlock
+from emu_data.core.corpus import LayoutChanged
+from emu_data.core.manifest import write_json_atomic
 from emu_data.model import data, emu
 from emu_data.model.config import OptimConfig, TrainConfig
 from emu_data.model.tokenizer import PAD, Vocab

@@ -50,8 +50,8 @@ from urllib3.exceptions import (
 from urllib3.util import parse_url
 
 from emu_data import __version__
-from emu_data.options import network, option, show_size, size
-from emu_data.errors import ItemFailed, UsageError
+from emu_data.core.options import network, option, show_size, size
+from emu_data.core.errors import ItemFailed, UsageError
 
 __all__ = [
     "FetchError",

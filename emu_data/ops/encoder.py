@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emu_data import errors, images
-from emu_data.options import option
+from emu_data.core import errors, images
+from emu_data.core.options import option
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,12 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from emu_data import encoder, errors, files, images, manifest, runlock, runtime, schema
-from emu_data.options import option, positive_int
-from emu_data.corpus import CONFIG_NAME, DATA_DIR, LayoutChanged
-from emu_data.shards import SHARD_SUFFIX, TMP_PREFIX, OneShard, ShardError, ShardInfo, file_sha256, read_schema, read_shard
+from emu_data.ops import encoder
+from emu_data.core import errors, files, images, manifest, schema
+from emu_data.engine import runlock, runtime
+from emu_data.core.options import option, positive_int
+from emu_data.core.corpus import CONFIG_NAME, DATA_DIR, LayoutChanged
+from emu_data.core.shards import SHARD_SUFFIX, TMP_PREFIX, OneShard, ShardError, ShardInfo, file_sha256, read_schema, read_shard
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow.compute as pc
 
-from emu_data import errors, files, manifest, records, runtime, stage, validate
+from emu_data.core import errors, files, manifest, records
+from emu_data.engine import runtime, stage
+from emu_data.inspect import validate
 from emu_data import sources as registry
-from emu_data.options import option
-from emu_data.corpus import Unit, UnitWriter
-from emu_data.shards import read_shard
+from emu_data.core.options import option
+from emu_data.core.corpus import Unit, UnitWriter
+from emu_data.core.shards import read_shard
 
 PRESET_NAMES = ("emu", "equal")
 

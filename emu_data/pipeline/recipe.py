@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from emu_data import errors, yamlsafe
+from emu_data.core import errors, yamlsafe
 
 SECTIONS = ("site", "defaults", "stages")
 

@@ -18,14 +18,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from emu_data import __version__, runlock
-from emu_data.options import option
-from emu_data.runtime import RayOptions
-from emu_data.manifest import write_json_atomic
+from emu_data import __version__
+from emu_data.engine import runlock
+from emu_data.core.options import option
+from emu_data.engine.runtime import RayOptions
+from emu_data.core.manifest import write_json_atomic
 from emu_data.pipeline import recipe as recipes
 from emu_data.pipeline import stages as stage_plan
 from emu_data.pipeline.recipe import RecipeError
-from emu_data.sample_site import bundle
+from emu_data.synthetic.site import bundle
 
 log = logging.getLogger(__name__)
 LEDGER = "pipeline.json"
@@ -136,7 +137,7 @@ def _run_stage(stage: stage_plan.PlannedStage) -> None:
     raises is reported as `emu-data COMMAND` would report it."""
     import sys
 
-    from emu_data import errors
+    from emu_data.core import errors
 
     for path, content in stage.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +206,7 @@ def _reads_site(plan: Plan, stage: stage_plan.PlannedStage) -> bool:
 def _site_served(plan: Plan, todo: list):
     """Serve the sample site while stages that read it run: the files embed its URL, so the
     site is served on the port it was published with, or published again on a new one."""
-    from emu_data import sample_site
+    from emu_data.synthetic import site as sample_site
 
     needs_site = plan.site is not None and any(_reads_site(plan, s) for s in todo)
     if not needs_site:

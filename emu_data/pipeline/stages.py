@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from emu_data import commands as command_table
-from emu_data import options as opts
+from emu_data.core import options as opts
 from emu_data.pipeline.recipe import Recipe, StageSpec
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
@@ -45,7 +45,7 @@ class PlannedStage:
 def _placement_flags() -> tuple[str, ...]:
     """Options that change where and how fast a stage runs, never what it makes: a rerun on a
     cluster, or with other CPUs, still skips a stage finished without them."""
-    from emu_data.runtime import RayOptions
+    from emu_data.engine.runtime import RayOptions
 
     return tuple(spec.flag for spec in opts.specs(opts.Params("ray", RayOptions)))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from emu_data import manifest
+from emu_data.core import manifest
 from emu_data.pipeline.stages import PlannedStage
 
 # The glance at whether the corpus trains; few-shot rows stay in the eval report (under the
@@ -50,8 +50,8 @@ def _features(stages) -> str:
 
 def _feature_shape(out: Path) -> str:
     """The embedding shape and dtype a feature shard's schema metadata records."""
-    from emu_data.corpus import shard_paths
-    from emu_data.shards import read_shard
+    from emu_data.core.corpus import shard_paths
+    from emu_data.core.shards import read_shard
 
     paths = shard_paths(out, "data")
     meta = (read_shard(paths[0]).schema.metadata or {}) if paths else {}

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from emu_data import records
+from emu_data.core import records
 
 DUPLICATE = "duplicate_key"
 

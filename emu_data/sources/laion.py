@@ -32,14 +32,16 @@ import pyarrow.parquet as pq
 from PIL import Image
 from urllib3.util import parse_url
 
-from emu_data import errors, images, net, records
+from emu_data.core import errors, images, records
+from emu_data import net
 from emu_data import sources as registry
-from emu_data.options import Params, option, positive_int
-from emu_data.images import STORED_FORMATS
-from emu_data.corpus import Unit, UnitWriter
-from emu_data.sample_site import laion as site_laion
-from emu_data.files import safe_stem
-from emu_data.sources import keys, laion_download, ordered, sample, textfiles
+from emu_data.core.options import Params, option, positive_int
+from emu_data.core.images import STORED_FORMATS
+from emu_data.core.corpus import Unit, UnitWriter
+from emu_data.synthetic.site import laion as site_laion
+from emu_data.core.files import safe_stem
+from emu_data.sources import keys, laion_download, ordered, textfiles
+from emu_data.synthetic import sample
 
 log = logging.getLogger(__name__)
 
@@ -664,7 +666,7 @@ def make_laion(inputs: list[Path], config: LaionConfig, net_policy: net.NetPolic
 
     Resumable: committed units are kept. retry_failed reruns units holding retryable reasons.
     """
-    from emu_data.stage import run_source
+    from emu_data.engine.stage import run_source
 
     return run_source(SOURCE, config, input_files(inputs), output, ray, retry_failed, net=net_policy)
 

@@ -22,7 +22,8 @@ from typing import Callable
 
 import pyarrow as pa
 
-from emu_data import net, net_guard
+from emu_data import net
+from emu_data.net import guard as net_guard
 
 
 @dataclass(frozen=True)

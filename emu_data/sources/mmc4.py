@@ -37,14 +37,16 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from emu_data import errors, images, net, records
+from emu_data.core import errors, images, records
+from emu_data import net
 from emu_data import sources as registry
-from emu_data.options import Params, option, positive_int, show_size, size
-from emu_data.images import STORED_FORMATS
-from emu_data.corpus import Unit, UnitWriter
-from emu_data.sample_site import mmc4 as site_mmc4
-from emu_data.files import safe_stem
-from emu_data.sources import keys, sample, textfiles
+from emu_data.core.options import Params, option, positive_int, show_size, size
+from emu_data.core.images import STORED_FORMATS
+from emu_data.core.corpus import Unit, UnitWriter
+from emu_data.synthetic.site import mmc4 as site_mmc4
+from emu_data.core.files import safe_stem
+from emu_data.sources import keys, textfiles
+from emu_data.synthetic import sample
 
 KIND = "mmc4"
 # Config fields that change how fast a run goes, not what it writes: kept out of the layout
@@ -128,7 +130,7 @@ def _plan_files(todo: list[tuple[Path, str]], config: Mmc4Config, ray) -> list[t
     """_plan_file of each (path, stem), in input order."""
     if ray is None or len(todo) < 2:
         return [_plan_file(item, config) for item in todo]
-    from emu_data import runtime
+    from emu_data.engine import runtime
 
     done = {}
     for item, result in runtime.map_tasks(partial(_plan_file, config=config), todo, options=ray,
@@ -497,7 +499,7 @@ def input_files(inputs: list[Path]) -> list[Path]:
 def make_mmc4(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy, output, ray=None):
     """Run the stage over the jsonl `inputs` (files or directories of *.jsonl) into output.out;
     resumable, every document accounted for."""
-    from emu_data.stage import run_source
+    from emu_data.engine.stage import run_source
 
     return run_source(SOURCE, config, input_files(inputs), output, ray, net=net_policy)
 

@@ -17,8 +17,8 @@ import pickle
 import tempfile
 from typing import Iterable
 
-from emu_data.corpus import DATA_DIR, UnitWriter
-from emu_data.shards import TMP_PREFIX, approx_row_bytes, writing
+from emu_data.core.corpus import DATA_DIR, UnitWriter
+from emu_data.core.shards import TMP_PREFIX, approx_row_bytes, writing
 
 
 class InputOrder:

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from emu_data import errors, files
+from emu_data.core import errors, files
 
 log = logging.getLogger(__name__)
 

@@ -43,13 +43,15 @@ from typing import BinaryIO, Iterator
 # video2dataset also uses.
 import av
 
-from emu_data import errors, images, net, records
+from emu_data.core import errors, images, records
+from emu_data import net
 from emu_data import sources as registry
-from emu_data.options import Params, option, positive_int
-from emu_data.corpus import Unit, UnitWriter
-from emu_data.sample_site import webvid as site_webvid
-from emu_data.files import safe_stem
-from emu_data.sources import keys, sample, textfiles
+from emu_data.core.options import Params, option, positive_int
+from emu_data.core.corpus import Unit, UnitWriter
+from emu_data.synthetic.site import webvid as site_webvid
+from emu_data.core.files import safe_stem
+from emu_data.sources import keys, textfiles
+from emu_data.synthetic import sample
 
 KIND = "webvid"
 REQUIRED_COLUMNS = ("videoid", "name", "duration", "contentUrl")
@@ -557,7 +559,7 @@ def make_webvid(inputs: list[Path], config: WebvidConfig, net_policy: net.NetPol
     resumable, every row accounted for. retry_failed reruns committed units holding a
     retryable reason (timeout, 5xx, rate limits, cut-off bodies). Each video is cut at the
     net policy's max_bytes (--max-bytes) and reported too_large."""
-    from emu_data.stage import run_source
+    from emu_data.engine.stage import run_source
 
     return run_source(SOURCE, config, input_files(inputs), output, ray, retry_failed, net=net_policy)
 

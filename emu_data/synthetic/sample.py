@@ -14,9 +14,10 @@ import string
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from emu_data import align, errors, records, world
-from emu_data.corpus import Unit, UnitWriter
-from emu_data.options import option, positive_int, show_words, words
+from emu_data.core import align, errors, records
+from emu_data.synthetic import world
+from emu_data.core.corpus import Unit, UnitWriter
+from emu_data.core.options import option, positive_int, show_words, words
 
 # Sample sources' URLs use the reserved .invalid domain: they name where a real item
 # would live without ever resolving.
@@ -188,7 +189,7 @@ def coco_pair(key, rng, config) -> list[dict]:
 
 def make_sample(config: SampleConfig, output, ray=None):
     """Write the sample corpus to output.out through the usual stage machinery."""
-    from emu_data import runtime, stage
+    from emu_data.engine import runtime, stage
 
     ray = ray or runtime.RayOptions()
     resolved = {"sample": asdict(config), "output": {**asdict(output), "out": str(output.out)},

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from emu_data import images
+from emu_data.core import images
 
 # Far apart in RGB so a tiny model (and a JPEG round trip) cannot confuse them.
 COLOURS: dict[str, tuple[int, int, int]] = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220),

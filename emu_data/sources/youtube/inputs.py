@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from emu_data import errors, files
+from emu_data.core import errors, files
 
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 # Info dicts and player responses nest a few dozen levels; deeper is not one (and every walk

@@ -15,14 +15,16 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from emu_data import align, errors, net, records
+from emu_data.core import align, errors, records
+from emu_data import net
 from emu_data import sources as registry
-from emu_data.options import Params, option, positive_int, show_words, words
-from emu_data.corpus import Unit, UnitWriter
-from emu_data.sample_site import youtube as site_youtube
-from emu_data.sources import keys, sample
+from emu_data.core.options import Params, option, positive_int, show_words, words
+from emu_data.core.corpus import Unit, UnitWriter
+from emu_data.synthetic.site import youtube as site_youtube
+from emu_data.sources import keys
+from emu_data.synthetic import sample
 from emu_data.sources.youtube import inputs, storyboard, subtitles, ytdl
-from emu_data.files import UnreadableFile, read_json
+from emu_data.core.files import UnreadableFile, read_json
 from emu_data.sources.youtube.inputs import INFO_DEPTH, VIDEO_ID, VideoInput
 
 log = logging.getLogger(__name__)
@@ -221,7 +223,7 @@ def layout(config: YoutubeConfig) -> dict:
 def make_youtube(videos: list[VideoInput], config: YoutubeConfig, ytdl_options: ytdl.YtdlOptions,
                  net_policy: net.NetPolicy, output, ray=None, *, retry_failed: bool = False):
     """Run the stage over `videos` into output.out; resumable, every video accounted for."""
-    from emu_data.stage import run_source
+    from emu_data.engine.stage import run_source
 
     return run_source(SOURCE, config, videos, output, ray, retry_failed, ytdl=ytdl_options, net=net_policy)
 

@@ -27,7 +27,7 @@ from urllib.parse import urljoin
 
 from PIL import Image
 
-from emu_data import images
+from emu_data.core import images
 
 # yt-dlp treats these playabilityStatus reasons as an age gate (extractor _is_agegated):
 # a sign-in wall that retrying later will not lift, unlike the bot check.

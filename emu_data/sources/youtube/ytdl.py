@@ -14,8 +14,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from emu_data import errors, net, net_guard
-from emu_data.options import option
+from emu_data.core import errors
+from emu_data import net
+from emu_data.net import guard as net_guard
+from emu_data.core.options import option
 from emu_data.sources.youtube.inputs import VIDEO_ID
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import threading
 from functools import partial
 from pathlib import Path
 
-from emu_data.sample_site.youtube import SiteVideo, publish_youtube
+from emu_data.synthetic.site.youtube import SiteVideo, publish_youtube
 
 __all__ = ["SiteVideo", "publish_youtube", "serve"]
 

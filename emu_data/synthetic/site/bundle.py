@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from emu_data.errors import UsageError
+from emu_data.core.errors import UsageError
 
 @dataclass(frozen=True)
 class SiteConfig:

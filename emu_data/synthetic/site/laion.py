@@ -36,7 +36,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from emu_data import world
+from emu_data.synthetic import world
 
 FAULTS = ("404", "html", "truncated", "redirect", "refused", "bad_scheme", "null_url", "null_caption",
           "blank_caption", "bad_utf8", "long_caption", "low_similarity", "unsafe", "watermark", "dup_hash",
@@ -192,7 +192,7 @@ def site_inputs(root: Path) -> dict[str, Path]:
 def publish_site(root: Path, base_url: str, config) -> None:
     """LAION-2B and LAION-COCO with different images (COCO_OFFSET apart), as the real ones mostly
     are: the same image in both would be one sample after mix's dedup."""
-    from emu_data.sample_site.bundle import fault
+    from emu_data.synthetic.site.bundle import fault
 
     for folder, offset in (("laion2b", 0), ("coco", COCO_OFFSET)):
         publish_laion(root / folder, f"{base_url}/{folder}",

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from emu_data import world
+from emu_data.synthetic import world
 
 # What each fault plants, and what the mmc4 stage should make of it:
 FAULTS = {
@@ -160,7 +160,7 @@ def site_inputs(root: Path) -> dict[str, Path]:
 
 
 def publish_site(root: Path, base_url: str, config) -> None:
-    from emu_data.sample_site.bundle import fault
+    from emu_data.synthetic.site.bundle import fault
 
     publish_mmc4(root, base_url, [SiteDocument(f"doc{i:05d}", seed=config.seed, fault=fault(i, config, FAULTS_PLANTED))
                                   for i in range(config.documents)])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import av
 
-from emu_data import world
+from emu_data.synthetic import world
 
 COLUMNS = ("videoid", "name", "page_idx", "page_dir", "duration", "contentUrl")
 
@@ -171,7 +171,7 @@ def site_inputs(root: Path) -> dict[str, list[Path]]:
 
 
 def publish_site(root: Path, base_url: str, config) -> None:
-    from emu_data.sample_site.bundle import fault
+    from emu_data.synthetic.site.bundle import fault
 
     publish_webvid(root, base_url, [SiteClip(f"{i}", seed=config.seed, fault=fault(i, config, FAULTS_PLANTED))
                                     for i in range(config.clips)], prefix=SITE_PREFIX)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from emu_data import world
+from emu_data.synthetic import world
 
 TILE_W, TILE_H, COLUMNS, ROWS = 160, 90, 5, 5
 
@@ -151,7 +151,7 @@ def site_inputs(root: Path) -> dict[str, Path]:
 
 
 def publish_site(root: Path, base_url: str, config) -> None:
-    from emu_data.sample_site.bundle import fault
+    from emu_data.synthetic.site.bundle import fault
 
     publish_youtube(root, base_url, [SiteVideo(f"video{i:06d}", seed=config.seed,
                                                subtitles=fault(i, config, NO_SUBTITLES) or "manual")
