@@ -337,7 +337,7 @@ def test_what_a_kill_leaves_at_each_step_of_a_commit_is_redone_never_kept(tmp_pa
 _ORPHAN_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from emu_data import records
+    from emu_data.core import records
     from emu_data.core.corpus import Unit
     from emu_data.core.shards import ShardLimits
     from emu_data.engine.stage import UnitTask
@@ -442,7 +442,7 @@ def test_a_disk_that_fills_mid_run_is_a_clear_error_and_a_rerun_with_room_comple
 _FSIZE_SCRIPT = textwrap.dedent("""
     import resource, signal, sys
     from pathlib import Path
-    from emu_data import manifest, records
+    from emu_data.core import manifest, records
     from emu_data.core.corpus import Unit
     from emu_data.core.shards import OutputError, ShardLimits
     from emu_data.engine.stage import UnitTask
