@@ -88,7 +88,7 @@ def process(unit: SampleUnit, writer: UnitWriter) -> None:
     build = unit.build
     for index in range(unit.start, unit.start + unit.count):
         rng = random.Random(f"{unit.config.seed}:{unit.source}:{index}")
-        source_id = _source_id(unit.source, index, rng)
+        source_id = _source_id(build, index, rng)
         key = f"{unit.source}:{source_id}"
         try:
             samples = build(key, rng, unit.config)
@@ -102,8 +102,9 @@ def process(unit: SampleUnit, writer: UnitWriter) -> None:
                                          samples=len(samples)))
 
 
-def _source_id(source: str, index: int, rng: random.Random) -> str:
-    if source == "yt_storyboard":  # YouTube ids: 11 characters of base64url
+def _source_id(build, index: int, rng: random.Random) -> str:
+    """The item's id as its real source spells it: the generator decides, not a source name."""
+    if build is storyboard:   # YouTube ids: 11 characters of base64url
         return "".join(rng.choice(string.ascii_letters + string.digits + "-_") for _ in range(11))
     return f"{index:08d}"
 
@@ -169,7 +170,7 @@ def storyboard(key, rng, config) -> list[dict]:
     chunks = align.chunk(align.interleave(frames, cues), config.frames_per_sample)
     video_id = key.split(":")[1]
     return [
-        records.sample(f"{key}:{i}", "yt_storyboard", [item for _, item in c],
+        records.sample(f"{key}:{i}", key.split(":")[0], [item for _, item in c],
                        times=[t for t, _ in c],
                        meta={"video_id": video_id, "chunk": i, "chunks": len(chunks),
                              "duration": clip.duration, "storyboard_level": "sb0",
