@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Sequence
 
 from emu_data.core import schema
@@ -49,6 +50,22 @@ def check(row: dict) -> None:
     problems = schema.interleaved_problems(row)
     if problems:
         raise RecordError(str(row.get("key")), problems)
+
+
+# A filtered item's status message ends in how many frames the filter took, so that stats
+# can count them without a column of their own (written and read only here).
+_FRAMES_TAKEN = re.compile(r"\((\d+) frames?\)$")
+
+
+def filtered_message(message: str, frames: int) -> str:
+    """The status message of an item a quality filter took, saying how many frames it had."""
+    return f"{message} ({frames} frame{'' if frames == 1 else 's'})"
+
+
+def frames_taken(message: str | None) -> int:
+    """How many frames a filtered item's status message says it took (0 if it says none)."""
+    found = _FRAMES_TAKEN.search(message or "")
+    return int(found.group(1)) if found else 0
 
 
 def status(key: str, source: str, status: str, *, input: str | None = None,

@@ -85,6 +85,9 @@ class Source:
     # config is what ran
     configure: Callable[[dict], dict] | None = None
     site: Site | None = None   # its part of the sample site (`emu-data run` recipes with `site:`)
+    # Status reasons that are quality judgements, not failures (too_short, low_speech ...):
+    # stats and the run summary count them, with the frames they took, per filter.
+    filters: tuple[str, ...] = ()
 
 
 _registered: dict[str, Source] = {}
@@ -172,3 +175,8 @@ def registered_kind_names() -> tuple[str, ...]:
 
 def emu_weights() -> dict[str, float]:
     return {k.name: k.emu_weight for k in kinds()}
+
+
+def filters() -> dict[str, tuple[str, ...]]:
+    """Record source -> the status reasons its source's quality filters give."""
+    return {k.name: s.filters for s in all_sources() for k in s.kinds}

@@ -29,6 +29,8 @@ from emu_data.sources.youtube.inputs import INFO_DEPTH, VIDEO_ID, VideoInput
 
 log = logging.getLogger(__name__)
 KIND = "yt_storyboard"
+# The video-level quality filters' status reasons (sources/youtube/quality.py decides them).
+FILTERS = ("too_short", "low_speech", "language_mismatch", "static_video")
 RETRYABLE = ytdl.RETRYABLE
 # A storyboard format_id or subtitle language from the info dict: yt-dlp puts both in the
 # work files' names and reads them as a format selector and a language regex. Plain names only.
@@ -264,7 +266,7 @@ SOURCE = registry.register(registry.Source(
            "  emu-data youtube --info-json info/ --out runs/yt",
     config=YoutubeConfig, inputs=YoutubeInputs, resolve=_resolve, configure=_configure,
     units=lambda videos, config, ray, ytdl, net: units(videos, config, ytdl, net),
-    process=process, layout=layout, retryable=RETRYABLE,
+    process=process, layout=layout, retryable=RETRYABLE, filters=FILTERS,
     extras=(Params("ytdl", ytdl.YtdlOptions, "yt-dlp"), Params("net", net.NetPolicy, "downloads (the HTTP policy)")),
     ray_options=("max_in_flight",),
     site=registry.Site(site_youtube.site_inputs, site_youtube.publish_site),
