@@ -31,8 +31,25 @@ def _corpora(stages) -> str:
             m = manifest.read(s.out)
             sources = ", ".join(f"{k} {v}" for k, v in m.get("source_counts", {}).items())
             status = ", ".join(f"{k} {v}" for k, v in m.get("status_counts", {}).items())
-            rows.append((s.name, str(m["rows"]), sources, status))
-    return _table(("corpus", "samples", "samples per source", "status of every input"), rows)
+            rows.append((s.name, str(m["rows"]), sources, status, filters_cell(s.out)))
+    header = ("corpus", "samples", "samples per source", "status of every input", "filters")
+    if any(row[-1] for row in rows):
+        rows = [(*row[:-1], row[-1] or "-") for row in rows]
+    else:   # no filter took anything: the table stays as it was
+        header, rows = header[:-1], [row[:-1] for row in rows]
+    return _table(header, rows)
+
+
+def filters_cell(out: Path) -> str:
+    """What the quality filters of a corpus stage took, in one cell ("" when nothing): the
+    sources' counts from its shards' meta and status columns, never their images."""
+    from emu_data.inspect import stats
+
+    described = ((source, stats.describe_filters(f)) for source, f in sorted(stats.compute_filters(out).items()))
+    described = [(source, text) for source, text in described if text]
+    if len(described) == 1:   # the usual case: its filters' names already say which source it is
+        return described[0][1]
+    return "; ".join(f"{source}: {text}" for source, text in described)
 
 
 def _features(stages) -> str:
