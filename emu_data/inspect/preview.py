@@ -53,6 +53,12 @@ p.text { margin: 0; white-space: pre-wrap; overflow-wrap: anywhere; }
 .bad { display: inline-block; border: 2px dashed #e53e3e; color: #c53030; padding: 8px;
        font-size: 12px; background: #fff5f5; }
 .empty { color: #a0aec0; font-style: italic; font-size: 12px; }
+/* What cleaning took out, in place: visible, but quieter than what was kept. */
+.dropped { border: 1px dashed #a0aec0; color: #718096; background: #fafafa; padding: 4px 6px;
+           font-size: 11px; }
+.removed { color: #a0aec0; font-size: 11px; padding: 2px 0; overflow-wrap: anywhere; }
+.removed s { color: #718096; }
+p.judgement { margin: 4px 0 0; color: #4a5568; }
 details { margin-top: 8px; font-size: 12px; }
 summary { cursor: pointer; color: #4a5568; }
 pre.meta { background: #f7fafc; padding: 6px; margin: 4px 0 0; white-space: pre-wrap;
@@ -89,6 +95,14 @@ def format_time(seconds: float) -> str:
     return f"{minutes}:{rest // 10:02d}.{rest % 10}"
 
 
+def format_clock(seconds: float) -> str:
+    """Seconds as m:ss, as a video player shows them (whole seconds, rounded down)."""
+    if not math.isfinite(seconds):
+        return str(seconds)
+    minutes, rest = divmod(math.floor(seconds), 60)
+    return f"{minutes}:{rest:02d}"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -122,8 +136,71 @@ def _position_html(text, image, time) -> str:
     return f'<div class="pos">{"".join(parts)}</div>'
 
 
-def _meta_html(meta) -> str:
-    """Meta as collapsed pretty JSON; invalid JSON is shown raw so nothing is lost."""
+def _timed(time: float | None) -> str:
+    return "" if time is None else f" · {format_clock(time)}"
+
+
+def _cleaning_markers(cleaning) -> list[tuple[float | None, str]]:
+    """(time, html) of a marker per frame and text the cleaning took, so a reader can judge
+    each in its place; a removed text without a usable time has None (it goes last)."""
+    markers = [(t, f'<div class="pos dropped">{kind} frame dropped{_timed(t)}</div>')
+               for kind, times in (("static", cleaning.static_frames), ("blank", cleaning.blank_frames))
+               for t in times]
+    markers += [(t, f'<div class="pos removed">removed: <s>{_esc(text)}</s>{_timed(t)}</div>')
+                for t, text in cleaning.removed]
+    return sorted(markers, key=lambda m: (m[0] is None, m[0] or 0.0))   # stable: frames before texts
+
+
+def _with_markers(positions: list[tuple[float | None, str]], markers: list[tuple[float | None, str]]) -> str:
+    """The positions' html with each marker (sorted by time) before the first kept position
+    later than it: a dropped frame shows between the kept positions around it."""
+    out, pending = [], list(markers)
+    for time, html_ in positions:
+        while pending and pending[0][0] is not None and _finite(time) and pending[0][0] < time:
+            out.append(pending.pop(0)[1])
+        out.append(html_)
+    return "".join(out + [html_ for _, html_ in pending])
+
+
+def _finite(value) -> bool:
+    """A number to show or compare: no bool, NaN or infinity, nor an integer past float (JSON
+    can hold all of them)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _cleaning_line(cleaning) -> str:
+    frames = len(cleaning.static_frames) + len(cleaning.blank_frames)
+    return (f"cleaning: {len(cleaning.static_frames)} static, {len(cleaning.blank_frames)} blank "
+            f"{'frame' if frames == 1 else 'frames'} dropped; {_plural(len(cleaning.removed), 'annotation')} "
+            f"removed ({_plural(cleaning.words_removed, 'word')})")
+
+
+def _speech_line(speech) -> str:
+    """The per-video speech measures of a sample's meta, those of the right type ("" if none)."""
+    if not isinstance(speech, Mapping):
+        return ""
+    parts = []
+    if _finite(speech.get("words")):
+        parts.append(_plural(int(speech["words"]), "word"))
+    if _finite(speech.get("words_per_minute")):
+        parts.append(f"{speech['words_per_minute']:.0f} words/min")
+    if _finite(speech.get("asr_confidence")):
+        parts.append(f"ASR confidence {speech['asr_confidence']:.2f}")
+    if isinstance(speech.get("language"), str):
+        probability = speech.get("language_probability")
+        parts.append(f"language {speech['language']}"
+                     + (f" (p {probability:.2f})" if _finite(probability) else ""))
+    return "speech: " + ", ".join(parts) if parts else ""
+
+
+def _meta_html(meta, notes: Iterable[str] = ()) -> str:
+    """Meta as collapsed pretty JSON, after its notes (one line each: what cleaning took, the
+    speech measures); invalid JSON is shown raw so nothing is lost."""
     if meta is None or meta == "":
         return ""
     try:
@@ -131,7 +208,8 @@ def _meta_html(meta) -> str:
         label = "meta"
     except (TypeError, files.JsonError):
         body, label = str(meta), "meta (not valid JSON)"
-    return f'<details><summary>{label}</summary><pre class="meta">{_esc(body)}</pre></details>'
+    lines = "".join(f'<p class="judgement">{_esc(note)}</p>' for note in notes if note)
+    return f'<details><summary>{label}</summary>{lines}<pre class="meta">{_esc(body)}</pre></details>'
 
 
 def _card_html(record: Mapping) -> str:
@@ -147,13 +225,22 @@ def _card_html(record: Mapping) -> str:
     n_images = sum(img is not None for img in images)
     # Timed samples are video frames with subtitles between: flow them as a wrapping row.
     layout = "flow" if record.get("times") is not None else "doc"
-    positions = "".join(_position_html(t, i, s) for t, i, s in zip(texts, images, times))
+    # stats says what a meta's cleaning holds; imported here, as the registry is above, so that
+    # importing this module stays light
+    from emu_data.inspect import stats
+
+    meta = stats.meta_object(record.get("meta")) or {}
+    cleaning = stats.cleaning_of(meta)
+    positions = [(time, _position_html(text, image, time)) for text, image, time in zip(texts, images, times)]
+    markers = _cleaning_markers(cleaning) if cleaning is not None else []
+    notes = [_cleaning_line(cleaning) if cleaning is not None else "", _speech_line(meta.get("speech"))]
     return (
         '<section class="card"><div class="head">'
         f'<span class="key">{_esc(record.get("key", ""))}</span>'
         f'<span class="badge" style="background:{colour}">{_esc(source)}</span>'
         f'<span class="count">{_plural(n, "position")}, {_plural(n_images, "image")}</span></div>'
-        f'<div class="{layout}">{positions}</div>{_meta_html(record.get("meta"))}</section>'
+        f'<div class="{layout}">{_with_markers(positions, markers)}</div>{_meta_html(record.get("meta"), notes)}'
+        '</section>'
     )
 
 
@@ -208,12 +295,16 @@ def write_preview(directory, out, n: int = 20) -> int:
     from emu_data.inspect import stats
 
     records = pick_records(directory, n)
-    summary = stats.compute(directory).to_dict()
-    page = render_html(records, f"emu-data preview: {Path(directory).name}",
-                       summary={"directory": str(directory), "shown": len(records),
-                                "samples by source": {s: v["samples"] for s, v in summary["sources"].items()},
-                                "status": {s: ", ".join(f"{reason} {n}" for reason, n in c.items())
-                                           for s, c in summary["status"].items()}})
+    computed = stats.compute(directory)
+    summary = computed.to_dict()
+    table = {"directory": str(directory), "shown": len(records),
+             "samples by source": {s: v["samples"] for s, v in summary["sources"].items()},
+             "status": {s: ", ".join(f"{reason} {n}" for reason, n in c.items())
+                        for s, c in summary["status"].items()}}
+    filtered = {s: stats.describe_filters(f) for s, f in sorted(computed.filters.items())}
+    if any(filtered.values()):
+        table["filters"] = {s: text for s, text in filtered.items() if text}
+    page = render_html(records, f"emu-data preview: {Path(directory).name}", summary=table)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(page, encoding="utf-8")
     return len(records)
