@@ -50,6 +50,7 @@ _TTML_UNIT_MS = {"h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
 class Word:
     start: float  # seconds
     text: str
+    confidence: int = 0  # json3's acAsrConf, 0-255; 0 = unknown (newer tracks, other formats)
 
 
 @dataclass(frozen=True)
@@ -133,12 +134,13 @@ def _seconds(ms: int) -> float:
     return max(ms, 0) / 1000  # integer ms / 1000 is the nearest float to the ms value
 
 
-def _cue(start_ms: int, end_ms: int, text: str, words: Iterable[tuple[int, str]] = ()) -> Cue | None:
+def _cue(start_ms: int, end_ms: int, text: str, words: Iterable[tuple] = ()) -> Cue | None:
+    """words: (ms, text) or (ms, text, confidence)."""
     if not text:
         return None
     start_ms = max(start_ms, 0)
     end_ms = max(end_ms, start_ms)
-    return Cue(_seconds(start_ms), _seconds(end_ms), text, tuple(Word(_seconds(t), w) for t, w in words))
+    return Cue(_seconds(start_ms), _seconds(end_ms), text, tuple(Word(_seconds(t), *rest) for t, *rest in words))
 
 
 def _finish(cues: Iterable[Cue | None]) -> list[Cue]:
@@ -287,18 +289,26 @@ def _json3_cue(event: dict, segs: list[dict], word_timed: bool) -> Cue | None:
         return None
     start = _number_ms(event.get("tStartMs"), 1, "json3: tStartMs")
     end = start + _number_ms(event.get("dDurationMs", 0), 1, "json3: dDurationMs")
-    pieces = [(s.get("utf8"), s.get("tOffsetMs", 0)) for s in segs]
-    if not all(isinstance(utf8, str) for utf8, _ in pieces):
+    pieces = [(s.get("utf8"), s.get("tOffsetMs", 0), _confidence(s.get("acAsrConf"))) for s in segs]
+    if not all(isinstance(utf8, str) for utf8, _, _ in pieces):
         raise SubtitleError("json3: a seg's 'utf8' is missing or not text")
-    if not all(_unicode(utf8) for utf8, _ in pieces):
+    if not all(_unicode(utf8) for utf8, _, _ in pieces):
         raise SubtitleError("json3: a seg's 'utf8' holds a lone surrogate escape (\\ud800), not text")
     # "\n" segs stay in the joined text (they separate words) but never become words.
-    text = _clean("".join(utf8 for utf8, _ in pieces))
+    text = _clean("".join(utf8 for utf8, _, _ in pieces))
     words = [
-        (start + _number_ms(offset, 1, "json3: tOffsetMs"), _clean(utf8))
-        for utf8, offset in pieces if _clean(utf8)
+        (start + _number_ms(offset, 1, "json3: tOffsetMs"), _clean(utf8), confidence)
+        for utf8, offset, confidence in pieces if _clean(utf8)
     ] if word_timed else []
     return _cue(start, end, text, words)
+
+
+def _confidence(value: Any) -> int:
+    """acAsrConf as 0-255; anything else (absent, not a number, out of range) is 0, unknown:
+    a confidence is a note on a word, never a reason to refuse the track."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 255:
+        return 0
+    return int(value)
 
 
 # ---------------------------------------------------------------- XML: srv1 and TTML
