@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -278,6 +279,23 @@ def network(text: str) -> str:
             raise argparse.ArgumentTypeError(f"{text!r}: give an address or CIDR without a port; "
                                              "it opens every port of that address") from None
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def threshold(text: str) -> float:
+    """A filter's threshold: a number >= 0, where 0 (or "off") turns the filter off."""
+    if text.strip().lower() == "off":
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'off': {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0 or 'off' turns it off), got {text!r}")
+    return value
+
+
+def show_threshold(value: float) -> str:
+    return "off" if not value else f"{value:g}"
 
 
 def words(text: str) -> tuple[str, ...]:

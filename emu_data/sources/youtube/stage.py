@@ -9,10 +9,12 @@ becomes the video's status row with a reason, and the run goes on.
 from __future__ import annotations
 
 import logging
+import math
 import re
+from bisect import bisect_right
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from emu_data.core import align, errors, records
@@ -23,7 +25,7 @@ from emu_data.core.corpus import Unit, UnitWriter
 from emu_data.synthetic.site import youtube as site_youtube
 from emu_data.sources import keys
 from emu_data.synthetic import sample
-from emu_data.sources.youtube import inputs, storyboard, subtitles, ytdl
+from emu_data.sources.youtube import frames, inputs, quality, storyboard, subtitles, transcript, ytdl
 from emu_data.core.files import UnreadableFile, read_json
 from emu_data.sources.youtube.inputs import INFO_DEPTH, VIDEO_ID, VideoInput
 
@@ -50,7 +52,8 @@ class YoutubeConfig:
                                           help="storyboard format (sb0, sb1, ...) or index; default the largest tiles")
     frames_per_sample: int = option(16, parse=positive_int, help="frames per sample")
     videos_per_unit: int = option(8, parse=positive_int, help="videos per unit of work, the unit of resume")
-    tile_quality: int = 90
+    tile_quality: int | None = 90
+    quality: quality.QualityOptions = field(default_factory=quality.QualityOptions)
     rate_limit_retries: int = 3
     rate_limit_wait: float = option(60.0, parse=float, metavar="S",   # doubles on each repeat
                                     help="pause after a rate-limit answer, doubled on each repeat, in seconds")
@@ -98,8 +101,8 @@ def _video_with_retries(video: VideoInput, unit: YoutubeUnit) -> tuple[list[dict
             rows = video_samples(video, unit)
             return rows, records.status(_key(video, rows), KIND, "ok", input=video.ref,
                                         attempts=attempt, samples=len(rows))
-        except (VideoError, ytdl.YtdlError, storyboard.StoryboardError, subtitles.SubtitleError,
-                net.FetchError, records.RecordError) as e:
+        except (VideoError, quality.Filtered, ytdl.YtdlError, storyboard.StoryboardError,
+                subtitles.SubtitleError, net.FetchError, records.RecordError) as e:
             reason = getattr(e, "reason", "invalid_record")
             if reason != "rate_limited" or attempt > config.rate_limit_retries:
                 return [], records.status(video.key, KIND, reason, input=video.ref,
@@ -123,21 +126,61 @@ def video_samples(video: VideoInput, unit: YoutubeUnit) -> list[dict]:
                                               "or a youtube.com or youtu.be link)")
     info = load_info(video, unit.ytdl, unit.net)
     video_id = _checked_id(info, video)
-    level = storyboard.choose_level(storyboard.levels_from_info(info), unit.config.storyboard_level)
-    track = subtitles.choose_track(info, unit.config.langs, unit.config.allow_auto)
+    config, filters = unit.config, unit.config.quality
+    level = storyboard.choose_level(storyboard.levels_from_info(info), config.storyboard_level)
+    duration = _duration(info, level)
+    quality.check_duration(duration, level.count, filters)   # before any download
+    track = subtitles.choose_track(info, config.langs, config.allow_auto)
     if track is None:
-        raise VideoError("no_subtitles", f"no {'/'.join(unit.config.langs)} subtitles"
-                         + ("" if unit.config.allow_auto else " (ASR not allowed)"))
+        raise VideoError("no_subtitles", f"no {'/'.join(config.langs)} subtitles"
+                         + ("" if config.allow_auto else " (ASR not allowed)"))
     for url in (*level.fragment_urls, track.url):
         net.check_url(url, unit.net)  # untrusted metadata must not point us at internal hosts
     _check_names(info, level, track, video)
-    tiles, cues = _download(info, level, track, unit)
-    positions = align.interleave([(t.time, t.image) for t in tiles], [(c.start, c.text) for c in cues])
-    chunks = align.chunk(positions, unit.config.frames_per_sample)
-    meta = _meta(info, video_id, level, track)
-    return [records.sample(f"{KIND}:{video_id}:{i}", KIND, [item for _, item in c],
-                           times=[t for t, _ in c], meta={**meta, "chunk": i, "chunks": len(chunks)})
+    tiles, looks, cues = _download(info, level, track, unit)
+    cleaned = transcript.clean(cues, keep_annotations=filters.keep_annotations)
+    speech = transcript.speech(cleaned.cues, duration)
+    quality.check_speech(speech, track.lang, level.count, filters)
+    if not cleaned.cues:
+        raise VideoError("no_subtitles", f"the {track.lang} {track.kind} track holds only annotations")
+    judged = frames.judge(tiles, looks, difference=filters.static_difference, blank_std=filters.blank_std,
+                          keep=filters.keep_static)
+    quality.check_frames(judged.distinct, level.count, filters)
+    positions = align.interleave([(t.time, t.image) for t in judged.kept], [(c.start, c.text) for c in cleaned.cues])
+    chunks = align.chunk(positions, config.frames_per_sample)
+    meta = {**_meta(info, video_id, level, track), "speech": speech.meta()}
+    cleaning = _cleaning_by_chunk(chunks, cleaned.removed, judged)
+    return [records.sample(f"{KIND}:{video_id}:{i}", KIND, [item for _, item in c], times=[t for t, _ in c],
+                           meta={**meta, "chunk": i, "chunks": len(chunks), **cleaning[i]})
             for i, c in enumerate(chunks)]
+
+
+def _duration(info: dict, level) -> float:
+    """The info dict's duration, or the storyboard's span where it has none we can use."""
+    duration = info.get("duration")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and math.isfinite(duration) \
+            and duration > 0:
+        return float(duration)
+    return level.count * level.interval
+
+
+def _cleaning_by_chunk(chunks, removed, judged: frames.Judged) -> list[dict]:
+    """What cleaning took, told in the sample whose span holds its time, so that a sample's
+    meta says what went between its own positions: {"cleaning": {...}}, or {} for a sample
+    where nothing went (stats finds the others by the word)."""
+    starts = [c[0][0] for c in chunks]
+    told = [{"removed": [], "words_removed": 0, "static_frames": [], "blank_frames": []} for _ in chunks]
+
+    def at(t: float) -> dict:
+        return told[max(bisect_right(starts, t) - 1, 0)]
+
+    for t, text in removed:
+        at(t)["removed"].append([t, text])
+        at(t)["words_removed"] += len(text.split())
+    for field_name, times in (("static_frames", judged.static), ("blank_frames", judged.blank)):
+        for t in times:
+            at(t)[field_name].append(t)
+    return [{"cleaning": c} if c["removed"] or c["static_frames"] or c["blank_frames"] else {} for c in told]
 
 
 def _download(info: dict, level, track, unit: YoutubeUnit):
@@ -148,7 +191,8 @@ def _download(info: dict, level, track, unit: YoutubeUnit):
         cues = subtitles.parse(files.subtitles.read_bytes(), track.ext)
     if not cues:
         raise VideoError("no_subtitles", f"the {track.lang} {track.kind} track has no text")
-    return storyboard.slice_mosaics(mosaics, level, quality=unit.config.tile_quality), cues
+    tiles = storyboard.slice_mosaics(mosaics, level, quality=unit.config.tile_quality)
+    return tiles, frames.looks(mosaics, level), cues
 
 
 def load_info(video: VideoInput, options: ytdl.YtdlOptions, policy: net.NetPolicy | None = None) -> dict:
