@@ -331,3 +331,67 @@ def random_document(rng: random.Random, n_images: int) -> Document:
         similarity.append(tuple(row))
     title = f"{topic} #{rng.randint(1, 99)}"
     return Document(tuple(sentences), tuple(scenes), tuple(matched), tuple(similarity), title)
+
+
+# ---- the same narration in German (a mislabelled subtitle track, for language filters) ------------
+
+# shape: (noun, gender); every adjective below is regular, so "der rote Kreis", "das rote
+# Quadrat" (nominative, definite) and "einen roten Kreis", "ein rotes Quadrat" (accusative,
+# indefinite) are grammatical for every colour.
+_DE_SHAPES = {"circle": ("Kreis", "m"), "square": ("Quadrat", "n"), "triangle": ("Dreieck", "n"),
+              "star": ("Stern", "m")}
+_DE_COLOURS = {"red": "rot", "green": "grün", "blue": "blau", "yellow": "gelb", "purple": "violett",
+               "orange": "orangefarben"}
+_DE_BACKGROUNDS = {"white": "weiß", "grey": "grau", "beige": "beigefarben"}
+_DE_REGIONS = {"left": "links", "right": "rechts", "top": "oben", "bottom": "unten", "centre": "in der Mitte"}
+_DE_HEADINGS = {"to the right": "nach rechts", "to the left": "nach links", "up": "nach oben", "down": "nach unten"}
+
+
+def _de_name(t: Thing) -> tuple[str, str]:
+    """("rote Kreis", "m"): the noun phrase after a definite article, and its gender."""
+    noun, gender = _DE_SHAPES[t.shape]
+    return f"{_DE_COLOURS[t.colour]}e {noun}", gender
+
+
+def _de_where(t: Thing) -> str:
+    return " ".join(_DE_REGIONS[w] for w in _region(t.x, t.y).split())  # "oben links", "in der Mitte"
+
+
+def narrate_german(clip: Clip, every: float, rng: random.Random | None = None) -> list[Cue]:
+    """`narrate`, in German: the same cue times and the same facts, in grammatical sentences
+    ("Jetzt ist der rote Kreis links, und er bewegt sich nach rechts."). The first cue
+    opens with what is on screen ("Hier sehen wir einen roten Kreis auf einem weißen
+    Hintergrund."), so even a short clip has enough words for a language identifier."""
+    if every <= 0:
+        raise ValueError("every must be positive")
+    pick = (lambda options: rng.choice(options)) if rng else (lambda options: options[0])
+    cues, k = [], 0
+    while (start := round(k * every, 3)) < clip.duration:
+        end = round(min((k + 1) * every, clip.duration), 3)
+        mid = (start + end) / 2
+        now, soon = clip.scene_at(mid), clip.scene_at(mid + 1e-3)
+        sentences = []
+        if k == 0:
+            things = []
+            for t in now.things:
+                noun, gender = _DE_SHAPES[t.shape]
+                stem = _DE_COLOURS[t.colour]
+                things.append(f"einen {stem}en {noun}" if gender == "m" else f"ein {stem}es {noun}")
+            sentences.append(f"Hier sehen wir {' und '.join(things)} auf einem "
+                             f"{_DE_BACKGROUNDS[clip.background]}en Hintergrund.")
+        for a, b in zip(now.things, soon.things):
+            name, gender = _de_name(a)
+            article, pronoun = ("der", "er") if gender == "m" else ("das", "es")
+            lead = "" if k == 0 else pick(("jetzt", "", "nun"))
+            said = f"{lead} ist {article} {name} {_de_where(a)}" if lead else f"{article} {name} ist {_de_where(a)}"
+            heading = _heading(b.x - a.x, b.y - a.y)
+            if heading:
+                verb = pick(("bewegt sich", "gleitet", "wandert"))
+                motion = f"{verb} {' und '.join(_DE_HEADINGS[h] for h in heading.split(' and '))}"
+            else:
+                motion = "bleibt dort"
+            sentences.append(f"{said[0].upper()}{said[1:]}, und {pronoun} {motion}.")
+        if end > start:
+            cues.append(Cue(start, end, " ".join(sentences)))
+        k += 1
+    return cues
