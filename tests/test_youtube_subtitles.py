@@ -282,3 +282,14 @@ def test_none_when_nothing_fits():
     only_unsupported = {"subtitles": {"en": _formats("en", "srv3", "srt")}, "automatic_captions": {}}
     assert subs.choose_track(only_unsupported, ["en"]) is None
     assert subs.choose_track({"subtitles": {"english": _formats("x", "vtt")}}, ["en"]) is None
+
+
+def test_rolling_asr_vtt_keeps_a_phrase_said_twice():
+    """Only a cue's first line repeats the phrase before; the same phrase typed again (a
+    music video's "[Music]", "[Music]"; a "yeah", "yeah") is said twice and stays twice."""
+    from emu_data.synthetic.site.youtube import asr_vtt
+    from emu_data.synthetic.world import Cue as Said
+
+    said = ["[Music]", "[Music]", "yeah", "yeah", "he said yeah", "he said yeah"]
+    cues = subs.parse_vtt(asr_vtt([Said(4.0 * i, 4.0 * i + 3.5, text) for i, text in enumerate(said)]).encode())
+    assert _texts(cues) == said

@@ -211,8 +211,10 @@ def _manual_vtt_cue(caption: Any) -> Cue | None:
 
 def _asr_vtt_cues(captions: Sequence[Any]) -> Iterable[Cue | None]:
     """Each phrase once: YouTube types it (word timestamps), holds it 10 ms, then shows it
-    again as the first line of the next cue. Drop hold cues, blank lines and lines equal to
-    the last kept line; a cue's kept lines start at the cue start."""
+    again as the first line of the next cue. Drop hold cues, blank lines and a cue's first
+    line when it equals the last kept line; a cue's kept lines start at the cue start. Only
+    the first line can be such a repeat: a phrase said twice ("[Music]", "[Music]"; "yeah",
+    "yeah") is typed on a later line and stays twice."""
     last = None
     for caption in captions:
         start, end = _ms(caption.start_time), _ms(caption.end_time)
@@ -221,10 +223,10 @@ def _asr_vtt_cues(captions: Sequence[Any]) -> Iterable[Cue | None]:
         texts: list[str] = []
         words: list[tuple[int, str]] = []
         clock = start
-        for line in caption.lines:
+        for index, line in enumerate(caption.lines):
             segments, clock = _timed_segments(line, clock)
             text = _clean(line)
-            if not text or text == last:
+            if not text or (index == 0 and text == last):
                 continue
             last = text
             texts.append(text)
