@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from emu_data import cli
+from emu_data.core import records
+from emu_data.sources.youtube.transcript import ANNOTATION
 from emu_data.synthetic import site as sample_site
 from emu_data.core.corpus import shard_paths
 from emu_data.core.shards import read_shard
@@ -31,12 +33,22 @@ BATCH = [
     V("ratelim0001"),                                         # one 429, then served
     V("ratelim0002"),                                         # 429 on every attempt of the first run
     V("nostory0001"),                                         # no storyboard formats at all
+    # real YouTube's habits, for the quality filters (issue 17)
+    V("music000001", subtitles="auto", speech="music"),       # ASR of a video without speech
+    V("german00001", speech="german"),                        # a German track labelled English
+    V("still000001", frames="still"),                         # one picture throughout
+    V("short000001", duration=8),
+    V("stretch0001", frames="stretch", duration=120),         # a static stretch in the middle
+    V("blank000001", frames="blank"),                         # a fade: black and white tiles
+    V("annotated01", subtitles="json3_only", speech="annotated"),
 ]
 EXPECTED = {
     "good0000001": "ok", "asr00000001": "ok", "json3000001": "ok", "ratelim0001": "ok",
     "nosubs00001": "no_subtitles", "missing0001": "http_404", "badvtt00001": "malformed_subtitles",
     "htmlsub0001": "malformed_subtitles", "truncjpg001": "decode_error", "botcheck001": "bot_check",
     "ratelim0002": "rate_limited", "nostory0001": "no_storyboard", "gone0000001": "unavailable",
+    "music000001": "low_speech", "german00001": "language_mismatch", "still000001": "static_video",
+    "short000001": "too_short", "stretch0001": "ok", "blank000001": "ok", "annotated01": "ok",
 }
 QUIET = ["--sleep-requests", "0", "--sleep-interval", "0", "--sleep-subtitles", "0", "--retries", "0",
          "--rate-limit-wait", "0.01", "--allow-private-addresses", "--videos-per-unit", "3"]
@@ -112,6 +124,51 @@ def test_asr_text_comes_out_once(corpus):
                     for t in r["texts"] if t)
     cues = [c.text for c in video.cues()]
     assert text == " ".join(cues)  # every phrase, in order, once: no rolling repeats
+
+
+def _video(out, video_id):
+    return sorted((r for r in _rows(out) if r["key"].startswith(f"yt_storyboard:{video_id}:")),
+                  key=lambda r: int(r["key"].rsplit(":", 1)[1]))
+
+
+def _frames(rows):
+    return [t for r in rows for t, i in zip(r["times"], r["images"]) if i is not None]
+
+
+def _cleaning(rows, field):
+    return sorted(x for r in rows for x in json.loads(r["meta"]).get("cleaning", {}).get(field, []))
+
+
+def test_filtered_videos_say_how_many_frames_they_had(corpus):
+    status = {r["key"].split(":")[1]: r for r in _rows(corpus, "status")}
+    for video in BATCH:
+        if EXPECTED[video.video_id] in ("low_speech", "language_mismatch", "static_video", "too_short"):
+            assert records.frames_taken(status[video.video_id]["error"]) == video.tile_count
+            assert _video(corpus, video.video_id) == []
+
+
+def test_annotations_leave_the_text_and_every_spoken_word_stays(corpus):
+    video = next(v for v in BATCH if v.video_id == "annotated01")
+    rows = _video(corpus, "annotated01")
+    texts = [t for r in rows for t in r["texts"] if t]
+    assert " ".join(texts).split() == " ".join(c.text for c in video.spoken_cues()).split()
+    assert not any(ANNOTATION.search(t) for t in texts)
+    removed = [text for _, text in (x for r in rows for x in json.loads(r["meta"]).get("cleaning", {}).get("removed", []))]
+    assert set(removed) >= set(sample_site.youtube.ANNOTATIONS)
+
+
+def test_a_static_stretch_and_blank_tiles_leave_their_frames_in_meta(corpus):
+    stretch = next(v for v in BATCH if v.video_id == "stretch0001")
+    rows = _video(corpus, "stretch0001")
+    repeated = [k * stretch.interval for k in stretch.repeated_tiles()]
+    assert stretch.stretch_tiles()[0] * stretch.interval in _frames(rows)   # the stretch's first frame stays
+    assert not set(repeated) & set(_frames(rows)) and set(_cleaning(rows, "static_frames")) >= set(repeated)
+    assert len(_frames(rows)) + len(_cleaning(rows, "static_frames")) == stretch.tile_count
+    blank = next(v for v in BATCH if v.video_id == "blank000001")
+    rows = _video(corpus, "blank000001")
+    assert _cleaning(rows, "blank_frames") == sorted(k * blank.interval for k in blank.blank_tiles())
+    assert len(_frames(rows)) + len(_cleaning(rows, "blank_frames")) + len(_cleaning(rows, "static_frames")) \
+        == blank.tile_count
 
 
 def test_rerun_skips_and_retry_failed_reruns_only_retryable_units(corpus, site, capsys):

@@ -93,11 +93,11 @@ def test_manual_caption_conventions_and_mojibake():
             Cue(3.0, 4.0, "(inaudible) and (laughs) then"), Cue(4.0, 5.0, "..."), Cue(5.0, 6.0, "♪ ♪"),
             Cue(6.0, 7.0, "(this aside is said aloud)")]
     cleaned = transcript.clean(cues)
-    assert [c.text for c in cleaned.cues] == ["don't stop now", "la la la", "and then", "(this aside is said aloud)"]
+    assert [c.text for c in cleaned.cues] == ["don’t stop now", "la la la", "and then", "(this aside is said aloud)"]
     assert [text for _, text in cleaned.removed] == [">>", "[MUSIC PLAYING]", "♪", "♪", "(inaudible)", "(laughs)",
                                                      "...", "♪", "♪"]
     kept = transcript.clean(cues, keep_annotations=True)
-    assert [c.text for c in kept.cues][:2] == [">> don't stop [MUSIC PLAYING] now", "♪ la la la ♪"]
+    assert [c.text for c in kept.cues][:2] == [">> don’t stop [MUSIC PLAYING] now", "♪ la la la ♪"]
     assert [t for t, _ in kept.removed] == [4.0, 5.0]   # punctuation-only still goes: it says nothing
 
 

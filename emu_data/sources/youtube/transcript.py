@@ -67,8 +67,9 @@ def _repaired(text: str) -> str:
     if text.isascii() and text.isprintable():
         return text
     # unescape_html off: the parsers unescaped once already; a second pass would turn a
-    # literal "&lt;" someone typed into "<".
-    return ftfy.fix_text(text, unescape_html=False)
+    # literal "&lt;" someone typed into "<". uncurl_quotes off: repair, not restyle ("don’t"
+    # as the track spells it, once its mojibake is undone).
+    return ftfy.fix_text(text, unescape_html=False, uncurl_quotes=False)
 
 
 def _has_word(text: str) -> bool:
