@@ -308,6 +308,10 @@ def asr_vtt(cues: list[world.Cue]) -> str:
 # ---- in the whole sample site (bundle.py) ---------------------------------------------------------
 
 NO_SUBTITLES = ("none",)   # one video in fault_every has no subtitles: no_subtitles
+# Every HABIT_EVERY-th video carries one of real YouTube's habits, in turn, so a run on the
+# site meets the quality filters: three that cleaning handles and a music video low_speech takes.
+HABIT_EVERY = 3
+HABITS = ({"speech": "annotated"}, {"frames": "stretch"}, {"frames": "blank"}, {"speech": "music", "subtitles": "auto"})
 
 
 def site_inputs(root: Path) -> dict[str, Path]:
@@ -317,6 +321,10 @@ def site_inputs(root: Path) -> dict[str, Path]:
 def publish_site(root: Path, base_url: str, config) -> None:
     from emu_data.synthetic.site.bundle import fault
 
-    publish_youtube(root, base_url, [SiteVideo(f"video{i:06d}", seed=config.seed,
-                                               subtitles=fault(i, config, NO_SUBTITLES) or "manual")
-                                     for i in range(config.videos)])
+    publish_youtube(root, base_url, [_site_video(i, config, fault(i, config, NO_SUBTITLES)) for i in range(config.videos)])
+
+
+def _site_video(i: int, config, fault: str | None) -> SiteVideo:
+    habit = HABITS[i // HABIT_EVERY % len(HABITS)] if i % HABIT_EVERY == HABIT_EVERY - 1 else {}
+    return SiteVideo(f"video{i:06d}", seed=config.seed, **{"subtitles": "manual", **habit,
+                                                           **({"subtitles": fault} if fault else {})})
