@@ -21,6 +21,7 @@ the same run (the filters must not halve throughput).
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import random
@@ -131,6 +132,32 @@ def frame_differences(videos: int) -> None:
           f"of solid black, white and dark blue tiles: {', '.join(f'{look.spread:.2f}' for look in solid)}")
 
 
+def phash_differences(videos: int) -> None:
+    """The perceptual hash frames.py did not take, on the same tiles (imagehash, if installed:
+    it is not a dependency)."""
+    try:
+        import imagehash
+    except ImportError:
+        print("## pHash: imagehash is not installed (pip install imagehash to compare)")
+        return
+    moving, same = [], []
+    for v in range(videos):
+        clip = world.random_clip(random.Random(v), 120)
+        tiles = [world.render(clip.scene_at(t), 160, 90) for t in range(0, 125, 5)]
+        hashes = [imagehash.phash(_decoded(t, 80)) for t in tiles]
+        noisy = [imagehash.phash(_decoded(_noisy(t, (v, i)), 70)) for i, t in enumerate(tiles)]
+        moving += [a - b for a, b in zip(hashes, hashes[1:])]
+        same += [a - b for a, b in zip(hashes, noisy)]
+    print(f"## pHash (imagehash {imagehash.__version__}), 64 bits, same tiles")
+    print(f"- consecutive tiles 5 s apart: {percentiles(moving, (0, 5, 10, 50))}; "
+          f"identical hashes: {sum(m == 0 for m in moving) / len(moving):.1%}")
+    print(f"- the same picture with noise: {percentiles(same, (0, 50, 90, 100))}")
+
+
+def _decoded(image: Image.Image, quality: int) -> Image.Image:
+    return Image.open(io.BytesIO(world.encode(image, quality=quality)))
+
+
 def mosaics_for(seed: int, count: int = 65) -> tuple[list[bytes], Level]:
     clip = world.random_clip(random.Random(seed), count * 5)
     tiles = [world.render(clip.scene_at(min(k * 5, clip.duration)), 160, 90) for k in range(count)]
@@ -171,6 +198,7 @@ def main() -> None:
     language_windows(tracks)
     confidences(tracks["asr_conversation.json3"])
     frame_differences(args.videos)
+    phash_differences(args.videos)
     costs(args.videos, tracks["asr_conversation.json3"])
 
 

@@ -212,3 +212,25 @@ def test_a_still_video_is_a_static_video():
     with pytest.raises(quality.Filtered) as caught:
         quality.check_frames(judged.distinct, 12, Q)
     assert caught.value.reason == "static_video"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=60), max_size=10), st.booleans())
+def test_cleaning_any_text_never_fails_and_never_leaves_an_empty_position(texts, keep):
+    """Hostile cue text (controls, surrogates' neighbours, lone brackets, RTL marks, huge
+    runs of notes): cleaning returns cues that each hold a letter or digit, in order."""
+    cues = [Cue(float(i), float(i) + 1, text) for i, text in enumerate(texts)]
+    cleaned = transcript.clean(cues, keep_annotations=keep)
+    assert all(any(ch.isalnum() for ch in c.text) and c.text == " ".join(c.text.split()) for c in cleaned.cues)
+    assert [c.start for c in cleaned.cues] == sorted(c.start for c in cleaned.cues)
+    transcript.speech(cleaned.cues, duration=10)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=5),
+                 st.lists(st.integers(), max_size=2)))
+def test_any_acasrconf_is_a_confidence_or_unknown(value):
+    track = {"events": [{"tStartMs": 0, "dDurationMs": 1000,
+                         "segs": [{"utf8": "hello", "acAsrConf": value}, {"utf8": " world", "tOffsetMs": 500}]}]}
+    words = subtitles.parse(json.dumps(track).encode(), "json3")[0].words
+    assert all(isinstance(w.confidence, int) and 0 <= w.confidence <= 255 for w in words)
