@@ -13,9 +13,11 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
+from emu_data.sources.youtube import storyboard
 from emu_data.sources.youtube.storyboard import (
     Level,
     StoryboardError,
@@ -256,6 +258,173 @@ def test_slice_mosaics_missing_or_short_mosaic():
     short = draw_mosaics(65)[2]  # a 3-row mosaic where a full 5-row one belongs
     with pytest.raises(StoryboardError, match="malformed_storyboard: mosaic 1 is 800x270"):
         slice_mosaics([mosaics[0], short, mosaics[2]], level(65))
+
+
+# --- tiles at the source's quality ----------------------------------------------------------
+
+def textured_mosaic(seed: int = 0, rows: int = 5, quality: int = 80, subsampling: int = 2,
+                    size: tuple[int, int] = (160, 90), mode: str = "RGB") -> bytes:
+    """A mosaic with what costs a JPEG bytes, unlike draw_mosaics' flat colours: every tile its
+    own smooth random colours plus grain, saved as YouTube serves storyboards (q75-85, 4:2:0)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    image = Image.new("RGB", (5 * w, rows * h))
+    for j in range(5 * rows):
+        coarse = Image.fromarray(rng.integers(0, 256, (3, 5, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+        image.paste(coarse, (j % 5 * w, j // 5 * h))
+    pixels = np.clip(np.asarray(image) + rng.normal(0, 4.0, (rows * h, 5 * w, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, "JPEG", quality=quality, subsampling=subsampling)
+    return buffer.getvalue()
+
+
+def opened(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def tables_of(data: bytes) -> tuple[dict, int]:
+    image = opened(data)
+    return image.quantization, JpegImagePlugin.get_sampling(image)
+
+
+def alone(mosaic: bytes, box, **options) -> Image.Image:
+    """The crop of the decoded mosaic encoded alone (Pillow's own way), decoded again."""
+    buffer = io.BytesIO()
+    opened(mosaic).crop(box).save(buffer, "JPEG", **options)
+    return opened(buffer.getvalue())
+
+
+def box(k: int, size: tuple[int, int] = (160, 90)) -> tuple[int, int, int, int]:
+    r, c = divmod(k % 25, 5)
+    return c * size[0], r * size[1], (c + 1) * size[0], (r + 1) * size[1]
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    mse = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)
+    return 10 * math.log10(255 ** 2 / mse) if mse else math.inf
+
+
+ONE = Level("sb0", 160, 90, 25, 5, 5, 5.0, "spec", ("https://x.invalid/M0.jpg",))
+
+
+@pytest.mark.parametrize("subsampling", [2, 1, 0])  # 4:2:0 as YouTube's, 4:2:2, 4:4:4
+def test_default_tiles_keep_the_mosaics_tables_and_pixels(subsampling):
+    """By default a tile carries its mosaic's quantisation tables and subsampling, and its
+    pixels are exactly those of the crop encoded alone with them: the tiles of a mosaic row
+    are encoded as one strip and dealt out by restart markers, which changes no coefficient."""
+    mosaic = textured_mosaic(subsampling=subsampling)
+    tables, sampling = tables_of(mosaic)
+    assert sampling == subsampling
+    tiles = slice_mosaics([mosaic], ONE)
+    for tile in tiles:
+        image = opened(tile.image)
+        assert (image.format, image.size, image.mode) == ("JPEG", (160, 90), "RGB")
+        assert (image.quantization, JpegImagePlugin.get_sampling(image)) == (tables, sampling)
+        reference = alone(mosaic, box(tile.index), qtables=tables, subsampling=sampling)
+        assert np.array_equal(np.asarray(image), np.asarray(reference)), tile.index
+
+
+def test_default_tiles_are_whole_jpegs_with_restarts_in_order():
+    """Each tile is a baseline JPEG of its own: one restart interval per MCU row of the tile
+    (6 for 90 rows of 16), markers RST0, RST1... from the tile's start, one DQT and one DHT."""
+    for tile in slice_mosaics([textured_mosaic()], ONE):
+        data = tile.image
+        assert data[:4] == b"\xff\xd8\xff\xdb" and data.endswith(b"\xff\xd9")
+        scan = data[data.index(b"\xff\xda"):]
+        markers = [scan[i + 1] for i in range(len(scan) - 1) if scan[i] == 0xFF and 0xD0 <= scan[i + 1] <= 0xD7]
+        assert markers == [0xD0, 0xD1, 0xD2, 0xD3, 0xD4]
+        assert data.count(b"\xff\xdb") == data.count(b"\xff\xc4") == data.count(b"\xff\xdd") == 1
+
+
+@pytest.mark.parametrize("quality", [75, 85])
+def test_default_tiles_cost_about_the_mosaics_bytes(quality):
+    """On a realistic mosaic the tiles together cost about the mosaic (~1.05x measured; q90
+    re-encoding cost 1.5-1.9x), with high PSNR against the same crop of the decoded mosaic:
+    ~37 dB median here, where the grain and random colours cost 4:2:0 re-encoding more than
+    real video does (q90 tiles: 38.5 dB at 1.5-1.9x the bytes)."""
+    mosaic = textured_mosaic(quality=quality)
+    decoded = opened(mosaic).convert("RGB")
+    new = slice_mosaics([mosaic], ONE)
+    old = slice_mosaics([mosaic], ONE, quality=90)
+    assert sum(len(t.image) for t in new) <= 1.1 * len(mosaic)
+    assert sum(len(t.image) for t in old) >= 1.4 * len(mosaic)
+    scores = [psnr(opened(t.image), decoded.crop(box(t.index))) for t in new]
+    assert min(scores) > 34 and float(np.median(scores)) > 36
+
+
+def test_default_tiles_of_a_partial_last_row_and_a_grey_mosaic():
+    """A last mosaic with a short last row (63 tiles: 3 of 5 in it) and a greyscale JPEG
+    mosaic (one table, 8x8 MCUs) keep their tables too."""
+    mosaics = draw_mosaics(65)
+    tiles = slice_mosaics(mosaics, level(63))
+    assert len(tiles) == 63
+    for tile in tiles[50:]:
+        assert_tile_is(tile.image, tile.index)
+        assert tables_of(tile.image) == tables_of(mosaics[2])
+    grey = textured_mosaic(mode="L")
+    for tile in slice_mosaics([grey], ONE):
+        image = opened(tile.image)
+        assert image.mode == "L" and image.quantization == opened(grey).quantization
+        assert np.array_equal(np.asarray(image), np.asarray(alone(grey, box(tile.index), qtables=image.quantization)))
+
+
+def test_default_tiles_whose_width_is_not_whole_mcus_are_encoded_alone():
+    """Tiles 100 pixels wide do not fall on 16-pixel MCUs: no strip can be split at their
+    edges, so each is encoded alone, with the mosaic's tables still."""
+    mosaic = textured_mosaic(size=(100, 60))
+    tables, sampling = tables_of(mosaic)
+    tiles = slice_mosaics([mosaic], Level("sb0", 100, 60, 25, 5, 5, 5.0, "spec", ("x",)))
+    for tile in tiles:
+        assert tables_of(tile.image) == (tables, sampling)
+        reference = alone(mosaic, box(tile.index, (100, 60)), qtables=tables, subsampling=sampling)
+        assert np.array_equal(np.asarray(opened(tile.image)), np.asarray(reference))
+
+
+def test_a_strip_that_does_not_split_is_encoded_tile_by_tile(monkeypatch):
+    """A strip without the restart layout (a Pillow that ignores restart_marker_blocks) is
+    not dealt: its tiles are encoded alone, with the same tables and pixels."""
+    mosaic = textured_mosaic()
+    dealt = slice_mosaics([mosaic], ONE)
+    plain = io.BytesIO()
+    opened(mosaic).crop((0, 0, 800, 90)).save(plain, "JPEG", qtables=opened(mosaic).quantization, subsampling=2)
+    assert storyboard._deal_strip(plain.getvalue(), 5, 6, 160, 90) is None  # no DRI
+    monkeypatch.setattr(storyboard, "_deal_strip", lambda *args: None)
+    alone_tiles = slice_mosaics([mosaic], ONE)
+    for a, b in zip(dealt, alone_tiles, strict=True):
+        assert tables_of(a.image) == tables_of(b.image)
+        assert np.array_equal(np.asarray(opened(a.image)), np.asarray(opened(b.image)))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_a_mosaic_that_is_not_a_jpeg_falls_back_to_q90(fmt):
+    """A PNG or WebP mosaic has no tables to keep: its tiles are JPEGs at quality 90, as
+    before, and slice as any mosaic does."""
+    jpeg = draw_mosaics(65)
+    other = io.BytesIO()
+    opened(jpeg[0]).save(other, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    tiles = slice_mosaics([other.getvalue(), *jpeg[1:]], level(65))
+    q90 = tables_of(_jpeg_at(90))
+    for tile in tiles[:25]:
+        assert_tile_is(tile.image, tile.index)
+        assert tables_of(tile.image) == q90
+    assert tables_of(tiles[25].image) == tables_of(jpeg[1])  # the JPEG mosaics keep theirs
+
+
+def test_an_int_quality_still_reencodes_at_that_quality():
+    mosaic = textured_mosaic()
+    for quality in (90, 60):
+        expected = tables_of(_jpeg_at(quality))
+        for tile in slice_mosaics([mosaic], ONE, quality=quality):
+            assert tables_of(tile.image) == expected
+            assert tile.image[:4] == b"\xff\xd8\xff\xe0"  # encoded alone, as Pillow writes it
+
+
+def _jpeg_at(quality: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 # --- MHTML ----------------------------------------------------------------------------------

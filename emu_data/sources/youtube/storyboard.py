@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Sequence
 from urllib.parse import urljoin
 
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from emu_data.core import images
 
@@ -260,9 +260,15 @@ def _mhtml_fragment(part: email.message.Message) -> tuple[int, bytes]:
     return int(match.group(1)), image
 
 
-def slice_mosaics(mosaics: Sequence[bytes], level: Level, *, quality: int = 90) -> list[Tile]:
+def slice_mosaics(mosaics: Sequence[bytes], level: Level, *, quality: int | None = None) -> list[Tile]:
     """Cut `level.count` tiles, row-major, out of the level's mosaics in order; tile k is at
-    k * level.interval seconds and is re-encoded alone as a JPEG at `quality`.
+    k * level.interval seconds and is stored alone as a JPEG.
+
+    quality=None (the default) keeps the source's quality: each tile is re-encoded with its
+    mosaic's own quantisation tables and chroma subsampling, with optimised Huffman tables
+    (about the mosaic's bytes per tile instead of ~1.6x at q90; BENCHMARKS.md). A mosaic
+    whose tables cannot be kept (not a JPEG, an unusual layout) falls back to quality
+    _FALLBACK_QUALITY. An int re-encodes every tile at that JPEG quality.
 
     Each mosaic is decoded once. The last mosaic may be cropped to the rows it uses.
     Raises decode_error for a mosaic that does not decode, malformed_storyboard when
@@ -278,7 +284,7 @@ def slice_mosaics(mosaics: Sequence[bytes], level: Level, *, quality: int = 90) 
     return tiles
 
 
-def _slice_one(data: bytes, m: int, level: Level, first: int, quality: int) -> list[Tile]:
+def _slice_one(data: bytes, m: int, level: Level, first: int, quality: int | None) -> list[Tile]:
     """Tiles of mosaic m, numbered from `first`. The decoded mosaic dies on return: holding
     it while the next one decodes made slicing ~17% slower (fresh pages for every mosaic).
     Decoding, cropping and encoding all run inside the image boundary: whatever a decoder
@@ -287,8 +293,14 @@ def _slice_one(data: bytes, m: int, level: Level, first: int, quality: int) -> l
     try:
         with images.opened(data) as image:
             boxes = _tile_boxes(image.size, level, want, m)
+            source = _source_encoding(image) if quality is None else None
             rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
-            return [Tile(k, k * level.interval, _jpeg(rgb.crop(box), quality)) for k, box in enumerate(boxes, first)]
+            if source is not None:
+                encoded = _source_tiles(rgb, boxes, level, *source)
+            else:
+                options = {"quality": _FALLBACK_QUALITY if quality is None else quality}
+                encoded = [_jpeg(rgb.crop(box), options) for box in boxes]
+            return [Tile(k, k * level.interval, jpeg) for k, jpeg in enumerate(encoded, first)]
     except StoryboardError:
         raise
     except images.ImageRejected as error:
@@ -307,7 +319,114 @@ def _tile_boxes(size: tuple[int, int], level: Level, want: int, m: int) -> list[
     return [(c * w, r * h, (c + 1) * w, (r + 1) * h) for r, c in (divmod(k, columns) for k in range(want))]
 
 
-def _jpeg(image: Image.Image, quality: int) -> bytes:
+# --- encoding tiles at the source's quality -------------------------------------------------
+#
+# Re-encoding a tile at q90 over YouTube's own JPEG (roughly q75-85) cost ~1.6x its share of
+# the mosaic's bytes. Re-encoding it with the mosaic's own quantisation tables and chroma
+# subsampling keeps the source's quality at about its bytes, but a tile alone then still pays
+# a JPEG header (~620 bytes with libjpeg's standard Huffman tables, a quarter of a textured
+# 160x90 tile). Optimised Huffman tables shrink that header to ~330 bytes and the scan by ~6%,
+# but cost libjpeg a second pass (+75% time for a tile encoded alone). So the tiles of one
+# mosaic row are encoded together, as one strip with a restart marker at every tile edge of
+# every MCU row: one save and one table build per row instead of per tile. The strip's
+# entropy-coded segments are then dealt out to the tiles: each becomes a whole baseline JPEG
+# (restart interval: one tile-wide MCU row) whose coefficients are those of the tile encoded
+# alone (libjpeg pads the strip's bottom MCU row as it pads a lone tile's, and chroma never
+# mixes across an MCU edge), with the strip's optimised Huffman tables. Numbers: BENCHMARKS.md,
+# "Storyboard slicing + alignment".
+
+_FALLBACK_QUALITY = 90  # a mosaic whose own tables cannot be kept: what slicing always used
+_MCU = {0: (8, 8), 1: (16, 8), 2: (16, 16)}  # Pillow's subsampling code (4:4:4, 4:2:2, 4:2:0): MCU w, h
+_RST = re.compile(rb"\xff[\xd0-\xd7]")  # in entropy-coded data 0xff is followed by 0 or a marker
+_RST_MARKERS = tuple(bytes((0xFF, 0xD0 + n)) for n in range(8))
+
+
+def _source_encoding(image: Image.Image) -> tuple[dict, tuple[int, int]] | None:
+    """The save options that re-encode at `image`'s own quality (its quantisation tables, its
+    chroma subsampling, optimised Huffman tables) and its MCU size; None for an image that is
+    not a JPEG or whose tables and layout Pillow cannot write back (CMYK, 4:1:1, 16-bit...)."""
+    tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
+    if not isinstance(tables, dict) or not tables:
+        return None
+    qtables = [list(tables[k]) for k in sorted(tables)]
+    if not all(len(t) == 64 and min(t) >= 1 and max(t) <= 255 for t in qtables):  # baseline: 8-bit
+        return None
+    if image.mode == "L" and len(qtables) == 1:
+        return {"qtables": qtables, "optimize": True}, (8, 8)
+    sampling = JpegImagePlugin.get_sampling(image)
+    if image.mode != "RGB" or sampling not in _MCU or len(qtables) > 3:
+        return None
+    return {"qtables": qtables, "subsampling": sampling, "optimize": True}, _MCU[sampling]
+
+
+def _source_tiles(image: Image.Image, boxes: list[tuple[int, int, int, int]], level: Level,
+                  options: dict, mcu: tuple[int, int]) -> list[bytes]:
+    """The tiles in `boxes` (row-major, `level.columns` a row) encoded with `options`: one
+    strip encode per mosaic row, dealt out by restart segments (see above); alone when the
+    tile width is not whole MCUs or the strip does not split as expected."""
+    mcu_width, mcu_height = mcu
+    if level.tile_width % mcu_width:
+        return [_jpeg(image.crop(box), options) for box in boxes]
+    restart = {**options, "restart_marker_blocks": level.tile_width // mcu_width}
+    rows = -(-level.tile_height // mcu_height)  # MCU rows a tile spans
+    tiles: list[bytes] = []
+    for start in range(0, len(boxes), level.columns):
+        row = boxes[start:start + level.columns]
+        strip = _jpeg(image.crop((row[0][0], row[0][1], row[-1][2], row[-1][3])), restart)
+        dealt = _deal_strip(strip, len(row), rows, level.tile_width, level.tile_height)
+        tiles += dealt if dealt is not None else [_jpeg(image.crop(box), options) for box in row]
+    return tiles
+
+
+def _deal_strip(data: bytes, columns: int, rows: int, width: int, height: int) -> list[bytes] | None:
+    """Split a strip of `columns` tiles, each `rows` MCU rows high and one restart interval
+    wide, into one JPEG per tile: the strip's header with the tile's size (its tables merged
+    into one DQT and one DHT segment, JFIF APP0 dropped: 34 bytes a tile), then the tile's
+    segments renumbered RST0, RST1... None when the strip is not laid out that way (a Pillow
+    that ignores restart_marker_blocks writes no DRI)."""
+    header, scan = _strip_header(data, width, height)
+    if header is None or not scan.endswith(b"\xff\xd9"):
+        return None
+    segments = _RST.split(scan[:-2])
+    if len(segments) != columns * rows:
+        return None
+    layout = [header, *[b""] * (2 * rows - 1), b"\xff\xd9"]  # header, part, RST0, part, RST1... EOI
+    layout[2:-1:2] = [_RST_MARKERS[n % 8] for n in range(rows - 1)]
+    tiles = []
+    for column in range(columns):
+        layout[1:-1:2] = segments[column::columns]  # this tile's slice of each MCU row
+        tiles.append(b"".join(layout))
+    return tiles
+
+
+def _strip_header(data: bytes, width: int, height: int) -> tuple[bytes | None, bytes]:
+    """(the header a tile of width x height needs, the scan after it) from a strip as libjpeg
+    writes it: SOI, APP0, DQT..., SOF0, DHT..., DRI, SOS; (None, b"") for anything else."""
+    qt, ht, frame, restart, pos, end = [], [], b"", b"", 2, len(data) - 4
+    while pos < end and data[pos] == 0xFF:
+        marker, after = data[pos + 1], pos + 2 + (data[pos + 2] << 8 | data[pos + 3])
+        if marker == 0xDA:
+            if not (frame and restart and qt and ht):
+                break
+            return b"".join((b"\xff\xd8\xff\xdb", (2 + sum(map(len, qt))).to_bytes(2, "big"), *qt,
+                             frame[:5], height.to_bytes(2, "big"), width.to_bytes(2, "big"), frame[9:],
+                             b"\xff\xc4", (2 + sum(map(len, ht))).to_bytes(2, "big"), *ht,
+                             restart, data[pos:after])), data[after:]
+        if marker == 0xDB:
+            qt.append(data[pos + 4:after])
+        elif marker == 0xC4:
+            ht.append(data[pos + 4:after])
+        elif marker == 0xC0:
+            frame = data[pos:after]
+        elif marker == 0xDD:
+            restart = data[pos:after]
+        elif marker != 0xE0:
+            break
+        pos = after
+    return None, b""
+
+
+def _jpeg(image: Image.Image, options: dict) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
+    image.save(buffer, "JPEG", **options)
     return buffer.getvalue()
