@@ -52,7 +52,7 @@ class YoutubeConfig:
                                           help="storyboard format (sb0, sb1, ...) or index; default the largest tiles")
     frames_per_sample: int = option(16, parse=positive_int, help="frames per sample")
     videos_per_unit: int = option(8, parse=positive_int, help="videos per unit of work, the unit of resume")
-    tile_quality: int | None = 90
+    tile_quality: int | None = None   # None: each tile keeps its mosaic's own JPEG tables (storyboard.py)
     quality: quality.QualityOptions = field(default_factory=quality.QualityOptions)
     rate_limit_retries: int = 3
     rate_limit_wait: float = option(60.0, parse=float, metavar="S",   # doubles on each repeat
