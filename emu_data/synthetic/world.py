@@ -238,14 +238,9 @@ def narrate(clip: Clip, every: float, rng: random.Random | None = None) -> list[
     """One cue per `every` seconds (ms-rounded, touching, never overlapping), describing the
     scene at the cue's midpoint: the one frame closest to everything shown while it is on
     screen, and the time to render a storyboard tile for it (scene_at((start + end) / 2))."""
-    if every <= 0:
-        raise ValueError("every must be positive")
     pick = (lambda options: rng.choice(options)) if rng else (lambda options: options[0])
-    cues, k = [], 0
-    while (start := round(k * every, 3)) < clip.duration:
-        end = round(min((k + 1) * every, clip.duration), 3)
-        mid = (start + end) / 2
-        now, soon = clip.scene_at(mid), clip.scene_at(mid + 1e-3)
+    cues = []
+    for k, start, end, now, soon in _cue_windows(clip, every):
         parts = []
         for a, b in zip(now.things, soon.things):
             lead = "the" if k == 0 else pick(("now the", "the", "and now the"))
@@ -254,8 +249,20 @@ def narrate(clip: Clip, every: float, rng: random.Random | None = None) -> list[
             parts.append(f"{lead} {a.name()} is {a.where()}, {motion}")
         if end > start:
             cues.append(Cue(start, end, ". ".join(parts)))
-        k += 1
     return cues
+
+
+def _cue_windows(clip: Clip, every: float):
+    """(k, start, end, the scene at the window's midpoint, the scene a moment later) for
+    each `every`-second window of the clip: ms-rounded, touching, never overlapping."""
+    if every <= 0:
+        raise ValueError("every must be positive")
+    k = 0
+    while (start := round(k * every, 3)) < clip.duration:
+        end = round(min((k + 1) * every, clip.duration), 3)
+        mid = (start + end) / 2
+        yield k, start, end, clip.scene_at(mid), clip.scene_at(mid + 1e-3)
+        k += 1
 
 
 def clip_caption(clip: Clip) -> str:
@@ -362,14 +369,9 @@ def narrate_german(clip: Clip, every: float, rng: random.Random | None = None) -
     ("Jetzt ist der rote Kreis links, und er bewegt sich nach rechts."). The first cue
     opens with what is on screen ("Hier sehen wir einen roten Kreis auf einem weißen
     Hintergrund."), so even a short clip has enough words for a language identifier."""
-    if every <= 0:
-        raise ValueError("every must be positive")
     pick = (lambda options: rng.choice(options)) if rng else (lambda options: options[0])
-    cues, k = [], 0
-    while (start := round(k * every, 3)) < clip.duration:
-        end = round(min((k + 1) * every, clip.duration), 3)
-        mid = (start + end) / 2
-        now, soon = clip.scene_at(mid), clip.scene_at(mid + 1e-3)
+    cues = []
+    for k, start, end, now, soon in _cue_windows(clip, every):
         sentences = []
         if k == 0:
             things = []
@@ -393,5 +395,4 @@ def narrate_german(clip: Clip, every: float, rng: random.Random | None = None) -
             sentences.append(f"{said[0].upper()}{said[1:]}, und {pronoun} {motion}.")
         if end > start:
             cues.append(Cue(start, end, " ".join(sentences)))
-        k += 1
     return cues
