@@ -1,4 +1,5 @@
-"""Storyboard slicing + alignment throughput, and bytes per frame against H.264 video.
+"""Storyboard slicing + alignment throughput, tiles at the source's quality, and bytes per
+frame against H.264 video.
 
     python benchmarks/storyboard.py --videos 200 --video-sample 6 --video-25fps 3
 
@@ -6,11 +7,21 @@ Speed: 200 generated videos of 65 tiles (160x90, 5x5 mosaics, 5 s apart, last mo
 to its rows, as YouTube serves sb0 of a ~316 s video) go through our slice_mosaics + the
 interleave/chunk alignment with their subtitles, against a bare Pillow loop over the same
 mosaics (decode each mosaic, crop each tile, encode it at the same JPEG quality), the limit
-for any slicer that re-encodes tiles. Both run three times, alternating, best run kept; the
-ratio is what to compare across runs (machines here are noisy).
+for any slicer that re-encodes tiles, both at --quality (90). Both run three times,
+alternating, best run kept; the ratio is what to compare across runs (machines here are noisy).
 
-Storage: bytes per storyboard frame as our JPEG tiles, as the downloaded mosaics, and as the
-same clean frames encoded with libx264 (PyAV) at one frame per interval, plus the same clips
+Source quality: the old default (every tile re-encoded at q90) against the new one
+(slice_mosaics' quality=None: the mosaic's own quantisation tables and subsampling, optimised
+Huffman tables) on the same mosaics, generated at each --source-qualities (YouTube's own
+storyboards are roughly q75-85, 4:2:0) as Pillow writes them (libjpeg's standard Huffman
+tables) and with optimised Huffman tables, for each --source-contents. Per setting: bytes per
+tile against the mosaic's share (mosaic bytes / tiles cut from it), PSNR of each stored tile
+against the same crop of the decoded mosaic, and slicing time per mosaic, old and new run
+--source-repeats times alternating: the ratio new/old of the best runs, and the median of
+each new run's time over the old run's just before it (drift on a shared machine cancels).
+
+Storage: bytes per storyboard frame as our JPEG tiles (at --quality, and by default at the
+mosaic's own tables), as the downloaded mosaics, and as the same clean frames encoded with libx264 (PyAV) at one frame per interval, plus the same clips
 at 25 fps (what storing the video itself at tile size would cost); PSNR against the clean
 renders says what quality each size buys. The frames are the generated world's flat drawn
 scenes, which compress far better than real video: read the ratios, not the absolute bytes.
@@ -36,7 +47,7 @@ from emu_data.synthetic import world
 from emu_data.core.align import chunk, interleave
 from emu_data.sources.youtube.storyboard import Level, read_mhtml, slice_mosaics
 
-from _timing import best_of_pair, timed  # noqa: E402  (benchmarks/ is on sys.path as a script)
+from _timing import alternate, best_of_pair, timed  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
 TILE = (160, 90)
 COLUMNS = ROWS = 5
@@ -67,13 +78,7 @@ def make_video(seed: int, mosaic_quality: int, content: str) -> dict:
     clip = world.random_clip(rng, duration=rng.uniform(315.5, 320.0))  # 65 tiles at 5 s
     count = math.ceil(clip.duration / INTERVAL) + 1
     frames = [frame_at(clip, k * INTERVAL, seed, content) for k in range(count)]
-    mosaics = []
-    for start in range(0, count, COLUMNS * ROWS):
-        used = frames[start:start + COLUMNS * ROWS]
-        mosaic = Image.new("RGB", (TILE[0] * COLUMNS, TILE[1] * math.ceil(len(used) / COLUMNS)))
-        for j, frame in enumerate(used):
-            mosaic.paste(frame, (j % COLUMNS * TILE[0], j // COLUMNS * TILE[1]))
-        mosaics.append(world.encode(mosaic, quality=mosaic_quality))
+    mosaics = encode_mosaics(frames, quality=mosaic_quality)
     level = Level("sb0", *TILE, count, COLUMNS, ROWS, INTERVAL, "spec",
                   tuple(f"https://i.ytimg.com/sb/v{seed}/storyboard3_L2/M{m}.jpg" for m in range(len(mosaics))))
     cues = [(c.start, c.text) for c in world.narrate(clip, every=rng.uniform(3, 8), rng=rng)]
@@ -81,8 +86,19 @@ def make_video(seed: int, mosaic_quality: int, content: str) -> dict:
             "level": level, "cues": cues}
 
 
-
-
+def encode_mosaics(frames: list[Image.Image], **options) -> list[bytes]:
+    """The frames as YouTube serves them: 5x5 mosaics, the last cropped to the rows it uses,
+    JPEG with Pillow's defaults (4:2:0) and `options` (quality=..., optimize=True)."""
+    mosaics = []
+    for start in range(0, len(frames), COLUMNS * ROWS):
+        used = frames[start:start + COLUMNS * ROWS]
+        mosaic = Image.new("RGB", (TILE[0] * COLUMNS, TILE[1] * math.ceil(len(used) / COLUMNS)))
+        for j, frame in enumerate(used):
+            mosaic.paste(frame, (j % COLUMNS * TILE[0], j // COLUMNS * TILE[1]))
+        buffer = io.BytesIO()
+        mosaic.save(buffer, "JPEG", **options)
+        mosaics.append(buffer.getvalue())
+    return mosaics
 
 
 def bare_slice(mosaics: list[bytes], count: int, quality: int) -> int:
@@ -111,6 +127,56 @@ def bench_speed(videos: list[dict], quality: int, max_frames: int) -> dict:
     assert n_bare == n_ours, (n_bare, n_ours)
     return {"tiles": n_ours, "bare_tiles_per_s": round(n_bare / t_bare), "ours_tiles_per_s": round(n_ours / t_ours),
             "ours_time_over_bare": round(t_ours / t_bare, 3), "goal": "ours_time_over_bare <= 1.25"}
+
+
+def mosaic_crops(video: dict) -> list[np.ndarray]:
+    """Every tile's pixels as the decoded mosaic holds them, row-major."""
+    crops = []
+    for data in video["mosaics"]:
+        mosaic = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        for j in range(min(COLUMNS * ROWS, video["level"].count - len(crops))):
+            y, x = divmod(j, COLUMNS)
+            crops.append(mosaic[y * TILE[1]:(y + 1) * TILE[1], x * TILE[0]:(x + 1) * TILE[0]])
+    return crops
+
+
+def tile_psnrs(video: dict, tiles) -> list[float]:
+    """PSNR of each stored tile against the same crop of its decoded mosaic."""
+    return [psnr(np.asarray(Image.open(io.BytesIO(t.image)).convert("RGB")), crop)
+            for t, crop in zip(tiles, mosaic_crops(video), strict=True)]
+
+
+def bench_source_quality(videos: list[dict], qualities: list[int], repeats: int) -> list[dict]:
+    """Old default (q90) against new (quality=None) on the videos' frames as mosaics at each
+    source quality, standard and optimised Huffman tables; see the module docstring."""
+    rows = []
+    for quality in qualities:
+        for optimize in (False, True):
+            encoded = [{**v, "mosaics": encode_mosaics(v["frames"], quality=quality, optimize=optimize)}
+                       for v in videos]
+            n_mosaics = sum(len(v["mosaics"]) for v in encoded)
+            tiles = sum(v["level"].count for v in encoded)
+            share = sum(len(m) for v in encoded for m in v["mosaics"]) / tiles
+            runs_old, runs_new = alternate(
+                lambda: [slice_mosaics(v["mosaics"], v["level"], quality=90) for v in encoded],
+                lambda: [slice_mosaics(v["mosaics"], v["level"]) for v in encoded], repeats)
+            row = {"content": videos[0]["content"], "source_quality": quality,
+                   "source_huffman": "optimised" if optimize else "standard",
+                   "tiles": tiles, "mosaic_bytes_per_tile": round(share)}
+            for name, runs in (("old_q90", runs_old), ("new_default", runs_new)):
+                sliced = runs[0][1]
+                stored = sum(len(t.image) for video_tiles in sliced for t in video_tiles)
+                scores = [p for v, video_tiles in zip(encoded, sliced) for p in tile_psnrs(v, video_tiles)]
+                row[name] = {"bytes_per_tile": round(stored / tiles), "over_mosaic_share": round(stored / tiles / share, 3),
+                             "psnr_db_median": round(float(np.median(scores)), 1),
+                             "psnr_db_p5": round(float(np.percentile(scores, 5)), 1),
+                             "ms_per_mosaic_best": round(min(t for t, _ in runs) / n_mosaics * 1e3, 2)}
+            times_old, times_new = [t for t, _ in runs_old], [t for t, _ in runs_new]
+            row["new_time_over_old_best"] = round(min(times_new) / min(times_old), 3)
+            # each new run against the old run just before it: the machine's drift cancels
+            row["new_time_over_old_pairs_median"] = round(float(np.median(np.divide(times_new, times_old))), 3)
+            rows.append(row)
+    return rows
 
 
 def mhtml_bytes(mosaics: list[bytes]) -> bytes:
@@ -160,14 +226,18 @@ def h264(frames, rate: Fraction, crf: int) -> tuple[bytes, list[np.ndarray]]:
 
 
 def bench_storage(videos: list[dict], quality: int, crf: int, n_25fps: int) -> dict:
-    tiles_b, mosaic_b, video_b, frames_n = 0, 0, 0, 0
-    psnr_jpeg, psnr_video = [], []
+    tiles_b, default_b, mosaic_b, video_b, frames_n = 0, 0, 0, 0, 0
+    psnr_jpeg, psnr_default, psnr_mosaic, psnr_video = [], [], [], []
     for v in videos:
         clean = [np.asarray(f) for f in v["frames"]]
         tiles = slice_mosaics(v["mosaics"], v["level"], quality=quality)
         tiles_b += sum(len(t.image) for t in tiles)
-        mosaic_b += sum(map(len, v["mosaics"]))
         psnr_jpeg += [psnr(np.asarray(Image.open(io.BytesIO(t.image))), c) for t, c in zip(tiles, clean)]
+        default = slice_mosaics(v["mosaics"], v["level"])
+        default_b += sum(len(t.image) for t in default)
+        psnr_default += [psnr(np.asarray(Image.open(io.BytesIO(t.image))), c) for t, c in zip(default, clean)]
+        psnr_mosaic += [psnr(crop, c) for crop, c in zip(mosaic_crops(v), clean)]
+        mosaic_b += sum(map(len, v["mosaics"]))
         data, decoded = h264(v["frames"], Fraction(1, int(INTERVAL)), crf)
         video_b += len(data)
         psnr_video += [psnr(d, c) for d, c in zip(decoded, clean)]
@@ -176,7 +246,10 @@ def bench_storage(videos: list[dict], quality: int, crf: int, n_25fps: int) -> d
         "videos": len(videos), "frames": frames_n,
         "our_jpeg_tiles": {"bytes_per_frame": round(tiles_b / frames_n), "quality": quality,
                            "psnr_db_median": float(np.median(psnr_jpeg))},
-        "downloaded_mosaics": {"bytes_per_frame": round(mosaic_b / frames_n)},
+        "our_jpeg_tiles_default": {"bytes_per_frame": round(default_b / frames_n), "quality": "source tables",
+                                   "psnr_db_median": float(np.median(psnr_default))},
+        "downloaded_mosaics": {"bytes_per_frame": round(mosaic_b / frames_n),
+                               "psnr_db_median": float(np.median(psnr_mosaic))},
         "h264_one_frame_per_interval": {"bytes_per_frame": round(video_b / frames_n), "crf": crf,
                                         "psnr_db_median": float(np.median(psnr_video))},
     }
@@ -207,7 +280,8 @@ def bench_25fps(videos: list[dict], crf: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=200)
-    ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-encoded tiles")
+    ap.add_argument("--quality", type=int, default=90,
+                    help="JPEG quality of the re-encoded tiles in the speed and storage sections (the old default)")
     ap.add_argument("--mosaic-quality", type=int, default=80, help="JPEG quality of the generated mosaics")
     ap.add_argument("--max-frames", type=int, default=16, help="frames per aligned sample")
     ap.add_argument("--video-sample", type=int, default=6, help="videos in the storage comparison")
@@ -215,6 +289,10 @@ def main() -> None:
     ap.add_argument("--content", choices=("textured", "flat"), default="textured",
                     help="frames: world drawings over textured shots with grain, or the flat drawings")
     ap.add_argument("--crf", type=int, default=23, help="libx264 crf (23 is its default)")
+    ap.add_argument("--source-videos", type=int, default=40, help="videos per content in the source-quality section")
+    ap.add_argument("--source-qualities", default="75,85", help="JPEG qualities of the mosaics in that section")
+    ap.add_argument("--source-contents", default="textured,flat", help="contents in that section")
+    ap.add_argument("--source-repeats", type=int, default=9, help="alternating old/new slicing runs per setting")
     args = ap.parse_args()
     t_make, videos = timed(lambda: [make_video(seed, args.mosaic_quality, args.content) for seed in range(args.videos)])
     import av
@@ -227,6 +305,11 @@ def main() -> None:
                       "mosaics": sum(len(v["mosaics"]) for v in videos), "seconds": round(t_make, 1)},
         "speed": bench_speed(videos, args.quality, args.max_frames),
         "read_mhtml": bench_mhtml(videos),
+        "source_quality": [row for content in args.source_contents.split(",")
+                           for row in bench_source_quality(
+                               videos[:args.source_videos] if content == args.content else
+                               [make_video(seed, args.mosaic_quality, content) for seed in range(args.source_videos)],
+                               [int(q) for q in args.source_qualities.split(",")], args.source_repeats)],
         "storage": bench_storage(videos[:args.video_sample], args.quality, args.crf, args.video_25fps),
     }
     print(json.dumps(report, indent=2))
