@@ -61,9 +61,11 @@ __all__ = [
     "RateLimiter",
     "check_url",
     "is_blocked_address",
+    "probe",
 ]
 
 _SCHEMES = ("http", "https")
+_PROXY_PORTS = {"http": 80, "https": 443}   # a proxy URL without a port, as urllib3 reads it
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 256 * 2**10
@@ -588,3 +590,27 @@ def _retry_after_seconds(value: str | None) -> float | None:
         when = when.replace(tzinfo=UTC)
     # HTTP-dates are wall-clock times, so this uses time.time(), not the injected clock.
     return max(0.0, when.timestamp() - time.time())
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+def probe(url: str, timeout: float = 5.0) -> str | None:
+    """Whether a proxy URL's host:port takes a TCP connection: None if so, else why not.
+    Only the handshake: nothing is sent, so the URL's password never leaves this process,
+    and the answer names host:port alone."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _PROXY_PORTS.get(parts.scheme.lower(), 1080)   # socks: 1080
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if not parts.hostname:   # getaddrinfo(None) would be this machine
+        return "names no host"
+    where = f"[{parts.hostname}]:{port}" if ":" in parts.hostname else f"{parts.hostname}:{port}"
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except (OSError, UnicodeError) as exc:   # refused, timed out, no route, no such name, bad label
+        return f"{where} takes no connection ({getattr(exc, 'strerror', None) or exc})"
