@@ -72,6 +72,12 @@ class ValidateOptions:
 
 
 @dataclass(frozen=True)
+class DoctorOptions:
+    probe: bool = option(False, help="also open a TCP connection to each proxy (nothing is sent through it)")
+    json: bool = option(False, help="print JSON")
+
+
+@dataclass(frozen=True)
 class RetryFailed:
     retry_failed: bool = option(False, help="rerun committed units that hold a retryable failure (timeouts, "
                                                  "5xx, rate limits: the source's list)")
@@ -269,6 +275,27 @@ def _preview(values: dict) -> int:
     return 0
 
 
+# ---- doctor ------------------------------------------------------------------------------------------
+
+def _doctor_params():
+    from emu_data.sources.youtube.identities import IdentityOptions
+    from emu_data.sources.youtube.ytdl import YtdlOptions
+
+    return (Params("identities", IdentityOptions, "who fetches", only=("identities",)),
+            Params("ytdl", YtdlOptions, "who fetches", only=("cookies", "proxy")),
+            Params("options", DoctorOptions))
+
+
+def _doctor(values: dict) -> int:
+    from emu_data.sources.youtube import doctor, identities
+
+    ytdl, options = values["ytdl"], values["options"]
+    pool = identities.pool_of(values["identities"], ytdl.cookies, ytdl.proxy)
+    found = doctor.checks(pool, probe=options.probe)
+    print(doctor.as_json(found) if options.json else doctor.report(found))
+    return 1 if doctor.crippled(found) else 0
+
+
 # ---- run ---------------------------------------------------------------------------------------------
 
 def _run_params():
@@ -380,6 +407,20 @@ def _after_sources() -> list[Command]:
         Command("preview", "write a self-contained HTML page showing samples as a person reads them",
                 lambda: (Params("corpus", CorpusPath), Params("options", PreviewOptions)), _preview, writes=FILE,
                 epilog="example: emu-data preview runs/sample --out runs/sample.html --n 20"),
+        Command("doctor", "is this machine ready for YouTube: yt-dlp's age, deno, ejs, PO tokens, cookies, "
+                          "proxies", _doctor_params, _doctor, writes=NONE,
+                description="One line per check, each ok, WARN or FAIL: the yt-dlp release and its age "
+                            "(YouTube breaks old releases within weeks), the JS runtime yt-dlp finds and its "
+                            "version, the yt-dlp-ejs challenge scripts, the PO-token providers registered, and "
+                            "for each identity its cookies file (parsed as yt-dlp parses it; unexpired YouTube "
+                            "cookies; when the sign-in cookie expires) and its proxy URL (well-formed; with "
+                            "--probe, reachable). Cookie values and proxy passwords are never shown. The same "
+                            "checks run, as warnings, at the start of every `youtube` run.\n"
+                            "Exit 0 ready (warnings allowed), 1 a run would be crippled, 2 unusable options.",
+                epilog="examples:\n"
+                       "  emu-data doctor                    # this machine, a guest identity\n"
+                       "  emu-data doctor --cookies cookies.txt --proxy socks5://user:pass@10.0.0.5:1080 --probe\n"
+                       "  emu-data doctor --identities identities.yaml --probe --json"),
     ]
 
 
