@@ -16,6 +16,7 @@ import signal
 import sys
 
 from emu_data import __version__
+from emu_data.core import secrets
 
 EPILOG = "Docs: README.md. Record definitions: schemas/*.json."
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * args.verbose + 10 * args.quiet,
                         format="%(levelname)s %(name)s: %(message)s")
+    secrets.redact_log_records()   # a proxy password never reaches a log line
     if args.command is None:
         parser.print_help()
         return 2
