@@ -64,8 +64,23 @@ def filtered_message(message: str, frames: int) -> str:
 
 def frames_taken(message: str | None) -> int:
     """How many frames a filtered item's status message says it took (0 if it says none)."""
-    found = _FRAMES_TAKEN.search(message or "")
+    found = _FRAMES_TAKEN.search(_IDENTITY.sub("", message or ""))
     return int(found.group(1)) if found else 0
+
+
+_IDENTITY = re.compile(r" ?\[identity ([A-Za-z0-9._-]+)\]$")
+
+
+def with_identity(message: str | None, name: str) -> str:
+    """A status message naming the identity that served or refused the item (a YouTube
+    client: by its name, never its cookies or proxy), at its end: the reason stays first."""
+    return f"{message} [identity {name}]" if message else f"[identity {name}]"
+
+
+def identity_of(message: str | None) -> str | None:
+    """The identity a status message names, or None."""
+    found = _IDENTITY.search(message or "")
+    return found.group(1) if found else None
 
 
 def status(key: str, source: str, status: str, *, input: str | None = None,
