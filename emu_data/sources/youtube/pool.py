@@ -1,0 +1,232 @@
+"""The identity pool: which identity fetches the next video, and when.
+
+One pool serves a whole run: the engine hosts it as one named Ray actor, so every worker on
+every node leases from the same one, and 1 worker or 64 spend the same budget. Workers
+beyond what the identities can serve are told to wait, not let through.
+
+An identity gets a video when it is not retired, not cooling down, has a free slot
+(`concurrent`), has started fewer than `videos_per_hour` videos in the sliding window, and
+its last video started at least the sleep between videos ago. A video counts against the
+window until one window after it *ends*, not after it starts: YouTube counts a video by
+its requests, and a slow video's last request must not land in a window the pool already
+thinks free.
+
+A bot check or 429 cools the identity down (the first pause, doubled on each refusal in a
+row, capped); `retire_after` bot checks in a row retire it for the run. A video an identity
+refused goes to another; it ends `bot_check` only when every identity still serving has
+refused it, or none is left.
+
+Plain Python with an injectable clock, so its rules are tested without Ray or sleeping.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from emu_data.sources.youtube.identities import Identity
+
+REFUSALS = ("bot_check", "rate_limited")
+MAX_WAIT = 5.0          # a waiting worker asks again at least this often (a release may free a slot)
+STALE_LEASE = 3600.0    # a lease held this long belongs to a worker that died: its slot is freed
+
+
+@dataclass(frozen=True)
+class PoolPolicy:
+    cooldown: float = 60.0             # the first pause after a refusal, doubled on each in a row
+    max_cooldown: float = 3600.0
+    retire_after: int = 3              # bot checks in a row
+    sleep_interval: float = 0.0        # seconds between two video starts on one identity ...
+    max_sleep_interval: float = 0.0    # ... drawn up to this
+    window: float = 3600.0             # the budget's sliding window (an hour; shorter in benchmarks)
+    request_rate: float = 0.0          # requests per second per identity and host (0: unlimited)
+
+
+@dataclass(frozen=True)
+class Lease:
+    identity: Identity
+    token: int
+
+
+@dataclass(frozen=True)
+class Wait:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Exhausted:
+    """No identity is left for this video: every one serving has refused it, or none serves."""
+    reason: str
+    message: str
+
+
+@dataclass
+class _State:
+    identity: Identity
+    starts: deque = field(default_factory=deque)   # ends (or starts, while running) of recent videos
+    active: dict = field(default_factory=dict)     # token -> lease time
+    next_start: float = 0.0
+    cool_until: float = 0.0
+    refusals_in_row: int = 0
+    bot_checks_in_row: int = 0
+    retired: bool = False
+    served: int = 0
+    refused: int = 0
+    done: deque = field(default_factory=deque)     # finish times, for the videos/hour shown
+
+
+class IdentityPool:
+    def __init__(self, identities: list[Identity], policy: PoolPolicy = PoolPolicy(), *,
+                 clock=time.monotonic, seed: int | None = None):
+        if not identities:
+            raise ValueError("an identity pool needs at least one identity")
+        self.policy = policy
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._states = {i.name: _State(i) for i in identities}
+        self._tokens = 0
+        self._leases: dict[int, str] = {}
+        self._requests: dict[tuple[str, str], float] = {}   # (identity, host) -> next free time
+        self._started = clock()
+
+    # ---- leasing -----------------------------------------------------------------------
+    def lease(self, refused_by: tuple[str, ...] = ()) -> Lease | Wait | Exhausted:
+        """An identity for one video, or how long to wait for one, or why none will come.
+        refused_by: the identities that refused this video already (bot checks)."""
+        now = self._clock()
+        self._free_stale(now)
+        candidates = [s for s in self._states.values() if not s.retired and s.identity.name not in refused_by]
+        if not candidates:
+            return self._exhausted(refused_by)
+        ready = [s for s in candidates if self._ready_in(s, now) == 0]
+        if not ready:
+            return Wait(min(MAX_WAIT, min(self._ready_in(s, now) for s in candidates)))
+        state = min(ready, key=lambda s: (self._used(s, now), s.identity.name))
+        return self._grant(state, now)
+
+    def _grant(self, state: _State, now: float) -> Lease:
+        self._tokens += 1
+        state.active[self._tokens] = now
+        state.starts.append(now)   # replaced by the end time on release
+        p = self.policy
+        state.next_start = now + (self._rng.uniform(p.sleep_interval, max(p.sleep_interval, p.max_sleep_interval))
+                                  if p.sleep_interval else 0.0)
+        self._leases[self._tokens] = state.identity.name
+        return Lease(state.identity, self._tokens)
+
+    def _ready_in(self, state: _State, now: float) -> float:
+        """Seconds until this identity may start a video (0: now)."""
+        waits = [state.cool_until - now, state.next_start - now]
+        if len(state.active) >= state.identity.concurrent:
+            waits.append(MAX_WAIT)   # a slot frees when a video ends: unknown when
+        budget = state.identity.videos_per_hour
+        if budget:
+            window = self.policy.window
+            self._forget(state.starts, now - window)
+            if len(state.starts) >= budget:
+                oldest = sorted(state.starts)[len(state.starts) - int(budget)]
+                waits.append(oldest + window - now if oldest + window > now else MAX_WAIT)
+        return max(0.0, *waits)
+
+    def _used(self, state: _State, now: float) -> float:
+        budget = state.identity.videos_per_hour
+        return len(state.starts) / budget if budget else len(state.active) / state.identity.concurrent
+
+    @staticmethod
+    def _forget(times: deque, before: float) -> None:
+        while times and times[0] <= before:
+            times.popleft()
+
+    def _exhausted(self, refused_by: tuple[str, ...]) -> Exhausted:
+        retired = sorted(s.identity.name for s in self._states.values() if s.retired)
+        parts = ([f"refused by {', '.join(sorted(refused_by))}"] if refused_by else []) + \
+                ([f"retired: {', '.join(retired)}"] if retired else [])
+        return Exhausted("bot_check", f"no identity left for this video ({'; '.join(parts) or 'none'})")
+
+    def _free_stale(self, now: float) -> None:
+        for state in self._states.values():
+            for token, since in list(state.active.items()):
+                if now - since > STALE_LEASE:
+                    del state.active[token]
+                    self._leases.pop(token, None)
+
+    # ---- outcomes ----------------------------------------------------------------------
+    def release(self, token: int, outcome: str) -> None:
+        """The video of lease `token` ended: "ok", a refusal (bot_check, rate_limited), or any
+        other reason (the video's own fault: the identity worked)."""
+        name = self._leases.pop(token, None)
+        if name is None:
+            return   # released twice, or freed as stale
+        state, now = self._states[name], self._clock()
+        started = state.active.pop(token, now)
+        self._end(state, started, now)
+        if outcome in REFUSALS:
+            self._refused(state, outcome, now)
+        else:
+            state.refusals_in_row = state.bot_checks_in_row = 0
+            state.served += 1
+            state.done.append(now)
+
+    def _end(self, state: _State, started: float, now: float) -> None:
+        """The video counts against the window from its end: swap its start for its end."""
+        try:
+            state.starts.remove(started)
+        except ValueError:
+            pass   # already slid out of the window
+        state.starts.append(now)
+        state.starts = deque(sorted(state.starts))
+
+    def _refused(self, state: _State, outcome: str, now: float) -> None:
+        state.refused += 1
+        state.refusals_in_row += 1
+        if outcome == "bot_check":
+            state.bot_checks_in_row += 1
+            if state.bot_checks_in_row >= self.policy.retire_after:
+                state.retired = True
+        pause = min(self.policy.cooldown * 2 ** (state.refusals_in_row - 1), self.policy.max_cooldown)
+        state.cool_until = max(state.cool_until, now + pause)
+
+    # ---- politeness per request --------------------------------------------------------
+    def request(self, name: str, host: str) -> float:
+        """Reserve the next request slot of identity `name` on `host`: seconds to wait first.
+        Slots are spaced 1/request_rate apart across every worker."""
+        rate = self.policy.request_rate
+        if not rate:
+            return 0.0
+        now = self._clock()
+        key = (name, host.lower())
+        slot = max(now, self._requests.get(key, now))
+        self._requests[key] = slot + 1.0 / rate
+        if len(self._requests) > 100_000:   # hosts come from untrusted metadata: keep it bounded
+            self._requests = {k: t for k, t in self._requests.items() if t > now}
+        return slot - now
+
+    # ---- what the progress bar shows -----------------------------------------------------
+    def snapshot(self) -> dict:
+        """Per identity: state (active, cooling, retired), videos served and refused, videos an
+        hour over the last window (or since the start, when shorter)."""
+        now = self._clock()
+        span = max(min(self.policy.window, now - self._started), 1e-9)
+        identities = {}
+        for name, s in self._states.items():
+            self._forget(s.done, now - self.policy.window)
+            state = "retired" if s.retired else "cooling" if s.cool_until > now else "active"
+            identities[name] = {"state": state, "served": s.served, "refused": s.refused,
+                                "videos_per_hour": len(s.done) * 3600.0 / span}
+        return {"identities": identities,
+                "videos_per_hour": sum(i["videos_per_hour"] for i in identities.values())}
+
+
+def progress_line(snapshot: dict, most: int = 4) -> str:
+    """The pool in a progress bar's few words: rate overall, per identity (the busiest few),
+    and how many cool down or are retired."""
+    identities = snapshot["identities"]
+    cooling = sum(1 for i in identities.values() if i["state"] == "cooling")
+    retired = sum(1 for i in identities.values() if i["state"] == "retired")
+    busiest = sorted(identities.items(), key=lambda kv: -kv[1]["videos_per_hour"])[:most]
+    each = " ".join(f"{name} {i['videos_per_hour']:.0f}" for name, i in busiest)
+    more = f" +{len(identities) - most}" if len(identities) > most else ""
+    return (f"{snapshot['videos_per_hour']:.0f} videos/h [{each}{more}]"
+            f"{f', {cooling} cooling' if cooling else ''}{f', {retired} retired' if retired else ''}")
