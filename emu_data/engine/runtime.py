@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -100,7 +101,8 @@ def shutdown() -> None:
 
 
 def map_tasks(fn: Callable, items: Iterable, *, options: RayOptions = RayOptions(),
-              desc: str = "tasks", total: int | None = None) -> Iterator[tuple[object, object]]:
+              desc: str = "tasks", total: int | None = None,
+              postfix: Callable[[], str] | None = None) -> Iterator[tuple[object, object]]:
     """Run fn(item) as Ray tasks; yield (item, result or TaskFailure) as tasks finish.
 
     At most `max_in_flight` tasks are submitted at once, so a list of millions of items
@@ -109,6 +111,7 @@ def map_tasks(fn: Callable, items: Iterable, *, options: RayOptions = RayOptions
     the tasks still pending cancelled, so none of them goes on writing behind its back and
     their errors are not printed later as "unhandled".
     A task whose worker dies (killed, out of memory) is retried once by Ray.
+    postfix() -> a few words the progress bar shows after its counts, asked every few seconds.
     """
     ray = ensure_ray(options)
     # fn may be any picklable callable (a partial, a dataclass instance): ship it once
@@ -125,7 +128,9 @@ def map_tasks(fn: Callable, items: Iterable, *, options: RayOptions = RayOptions
                     pending[remote.remote(fn_ref, item)] = item
                 if not pending:
                     return
-                done, _ = ray.wait(list(pending), num_returns=1)
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=_POSTFIX_S if postfix else None)
+                if postfix:
+                    _show_postfix(bar, postfix)
                 for ref in done:
                     item = pending.pop(ref)
                     bar.update()
@@ -137,6 +142,14 @@ def map_tasks(fn: Callable, items: Iterable, *, options: RayOptions = RayOptions
 
 _END = object()
 _DRAIN_S = 30.0
+_POSTFIX_S = 5.0
+
+
+def _show_postfix(bar, postfix: Callable[[], str]) -> None:
+    try:
+        bar.set_postfix_str(postfix(), refresh=True)
+    except Exception as e:  # noqa: BLE001 - a progress line never stops a run
+        log.debug("progress postfix failed: %s", e)
 
 
 def _cancel(ray, refs: list, drain_s: float = _DRAIN_S) -> None:
@@ -224,3 +237,59 @@ class _ReadItems:
         item = {name: values[0].item() if hasattr(values[0], "item") else values[0]
                 for name, values in batch.items()}
         return self.read(item)
+
+
+# ---- one object shared by every task of a run --------------------------------------------
+
+@contextlib.contextmanager
+def shared(cls: type, *args, options: RayOptions = RayOptions(), **kwargs) -> Iterator["SharedHandle"]:
+    """cls(*args, **kwargs) as one named Ray actor while the block runs: every task on every
+    node that holds the handle calls the same object (a budget kept cluster-wide). Calls are
+    served one at a time, so the object needs no locks; its methods must be quick."""
+    ray = ensure_ray(options)
+    name = f"emu-data-{cls.__name__}-{uuid.uuid4().hex[:12]}"
+    namespace = ray.get_runtime_context().namespace
+    actor = ray.remote(cls).options(name=name, namespace=namespace, num_cpus=0,
+                                    max_restarts=0).remote(*args, **kwargs)
+    handle = SharedHandle(name, namespace)
+    try:
+        ray.get(actor.__ray_ready__.remote())   # started: a cls that cannot start fails here, once
+        yield handle
+    finally:
+        ray.kill(actor)
+
+
+class SharedHandle:
+    """A picklable way to call a `shared` object: by its actor's name, looked up once per
+    process. call(method, *args) runs the method there and returns its result."""
+
+    _actors: dict = {}   # (namespace, name) -> actor handle, per process
+
+    def __init__(self, name: str, namespace: str | None):
+        self.name, self.namespace = name, namespace
+
+    def __reduce__(self):
+        return SharedHandle, (self.name, self.namespace)
+
+    def call(self, method: str, *args):
+        import ray
+
+        return ray.get(getattr(self._actor(), method).remote(*args))
+
+    def _actor(self):
+        import ray
+
+        key = (self.namespace, self.name)
+        if key not in self._actors:
+            self._actors[key] = ray.get_actor(self.name, namespace=self.namespace)
+        return self._actors[key]
+
+
+class LocalHandle:
+    """The same calls on an object in this process (a unit run without Ray, in a test)."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def call(self, method: str, *args):
+        return getattr(self.obj, method)(*args)

@@ -7,12 +7,13 @@ every source: resume, parallelism, progress, the commit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from emu_data.core import corpus, errors, manifest
+from emu_data.core import corpus, errors, manifest, secrets
 from emu_data.engine import runlock, runtime
 from emu_data.core.corpus import Unit, UnitWriter
 from emu_data.core.options import option, positive_int, show_size, size
@@ -78,18 +79,22 @@ class StageResult:
 
 def run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWriter], None], *,
               output: OutputOptions, layout: dict, config: dict,
-              ray: runtime.RayOptions = runtime.RayOptions(), redo=None) -> StageResult:
+              ray: runtime.RayOptions = runtime.RayOptions(), redo=None,
+              progress: Callable[[], str] | None = None) -> StageResult:
     """Run every unit not yet committed in output.out, then write the manifest.
 
     redo(part) -> bool picks committed units to run again (e.g. --retry-failed). The whole
     run holds OUT's run lock: a second live run on the same OUT stops at once (RunInProgress).
+    progress() -> a few words for the progress bar (the youtube identities' rates).
     """
     with runlock.held(Path(output.out)):
-        return _run_stage(stage, units, process, output=output, layout=layout, config=config, ray=ray, redo=redo)
+        return _run_stage(stage, units, process, output=output, layout=layout, config=config, ray=ray, redo=redo,
+                          progress=progress)
 
 
 def _run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWriter], None], *,
-               output: OutputOptions, layout: dict, config: dict, ray: runtime.RayOptions, redo) -> StageResult:
+               output: OutputOptions, layout: dict, config: dict, ray: runtime.RayOptions, redo,
+               progress) -> StageResult:
     out = Path(output.out)
     layout = {"stage": stage, "shard_limits": asdict(output.limits), **layout}
     fingerprint = manifest.fingerprint(layout)
@@ -103,7 +108,7 @@ def _run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWri
         log.info("resuming %s: %d unit(s) already committed, %d to run", out, len(kept), len(todo))
     task = UnitTask(out, output.limits, fingerprint, process)
     failures = []
-    results = runtime.map_tasks(task, todo, options=ray, desc=stage, total=len(todo))
+    results = runtime.map_tasks(task, todo, options=ray, desc=stage, total=len(todo), postfix=progress)
     try:
         for unit, result in results:
             if isinstance(result, runtime.TaskFailure):
@@ -133,7 +138,8 @@ def run_source(source, config, items: list, output: OutputOptions, ray: runtime.
     """Run a registered source's stage over its resolved input items (files, videos).
 
     extras: the other option objects the source takes (net=NetPolicy, ytdl=YtdlOptions),
-    handed to its units and saved, with everything else, as the resolved config.
+    handed to its units and saved, with everything else, as the resolved config (its URL
+    passwords masked: a proxy's is a secret). A source with a `session` runs inside it.
     """
     ray = ray or runtime.RayOptions()
     resolved = {source.name: asdict(config), **{name: asdict(value) for name, value in extras.items()},
@@ -142,5 +148,17 @@ def run_source(source, config, items: list, output: OutputOptions, ray: runtime.
     redo = None
     if retry_failed:
         redo = lambda part: any(reason in source.retryable for reason in part["status_counts"])  # noqa: E731
-    return run_stage(source.name, source.units(items, config, ray=ray, **extras), source.process, output=output,
-                     layout=source.layout(config), config=resolved, ray=ray, redo=redo)
+    session = source.session(items, config, ray=ray, **extras) if source.session else contextlib.nullcontext(Session())
+    with session as services:
+        units = source.units(items, config, ray=ray, **extras, **services.units)
+        return run_stage(source.name, units, source.process, output=output, layout=source.layout(config),
+                         config=secrets.redacted(resolved), ray=ray, redo=redo, progress=services.progress)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a source's `session` sets up around its run (the youtube identity pool, as one
+    shared actor): keyword arguments for its `units`, and the progress bar's extra words."""
+
+    units: dict = field(default_factory=dict)
+    progress: Callable[[], str] | None = None

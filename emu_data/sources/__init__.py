@@ -88,6 +88,9 @@ class Source:
     # Status reasons that are quality judgements, not failures (too_short, low_speech ...):
     # stats and the run summary count them, with the frames they took, per filter.
     filters: tuple[str, ...] = ()
+    # What a run needs around its units, on the driver: session(items, config, ray=, **extras)
+    # -> a context manager yielding an engine.stage.Session (the youtube identity pool).
+    session: Callable[..., Any] | None = None
 
 
 _registered: dict[str, Source] = {}
