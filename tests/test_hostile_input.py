@@ -188,7 +188,8 @@ def test_youtube_storyboard_bombs_end_in_the_status_table(yt_site, jail, tmp_pat
     unit = youtube.YoutubeUnit(tuple(videos), youtube.YoutubeConfig(rate_limit_retries=0), QUIET, LOCAL)
     _, status = run_unit(youtube.process, unit, out)
     assert [(r["status"], r["error"].split(":")[0] if r["error"] else None) for r in status] == [
-        ("decompression_bomb", "decompression_bomb"), ("ok", None), ("decompression_bomb", "decompression_bomb")]
+        ("decompression_bomb", "decompression_bomb"), ("ok", "[identity default]"),
+        ("decompression_bomb", "decompression_bomb")]
     assert all("mosaic 0" in status[i]["error"] for i in (0, 2))
     assert_nothing_escaped(tmp_path, before, out)
 

@@ -97,7 +97,9 @@ def test_extractor_args_parse_like_yt_dlp():
 
 def test_sleep_defaults_are_polite_and_pass_through():
     params = ytdl.YtdlOptions(cookies="c.txt", proxy="socks5://127.0.0.1:1080").params()
-    assert params["sleep_interval_requests"] == 0.75 and params["sleep_interval"] == 10.0
+    assert params["sleep_interval_requests"] == 0.75
+    # the sleep between videos is the identity pool's, across workers, never yt-dlp's per process
+    assert "sleep_interval" not in params and "max_sleep_interval" not in params
     assert params["cookiefile"] == "c.txt" and params["proxy"] == "socks5://127.0.0.1:1080"
 
 

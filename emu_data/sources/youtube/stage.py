@@ -8,6 +8,7 @@ becomes the video's status row with a reason, and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -17,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from emu_data.core import align, errors, records
+from emu_data.core import align, errors, records, secrets
 from emu_data import net
 from emu_data import sources as registry
 from emu_data.core.options import Params, option, positive_int, show_words, words
@@ -25,7 +26,7 @@ from emu_data.core.corpus import Unit, UnitWriter
 from emu_data.synthetic.site import youtube as site_youtube
 from emu_data.sources import keys
 from emu_data.synthetic import sample
-from emu_data.sources.youtube import frames, inputs, quality, storyboard, subtitles, transcript, ytdl
+from emu_data.sources.youtube import frames, identities, inputs, pool, quality, storyboard, subtitles, transcript, ytdl
 from emu_data.core.files import UnreadableFile, read_json
 from emu_data.sources.youtube.inputs import INFO_DEPTH, VIDEO_ID, VideoInput
 
@@ -54,9 +55,7 @@ class YoutubeConfig:
     videos_per_unit: int = option(8, parse=positive_int, help="videos per unit of work, the unit of resume")
     tile_quality: int | None = None   # None: each tile keeps its mosaic's own JPEG tables (storyboard.py)
     quality: quality.QualityOptions = field(default_factory=quality.QualityOptions)
-    rate_limit_retries: int = 3
-    rate_limit_wait: float = option(60.0, parse=float, metavar="S",   # doubles on each repeat
-                                    help="pause after a rate-limit answer, doubled on each repeat, in seconds")
+    rate_limit_retries: int = 3        # rate-limit answers one video may get before it ends rate_limited
 
     def __post_init__(self):
         if self.frames_per_sample < 1 or self.videos_per_unit < 1:
@@ -69,62 +68,120 @@ class YoutubeConfig:
 class YoutubeUnit:
     videos: tuple[VideoInput, ...]
     config: YoutubeConfig
-    ytdl: ytdl.YtdlOptions
+    ytdl: ytdl.YtdlOptions       # without cookies and proxy: those are the identities'
     net: net.NetPolicy
+    # The run's identity pool (engine.runtime.SharedHandle). Not part of what the unit is:
+    # a rerun with other identities keeps what was made. None: a pool of one, here.
+    pool: object = field(default=None, repr=False, compare=False)
 
 
 def units(videos: list[VideoInput], config: YoutubeConfig, ytdl_options: ytdl.YtdlOptions,
-          net_policy: net.NetPolicy) -> list[Unit]:
+          net_policy: net.NetPolicy, pool_handle=None) -> list[Unit]:
     """Videos in their stable order, `videos_per_unit` to a unit."""
     ytdl.check_guardable(ytdl_options, net_policy)  # every caller, before any Ray or network work
     n = config.videos_per_unit
-    return [Unit(f"yt-{i // n:06d}", YoutubeUnit(tuple(videos[i:i + n]), config, ytdl_options, net_policy))
+    unit_ytdl = replace(ytdl_options, cookies=None, proxy=None) if pool_handle is not None else ytdl_options
+    return [Unit(f"yt-{i // n:06d}", YoutubeUnit(tuple(videos[i:i + n]), config, unit_ytdl, net_policy, pool_handle))
             for i in range(0, len(videos), n)]
 
 
 def process(unit: YoutubeUnit, writer: UnitWriter) -> None:
+    secrets.redact_log_records()   # in this worker too: its log lines reach the driver's terminal
+    handle = unit.pool or _local_pool(unit)
     for video in unit.videos:
         if video.repeat:  # named earlier in the input (inputs.dedupe): processed there
             writer.add_status(keys.status(video.key, KIND, *video.repeat, input=video.ref))
             continue
-        rows, status = _video_with_retries(video, unit)
+        rows, status = _video_with_identities(video, unit, handle)
         for row in rows:
             writer.add_sample(row)
         writer.add_status(status)
 
 
-def _video_with_retries(video: VideoInput, unit: YoutubeUnit) -> tuple[list[dict], dict]:
-    """One video; a rate-limit answer pauses this worker and tries again, with backoff."""
-    config = unit.config
-    for attempt in range(1, config.rate_limit_retries + 2):
+def _local_pool(unit: YoutubeUnit):
+    """A unit run without the run's shared pool (a test, a library call): a pool of one from
+    its own --cookies/--proxy, with the default policy but no sleeps between videos."""
+    from emu_data.engine.runtime import LocalHandle
+
+    identity = identities.Identity("default", unit.ytdl.cookies, unit.ytdl.proxy, videos_per_hour=0)
+    return LocalHandle(pool.IdentityPool([identity], pool.PoolPolicy(cooldown=0.0)))
+
+
+_VIDEO_FAILURES = (VideoError, quality.Filtered, ytdl.YtdlError, storyboard.StoryboardError,
+                   subtitles.SubtitleError, net.FetchError, records.RecordError)
+
+
+def _video_with_identities(video: VideoInput, unit: YoutubeUnit, handle) -> tuple[list[dict], dict]:
+    """One video, on identities the pool lends. A bot check sends it to another identity; a
+    rate-limit answer back to the pool (any identity, after its cooldown), at most
+    rate_limit_retries times. It fails for good when no identity is left for it."""
+    refused: list[str] = []
+    attempts = rate_limits = 0
+    last = None
+    while True:
+        lease = _lease(handle, tuple(refused))
+        if isinstance(lease, pool.Exhausted):
+            error = f"{last}; {lease.message}" if last else lease.message
+            return [], records.status(video.key, KIND, lease.reason, input=video.ref, error=error,
+                                      attempts=max(attempts, 1))
+        attempts += 1
+        name, outcome = lease.identity.name, "ok"
         try:
-            rows = video_samples(video, unit)
-            return rows, records.status(_key(video, rows), KIND, "ok", input=video.ref,
-                                        attempts=attempt, samples=len(rows))
-        except (VideoError, quality.Filtered, ytdl.YtdlError, storyboard.StoryboardError,
-                subtitles.SubtitleError, net.FetchError, records.RecordError) as e:
+            rows = video_samples(video, unit, lease.identity, _polite(handle, name))
+            return rows, records.status(_key(video, rows), KIND, "ok", input=video.ref, attempts=attempts,
+                                        samples=len(rows), error=records.with_identity(None, name))
+        except _VIDEO_FAILURES as e:
             reason = getattr(e, "reason", "invalid_record")
-            if reason != "rate_limited" or attempt > config.rate_limit_retries:
-                return [], records.status(video.key, KIND, reason, input=video.ref,
-                                          error=str(e) or reason, attempts=attempt)
-            wait = config.rate_limit_wait * 2 ** (attempt - 1)
-            log.warning("rate limited on %s: pausing this worker %.0f s", video.ref, wait)
+            # a refusal is the identity's only when YouTube gave it (not an info-json file's own status)
+            outcome = reason if isinstance(e, ytdl.YtdlError) else "failed"
+            last = records.with_identity(str(e) or reason, name)
+            if outcome == "bot_check":
+                refused.append(name)
+                log.warning("bot check for identity %s on %s: trying another", name, video.ref)
+                continue
+            if outcome == "rate_limited" and rate_limits < unit.config.rate_limit_retries:
+                rate_limits += 1
+                log.warning("rate limited: identity %s on %s; the video goes back to the pool", name, video.ref)
+                continue
+            return [], records.status(video.key, KIND, reason, input=video.ref, error=last, attempts=attempts)
+        finally:
+            handle.call("release", lease.token, outcome)
+
+
+def _lease(handle, refused: tuple[str, ...]):
+    """A lease or Exhausted: waits (sleeping here, not in the pool) while none is free."""
+    while True:
+        answer = handle.call("lease", refused)
+        if not isinstance(answer, pool.Wait):
+            return answer
+        time.sleep(answer.seconds)
+
+
+def _polite(handle, name: str):
+    """before_request for yt-dlp: wait for identity `name`'s next request slot on the host."""
+    def before_request(host: str) -> None:
+        wait = handle.call("request", name, host)
+        if wait > 0:
             time.sleep(wait)
-    raise AssertionError("unreachable: the loop returns on its last attempt")
+    return before_request
 
 
 def _key(video: VideoInput, rows: list[dict]) -> str:
     return rows[0]["key"].rsplit(":", 1)[0] if rows else video.key
 
 
-def video_samples(video: VideoInput, unit: YoutubeUnit) -> list[dict]:
-    """The samples of one video, or an exception carrying the reason it has none."""
+def video_samples(video: VideoInput, unit: YoutubeUnit, identity: identities.Identity | None = None,
+                  before_request=None) -> list[dict]:
+    """The samples of one video, or an exception carrying the reason it has none.
+    identity: whose cookies and proxy fetch it (default: the unit's own options)."""
+    if identity is not None:
+        unit = replace(unit, ytdl=replace(unit.ytdl, cookies=identity.cookies, proxy=identity.proxy))
     if video.problem:
         raise VideoError(video.problem, f"{video.ref}: could not be expanded into videos")
     if video.kind == "url" and not video.video_id:  # repeats are found by id before the run
         raise VideoError("unsupported_input", f"{video.ref}: no YouTube video id in the URL (give the id, "
                                               "or a youtube.com or youtu.be link)")
-    info = load_info(video, unit.ytdl, unit.net)
+    info = load_info(video, unit.ytdl, unit.net, before_request)
     video_id = _checked_id(info, video)
     config, filters = unit.config, unit.config.quality
     level = storyboard.choose_level(storyboard.levels_from_info(info), config.storyboard_level)
@@ -137,7 +194,7 @@ def video_samples(video: VideoInput, unit: YoutubeUnit) -> list[dict]:
     for url in (*level.fragment_urls, track.url):
         net.check_url(url, unit.net)  # untrusted metadata must not point us at internal hosts
     _check_names(info, level, track, video)
-    tiles, looks, cues = _download(info, level, track, unit)
+    tiles, looks, cues = _download(info, level, track, unit, before_request)
     cleaned = transcript.clean(cues, keep_annotations=filters.keep_annotations)
     speech = transcript.speech(cleaned.cues, duration)
     quality.check_speech(speech, track.lang, level.count, filters)
@@ -183,10 +240,10 @@ def _cleaning_by_chunk(chunks, removed, judged: frames.Judged) -> list[dict]:
     return [{"cleaning": c} if c["removed"] or c["static_frames"] or c["blank_frames"] else {} for c in told]
 
 
-def _download(info: dict, level, track, unit: YoutubeUnit):
+def _download(info: dict, level, track, unit: YoutubeUnit, before_request=None):
     with tempfile.TemporaryDirectory(prefix="emu-yt-") as tmp:
         files = ytdl.download(info, level.format_id, track.lang, track.ext, track.kind == "auto",
-                              Path(tmp), unit.ytdl, unit.net)
+                              Path(tmp), unit.ytdl, unit.net, before_request)
         mosaics = storyboard.read_mhtml(files.storyboard.read_bytes())
         cues = subtitles.parse(files.subtitles.read_bytes(), track.ext)
     if not cues:
@@ -195,11 +252,12 @@ def _download(info: dict, level, track, unit: YoutubeUnit):
     return tiles, frames.looks(mosaics, level), cues
 
 
-def load_info(video: VideoInput, options: ytdl.YtdlOptions, policy: net.NetPolicy | None = None) -> dict:
+def load_info(video: VideoInput, options: ytdl.YtdlOptions, policy: net.NetPolicy | None = None,
+              before_request=None) -> dict:
     """The video's yt-dlp info dict: read from its file, or asked of yt-dlp."""
     if video.kind != "file":
         url = video.ref if video.kind == "url" else f"https://www.youtube.com/watch?v={video.video_id}"
-        return ytdl.extract(url, options, policy)
+        return ytdl.extract(url, options, policy, before_request)
     try:
         data = read_json(video.ref, max_depth=INFO_DEPTH)
     except UnreadableFile as e:   # a FIFO, not JSON, nested too deep: one reason
@@ -267,11 +325,32 @@ def layout(config: YoutubeConfig) -> dict:
 
 
 def make_youtube(videos: list[VideoInput], config: YoutubeConfig, ytdl_options: ytdl.YtdlOptions,
-                 net_policy: net.NetPolicy, output, ray=None, *, retry_failed: bool = False):
+                 net_policy: net.NetPolicy, output, ray=None, *, retry_failed: bool = False,
+                 identity_pool: identities.IdentityOptions = identities.IdentityOptions()):
     """Run the stage over `videos` into output.out; resumable, every video accounted for."""
     from emu_data.engine.stage import run_source
 
-    return run_source(SOURCE, config, videos, output, ray, retry_failed, ytdl=ytdl_options, net=net_policy)
+    return run_source(SOURCE, config, videos, output, ray, retry_failed, ytdl=ytdl_options, net=net_policy,
+                      identity_pool=identity_pool)
+
+
+@contextlib.contextmanager
+def _session(videos, config, *, ray, ytdl, net, identity_pool):
+    """The run's identity pool, one shared actor for every worker, while the run lasts."""
+    from emu_data.engine import runtime
+    from emu_data.engine.stage import Session
+
+    from emu_data.sources.youtube import doctor
+
+    members = identities.pool_of(identity_pool, ytdl.cookies, ytdl.proxy)
+    doctor.warn_at_start(members)   # a missing JS runtime, an expired cookie: said before hours of work
+    policy = pool.PoolPolicy(
+        cooldown=identity_pool.cooldown, max_cooldown=identity_pool.max_cooldown,
+        retire_after=identity_pool.retire_after, sleep_interval=ytdl.sleep_interval,
+        max_sleep_interval=ytdl.max_sleep_interval, window=identity_pool.window, request_rate=net.per_host_rate)
+    log.info("identities: %s", "; ".join(i.describe() for i in members[:20]))
+    with runtime.shared(pool.IdentityPool, members, policy, options=ray) as handle:
+        yield Session(units={"pool_handle": handle}, progress=lambda: pool.progress_line(handle.call("snapshot")))
 
 
 @dataclass(frozen=True)
@@ -283,7 +362,7 @@ class YoutubeInputs:
                               help="directory of yt-dlp info dicts (yt-dlp -J); repeatable")
 
 
-def _resolve(given: YoutubeInputs, ytdl: ytdl.YtdlOptions, net: net.NetPolicy) -> list[VideoInput]:
+def _resolve(given: YoutubeInputs, ytdl: ytdl.YtdlOptions, net: net.NetPolicy, identity_pool=None) -> list[VideoInput]:
     from emu_data.sources.youtube import ytdl as yt
 
     return inputs.collect(list(given.videos), given.ids, list(given.info_json),
@@ -309,9 +388,11 @@ SOURCE = registry.register(registry.Source(
            "  yt-dlp -J ID > info/ID.info.json   # collect metadata apart, then:\n"
            "  emu-data youtube --info-json info/ --out runs/yt",
     config=YoutubeConfig, inputs=YoutubeInputs, resolve=_resolve, configure=_configure,
-    units=lambda videos, config, ray, ytdl, net: units(videos, config, ytdl, net),
-    process=process, layout=layout, retryable=RETRYABLE, filters=FILTERS,
-    extras=(Params("ytdl", ytdl.YtdlOptions, "yt-dlp"), Params("net", net.NetPolicy, "downloads (the HTTP policy)")),
+    units=lambda videos, config, ray, ytdl, net, identity_pool, pool_handle=None:
+        units(videos, config, ytdl, net, pool_handle),
+    process=process, layout=layout, retryable=RETRYABLE, filters=FILTERS, session=_session,
+    extras=(Params("ytdl", ytdl.YtdlOptions, "yt-dlp"), Params("net", net.NetPolicy, "downloads (the HTTP policy)"),
+            Params("identity_pool", identities.IdentityOptions, "identities (who fetches from YouTube)")),
     ray_options=("max_in_flight",),
     site=registry.Site(site_youtube.site_inputs, site_youtube.publish_site),
 ))

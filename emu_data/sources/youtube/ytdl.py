@@ -9,12 +9,14 @@ for yt-dlp users. yt-dlp's errors are mapped to status-table reasons here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from emu_data.core import errors
+from emu_data.core import errors, secrets
 from emu_data import net
 from emu_data.net import guard as net_guard
 from emu_data.core.options import option
@@ -31,12 +33,15 @@ class YtdlError(errors.ItemFailed, RuntimeError):
 @dataclass(frozen=True)
 class YtdlOptions:
     """Pass-through options for yt-dlp. Sleep defaults follow yt-dlp's `-t sleep` preset:
-    guest sessions are blocked after a few hundred videos an hour without them."""
+    guest sessions are blocked after a few hundred videos an hour without them. The sleep
+    between videos is the identity pool's to keep (pool.py), across every worker: yt-dlp's
+    own would be per process, so each added worker would add load on one identity."""
 
-    cookies: str | None = option(None, metavar="FILE", help="Netscape cookies file")
-    proxy: str | None = option(None, metavar="URL", help="proxy for every request")
+    cookies: str | None = option(None, metavar="FILE", help="Netscape cookies file (the pool of one identity)")
+    proxy: str | None = option(None, metavar="URL", help="proxy for every request (the pool of one identity)")
     sleep_requests: float = option(0.75, parse=float, help="seconds between requests")
-    sleep_interval: float = option(10.0, parse=float, help="seconds before each download")
+    sleep_interval: float = option(10.0, parse=float,
+                                   help="seconds between two videos on one identity, across every worker")
     max_sleep_interval: float = option(20.0, parse=float, help="random upper bound of it")
     sleep_subtitles: float = option(5.0, parse=float, help="seconds before each subtitle")
     extractor_args: dict = option(default_factory=dict, parse=lambda text: parse_extractor_args(text),
@@ -55,8 +60,6 @@ class YtdlOptions:
             "cachedir": False, "color": "no_color", "retries": self.retries,
             "fragment_retries": self.retries, "socket_timeout": self.socket_timeout,
             "sleep_interval_requests": self.sleep_requests or None,
-            "sleep_interval": self.sleep_interval or None,
-            "max_sleep_interval": (self.max_sleep_interval or None) if self.sleep_interval else None,
             "sleep_interval_subtitles": self.sleep_subtitles or None,
             "extractor_args": self.extractor_args,
         }
@@ -102,15 +105,20 @@ class _Logger:
         log.debug(msg)
 
     def warning(self, msg):
-        log.info(msg)
+        log.info(secrets.redact(msg))
 
     def error(self, msg):
-        log.debug(msg)  # errors are raised as exceptions and become status rows
+        log.debug(secrets.redact(msg))  # errors are raised as exceptions and become status rows
 
 
-def extract(url: str, options: YtdlOptions, policy: net.NetPolicy | None = None) -> dict:
-    """Metadata of one video (no download). policy: the address guard to run yt-dlp under."""
-    return _run(lambda ydl: ydl.extract_info(url, download=False), options.params(), policy)
+BeforeRequest = Callable[[str], None]   # called with a request's host before yt-dlp sends it
+
+
+def extract(url: str, options: YtdlOptions, policy: net.NetPolicy | None = None,
+            before_request: BeforeRequest | None = None) -> dict:
+    """Metadata of one video (no download). policy: the address guard to run yt-dlp under;
+    before_request(host): the identity pool's politeness, before each request."""
+    return _run(lambda ydl: ydl.extract_info(url, download=False), options.params(), policy, before_request)
 
 
 def expand(url: str, options: YtdlOptions, policy: net.NetPolicy | None = None) -> list[str]:
@@ -136,7 +144,8 @@ class Downloaded:
 
 
 def download(info: dict, format_id: str, lang: str, sub_ext: str, auto: bool,
-             workdir: Path, options: YtdlOptions, policy: net.NetPolicy | None = None) -> Downloaded:
+             workdir: Path, options: YtdlOptions, policy: net.NetPolicy | None = None,
+             before_request: BeforeRequest | None = None) -> Downloaded:
     """Download one storyboard format and one subtitle track with yt-dlp's own downloaders
     (every fragment and subtitle connection under `policy`'s address guard; a declared size
     over its byte cap is refused by yt-dlp's max_filesize)."""
@@ -152,7 +161,7 @@ def download(info: dict, format_id: str, lang: str, sub_ext: str, auto: bool,
         **({"max_filesize": policy.max_bytes} if policy else {}),
     )
     info = _loadable(info)
-    result = _run(lambda ydl: ydl.process_ie_result(info, download=True), params, policy)
+    result = _run(lambda ydl: ydl.process_ie_result(info, download=True), params, policy, before_request)
     return Downloaded(_storyboard_path(result, workdir), _subtitle_path(result, lang, workdir))
 
 
@@ -193,8 +202,7 @@ def _subtitle_path(result: dict, lang: str, workdir: Path) -> Path:
     return found
 
 
-def _run(action, params: dict, policy: net.NetPolicy | None = None):
-    from yt_dlp import YoutubeDL
+def _run(action, params: dict, policy: net.NetPolicy | None = None, before_request: BeforeRequest | None = None):
     from yt_dlp.utils import YoutubeDLError
 
     _check_guardable(params.get("impersonate"), policy)  # before the try: not a video's status
@@ -202,7 +210,8 @@ def _run(action, params: dict, policy: net.NetPolicy | None = None):
     guard = (net_guard.connection_guard(net_guard.with_proxy_allowed(policy, params.get("proxy")))
              if policy is not None else contextlib.nullcontext())
     try:
-        with guard, YoutubeDL(params) as ydl:
+        with guard, _youtube_dl()(params) as ydl:
+            ydl.before_request = before_request
             return action(ydl)
     except (YoutubeDLError, OSError) as e:
         raise YtdlError(classify(str(e)), _clean(str(e))) from None
@@ -210,6 +219,27 @@ def _run(action, params: dict, policy: net.NetPolicy | None = None):
         # yt-dlp trips over an info dict it did not make (a wrong type deep inside): that
         # video's status row says so; the unit and the run go on
         raise YtdlError("ytdlp_error", f"yt-dlp failed on this video: {type(e).__name__}: {e}") from None
+
+
+@functools.cache
+def _youtube_dl():
+    """YoutubeDL that calls before_request(host) ahead of every request it makes: pages,
+    API calls, storyboard fragments, subtitles (its extractors and downloaders all send
+    through YoutubeDL.urlopen). Made on first use: yt-dlp is imported only when needed."""
+    from urllib.parse import urlsplit
+
+    from yt_dlp import YoutubeDL
+
+    class PoliteYoutubeDL(YoutubeDL):
+        before_request: BeforeRequest | None = None
+
+        def urlopen(self, req):
+            if self.before_request is not None:
+                url = req if isinstance(req, str) else getattr(req, "url", None) or req.get_full_url()
+                self.before_request(urlsplit(url).hostname or "")
+            return super().urlopen(req)
+
+    return PoliteYoutubeDL
 
 
 # First match wins: the age gate before the bot check (both say "Sign in to confirm"),
@@ -249,7 +279,7 @@ def _clean(message: str) -> str:
     ...", where \\r is a progress-line reset, not a line end. net_guard's refusal, quoted
     deep inside (after "Failed to establish a new connection:"), is the cause and names the
     address: it leads."""
-    message = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    message = secrets.redact(re.sub(r"\x1b\[[0-9;]*m", "", message))
     guard = _GUARD.search(message)
     if guard:
         return guard.group(0)
@@ -257,7 +287,8 @@ def _clean(message: str) -> str:
     return first or "yt-dlp failed"
 
 
-RETRYABLE = frozenset({"rate_limited", "timeout", "download_error", "connection_error",
+# bot_check: a rerun with other (or rested) identities can fetch what every identity was refused
+RETRYABLE = frozenset({"bot_check", "rate_limited", "timeout", "download_error", "connection_error",
                        "http_500", "http_502", "http_503", "http_504", "http_429", "truncated"})
 
 
