@@ -25,10 +25,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     out, one per request, before the file is served normally."""
 
     faults: dict[str, list[int]] = {}
+    limits = None   # limits.Limits: YouTube's per-client budgets, asked before each request
     lock = threading.Lock()
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
+        verdict = self.limits.judge(self.headers, path) if self.limits is not None else None
+        if verdict is not None:
+            return self._refuse(*verdict)
         with self.lock:
             queue = self.faults.get(path)
             status = queue.pop(0) if queue else None
@@ -39,6 +43,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.send_header("Retry-After", "0")
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    def _refuse(self, status: int, reason: str, body: bytes):
+        self.send_response(status, reason)
+        if status == 429:
+            self.send_header("Retry-After", "0")
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args):  # keep test and demo output clean
         pass
@@ -54,10 +67,12 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve(root: Path, faults: dict[str, list[int]] | None = None, port: int = 0):
+def serve(root: Path, faults: dict[str, list[int]] | None = None, port: int = 0, limits=None):
     """Serve root on 127.0.0.1 while the block runs; yields the base URL. port 0 picks a free
-    one; a given port that is taken raises OSError."""
-    handler = type("Handler", (_Handler,), {"faults": {k: list(v) for k, v in (faults or {}).items()}})
+    one; a given port that is taken raises OSError. limits: a limits.Limits that rations
+    clients as YouTube does."""
+    handler = type("Handler", (_Handler,), {"faults": {k: list(v) for k, v in (faults or {}).items()},
+                                            "limits": limits})
     server = _QuietServer(("127.0.0.1", port), partial(handler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
