@@ -65,8 +65,8 @@ class Exhausted:
 @dataclass
 class _State:
     identity: Identity
-    starts: deque = field(default_factory=deque)   # ends (or starts, while running) of recent videos
-    active: dict = field(default_factory=dict)     # token -> lease time
+    ends: deque = field(default_factory=deque)     # end times of the videos still in the window
+    active: dict = field(default_factory=dict)     # token -> lease time (each counts too)
     next_start: float = 0.0
     cool_until: float = 0.0
     refusals_in_row: int = 0
@@ -109,7 +109,6 @@ class IdentityPool:
     def _grant(self, state: _State, now: float) -> Lease:
         self._tokens += 1
         state.active[self._tokens] = now
-        state.starts.append(now)   # replaced by the end time on release
         p = self.policy
         state.next_start = now + (self._rng.uniform(p.sleep_interval, max(p.sleep_interval, p.max_sleep_interval))
                                   if p.sleep_interval else 0.0)
@@ -121,18 +120,18 @@ class IdentityPool:
         waits = [state.cool_until - now, state.next_start - now]
         if len(state.active) >= state.identity.concurrent:
             waits.append(MAX_WAIT)   # a slot frees when a video ends: unknown when
-        budget = state.identity.videos_per_hour
+        budget = int(state.identity.videos_per_hour)
         if budget:
-            window = self.policy.window
-            self._forget(state.starts, now - window)
-            if len(state.starts) >= budget:
-                oldest = sorted(state.starts)[len(state.starts) - int(budget)]
-                waits.append(oldest + window - now if oldest + window > now else MAX_WAIT)
+            self._forget(state.ends, now - self.policy.window)
+            over = len(state.active) + len(state.ends) - budget   # videos that must leave the window first
+            if over >= 0:
+                waits.append(state.ends[over] + self.policy.window - now if over < len(state.ends) else MAX_WAIT)
         return max(0.0, *waits)
 
     def _used(self, state: _State, now: float) -> float:
         budget = state.identity.videos_per_hour
-        return len(state.starts) / budget if budget else len(state.active) / state.identity.concurrent
+        busy = len(state.active) + (len(state.ends) if budget else 0)
+        return busy / budget if budget else busy / state.identity.concurrent
 
     @staticmethod
     def _forget(times: deque, before: float) -> None:
@@ -160,23 +159,14 @@ class IdentityPool:
         if name is None:
             return   # released twice, or freed as stale
         state, now = self._states[name], self._clock()
-        started = state.active.pop(token, now)
-        self._end(state, started, now)
+        state.active.pop(token, None)
+        state.ends.append(now)   # it counts against the budget until a window after its end
         if outcome in REFUSALS:
             self._refused(state, outcome, now)
         else:
             state.refusals_in_row = state.bot_checks_in_row = 0
             state.served += 1
             state.done.append(now)
-
-    def _end(self, state: _State, started: float, now: float) -> None:
-        """The video counts against the window from its end: swap its start for its end."""
-        try:
-            state.starts.remove(started)
-        except ValueError:
-            pass   # already slid out of the window
-        state.starts.append(now)
-        state.starts = deque(sorted(state.starts))
 
     def _refused(self, state: _State, outcome: str, now: float) -> None:
         state.refused += 1
