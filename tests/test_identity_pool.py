@@ -241,3 +241,15 @@ def test_redacted_configs_and_text_without_passwords_stay_as_they_are():
     rng = random.Random(0)
     for _ in range(200):   # arbitrary text never raises
         secrets.redact("".join(rng.choice(string.printable) for _ in range(rng.randrange(80))))
+
+
+def test_the_shipped_example_identities_file_loads(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "pipelines" / "identities.example.yaml"
+    (tmp_path / "ids.yaml").write_bytes(example.read_bytes())
+    (tmp_path / "cookies").mkdir()
+    (tmp_path / "cookies" / "account-1.txt").write_text("# Netscape HTTP Cookie File\n")
+    found = identities.load(tmp_path / "ids.yaml")
+    assert [i.name for i in found] == ["account-1", "dc-eu-1", "dc-eu-2"]
+    assert all(identities.proxy_problem(i.proxy) is None for i in found if i.proxy)

@@ -51,6 +51,7 @@ def test_dry_run_of_the_full_scale_recipe_passes_and_names_what_is_not_there(tmp
     for command in ("laion", "mmc4", "webvid", "youtube", "mix", "features", "validate", "train", "eval"):
         assert f"emu-data {command} " in printed
     assert "--model EVA02-L-14" in printed and "--preset emu" in printed
+    assert "--identities /data/inputs/youtube_identities.yaml" in printed   # who fetches from YouTube
     assert "does not exist" in printed and "dry run: the recipe is valid" in printed
     assert not out.exists()   # a dry run writes nothing
 
