@@ -139,3 +139,22 @@ def test_with_every_identity_retired_videos_end_bot_check_and_a_rerun_finishes_t
     assert {records.identity_of(s["error"]) for s in status.values()} == {"fresh"}
     assert limits.most_in_a_window("fresh") == 4
     assert validate([out]).ok
+
+
+def test_a_proxy_alone_is_the_pool_of_one_and_its_password_stays_out_of_config_and_recipes(
+        site, tmp_path, ray_session, capfd):
+    root, limits = site
+    limits.clients = {"proxy-secret-solo": site_limits.Client("solo", budget=2)}
+    with forward_proxy("solo", PASSWORD, "proxy-secret-solo") as proxy:
+        out = tmp_path / "corpus"
+        assert cli.main(["youtube", *_info(root, 2), "--out", str(out), "--proxy", proxy, *QUIET]) == 0
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"stages:\n  youtube:\n    info_json: {root / 'first2'}\n    proxy: '{proxy}'\n")
+        assert cli.main(["run", str(recipe), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    status = _status(out)
+    assert [records.identity_of(s["error"]) for s in status.values()] == ["default", "default"]
+    assert len(limits.by_name("solo").history) == 2   # through the proxy, with its password
+    config = json.loads((out / "_config.json").read_text())
+    assert config["ytdl"]["proxy"] == proxy.replace(PASSWORD, "***")
+    written = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+    assert PASSWORD.encode() not in written and PASSWORD not in "".join(capfd.readouterr())

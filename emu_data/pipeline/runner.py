@@ -20,6 +20,7 @@ from pathlib import Path
 
 from emu_data import __version__
 from emu_data.engine import runlock
+from emu_data.core import secrets
 from emu_data.core.options import option
 from emu_data.engine.runtime import RayOptions
 from emu_data.core.manifest import write_json_atomic
@@ -230,10 +231,11 @@ def _site_served(plan: Plan, todo: list):
 # ---- describing the plan ----------------------------------------------------------------------
 
 def resolved(plan: Plan) -> dict:
-    return {"tool": {"name": "emu-data", "version": __version__}, "recipe": str(plan.recipe.path.resolve()),
+    """The plan as saved beside the run (URL passwords masked: a recipe may name a proxy's)."""
+    return secrets.redacted({"tool": {"name": "emu-data", "version": __version__}, "recipe": str(plan.recipe.path.resolve()),
             "out": str(plan.out), "site": asdict(plan.site) if plan.site else None,
             "stages": [{"name": s.name, "command": s.command, "options": s.params, "needs": s.needs,
-                        "command_line": s.command_line()} for s in plan.stages]}
+                        "command_line": s.command_line()} for s in plan.stages]})
 
 
 def describe(plan: Plan) -> str:

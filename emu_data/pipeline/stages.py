@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from emu_data import commands as command_table
-from emu_data.core import options as opts
+from emu_data.core import options as opts, secrets
 from emu_data.pipeline.recipe import Recipe, StageSpec
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
@@ -39,7 +39,8 @@ class PlannedStage:
     run: Callable[[], int] | None = field(default=None, repr=False, compare=False)   # the command, parsed
 
     def command_line(self) -> str:
-        return " ".join(["emu-data", self.command, *(_quote(a) for a in self.argv)])
+        """The command as a user could type it, to show and to save: URL passwords masked."""
+        return secrets.redact(" ".join(["emu-data", self.command, *(_quote(a) for a in self.argv)]))
 
 
 def _placement_flags() -> tuple[str, ...]:
