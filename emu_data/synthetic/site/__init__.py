@@ -73,11 +73,17 @@ def serve(root: Path, faults: dict[str, list[int]] | None = None, port: int = 0,
     clients as YouTube does."""
     handler = type("Handler", (_Handler,), {"faults": {k: list(v) for k, v in (faults or {}).items()},
                                             "limits": limits})
-    server = _QuietServer(("127.0.0.1", port), partial(handler, directory=str(root)))
+    with serving(_QuietServer(("127.0.0.1", port), partial(handler, directory=str(root)))) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def serving(server: http.server.HTTPServer):
+    """Run a server in a thread while the block runs; yields its port."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()

@@ -13,9 +13,9 @@ import base64
 import contextlib
 import http.client
 import http.server
-import threading
 from urllib.parse import urlsplit
 
+from emu_data.synthetic.site import serving
 from emu_data.synthetic.site.limits import HEADER
 
 _HOP = {"proxy-authorization", "proxy-connection", "connection", "keep-alive"}
@@ -68,10 +68,5 @@ def forward_proxy(user: str, password: str, secret: str):
     handler = type("Forward", (_Forward,), {"expected": f"Basic {token}", "secret": secret})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{user}:{password}@127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(server) as port:
+        yield f"http://{user}:{password}@127.0.0.1:{port}"
