@@ -125,9 +125,10 @@ def _video_with_identities(video: VideoInput, unit: YoutubeUnit, handle) -> tupl
             return [], records.status(video.key, KIND, lease.reason, input=video.ref, error=error,
                                       attempts=max(attempts, 1))
         attempts += 1
-        name, outcome = lease.identity.name, "ok"
+        name, outcome = lease.identity.name, "failed"   # what the pool hears if this raises
         try:
             rows = video_samples(video, unit, lease.identity, _polite(handle, name))
+            outcome = "ok"
             return rows, records.status(_key(video, rows), KIND, "ok", input=video.ref, attempts=attempts,
                                         samples=len(rows), error=records.with_identity(None, name))
         except _VIDEO_FAILURES as e:
