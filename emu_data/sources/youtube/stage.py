@@ -127,7 +127,7 @@ def _video_with_identities(video: VideoInput, unit: YoutubeUnit, handle) -> tupl
         attempts += 1
         name, outcome = lease.identity.name, "failed"   # what the pool hears if this raises
         try:
-            rows = video_samples(video, unit, lease.identity, _polite(handle, name))
+            rows = video_samples(video, unit, lease.identity, _polite(handle, name, unit.net.per_host_rate))
             outcome = "ok"
             return rows, records.status(_key(video, rows), KIND, "ok", input=video.ref, attempts=attempts,
                                         samples=len(rows), error=records.with_identity(None, name))
@@ -158,8 +158,12 @@ def _lease(handle, refused: tuple[str, ...]):
         time.sleep(answer.seconds)
 
 
-def _polite(handle, name: str):
-    """before_request for yt-dlp: wait for identity `name`'s next request slot on the host."""
+def _polite(handle, name: str, rate: float):
+    """before_request for yt-dlp: wait for identity `name`'s next request slot on the host
+    (None with no rate: no call to the pool per request)."""
+    if not rate:
+        return None
+
     def before_request(host: str) -> None:
         wait = handle.call("request", name, host)
         if wait > 0:
