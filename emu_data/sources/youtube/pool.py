@@ -21,6 +21,8 @@ Plain Python with an injectable clock, so its rules are tested without Ray or sl
 
 from __future__ import annotations
 
+import heapq
+import math
 import random
 import time
 from collections import deque
@@ -75,9 +77,16 @@ class _State:
     served: int = 0
     refused: int = 0
     done: deque = field(default_factory=deque)     # finish times, for the videos/hour shown
+    version: int = 0                               # its entry in the ready queue that counts
 
 
 class IdentityPool:
+    """The identities in a queue by the time each may start its next video, so a lease costs
+    O(log n), not a look at every identity: a pool of thousands serves thousands of leases a
+    second. A lease goes to the identity that has been ready the longest, which spreads videos
+    evenly. An identity's ready time changes only on its own events (lease, release, refusal):
+    then it is queued again and its old entry goes stale (versions)."""
+
     def __init__(self, identities: list[Identity], policy: PoolPolicy = PoolPolicy(), *,
                  clock=time.monotonic, seed: int | None = None):
         if not identities:
@@ -86,10 +95,14 @@ class IdentityPool:
         self._clock = clock
         self._rng = random.Random(seed)
         self._states = {i.name: _State(i) for i in identities}
+        self._alive = len(identities)        # not retired
+        self._queue: list[tuple[float, int, str]] = []   # (ready at, version, name)
         self._tokens = 0
         self._leases: dict[int, str] = {}
         self._requests: dict[tuple[str, str], float] = {}   # (identity, host) -> next free time
-        self._started = clock()
+        self._started = self._stale_checked = clock()
+        for state in self._states.values():
+            self._queue_again(state, self._started)
 
     # ---- leasing -----------------------------------------------------------------------
     def lease(self, refused_by: tuple[str, ...] = ()) -> Lease | Wait | Exhausted:
@@ -97,14 +110,27 @@ class IdentityPool:
         refused_by: the identities that refused this video already (bot checks)."""
         now = self._clock()
         self._free_stale(now)
-        candidates = [s for s in self._states.values() if not s.retired and s.identity.name not in refused_by]
-        if not candidates:
+        refused = {n for n in refused_by if n in self._states and not self._states[n].retired}
+        if self._alive - len(refused) <= 0:
             return self._exhausted(refused_by)
-        ready = [s for s in candidates if self._ready_in(s, now) == 0]
-        if not ready:
-            return Wait(min(MAX_WAIT, min(self._ready_in(s, now) for s in candidates)))
-        state = min(ready, key=lambda s: (self._used(s, now), s.identity.name))
-        return self._grant(state, now)
+        passed_over = []   # entries of identities that refused this video: queued back after
+        try:
+            while self._queue:
+                ready_at, version, name = self._queue[0]
+                state = self._states[name]
+                if version != state.version or state.retired:
+                    heapq.heappop(self._queue)       # stale: the identity was queued again since
+                elif name in refused:
+                    passed_over.append(heapq.heappop(self._queue))
+                elif ready_at > now:
+                    return Wait(min(MAX_WAIT, ready_at - now))
+                else:
+                    heapq.heappop(self._queue)
+                    return self._grant(state, now)
+            return Wait(MAX_WAIT)   # every identity left is busy: a slot frees when a video ends
+        finally:
+            for entry in passed_over:
+                heapq.heappush(self._queue, entry)
 
     def _grant(self, state: _State, now: float) -> Lease:
         self._tokens += 1
@@ -113,25 +139,34 @@ class IdentityPool:
         state.next_start = now + (self._rng.uniform(p.sleep_interval, max(p.sleep_interval, p.max_sleep_interval))
                                   if p.sleep_interval else 0.0)
         self._leases[self._tokens] = state.identity.name
+        self._queue_again(state, now)
         return Lease(state.identity, self._tokens)
 
-    def _ready_in(self, state: _State, now: float) -> float:
-        """Seconds until this identity may start a video (0: now)."""
-        waits = [state.cool_until - now, state.next_start - now]
+    def _queue_again(self, state: _State, now: float) -> None:
+        """Queue the identity at its new ready time (its older entry goes stale). One whose
+        slots are all taken is queued on release instead; the queue is rebuilt when stale
+        entries outnumber live ones, so a run of millions of videos keeps it small."""
+        state.version += 1
+        ready = self._ready_at(state, now) if not state.retired else math.inf
+        if ready < math.inf:
+            heapq.heappush(self._queue, (ready, state.version, state.identity.name))
+        if len(self._queue) > 4 * len(self._states) + 64:
+            self._queue = [e for e in self._queue if e[1] == self._states[e[2]].version]
+            heapq.heapify(self._queue)
+
+    def _ready_at(self, state: _State, now: float) -> float:
+        """When this identity may start its next video, as far as its own events tell (inf:
+        when one of its videos ends; it is queued again then)."""
         if len(state.active) >= state.identity.concurrent:
-            waits.append(MAX_WAIT)   # a slot frees when a video ends: unknown when
+            return math.inf
+        ready = max(state.cool_until, state.next_start)
         budget = int(state.identity.videos_per_hour)
         if budget:
             self._forget(state.ends, now - self.policy.window)
             over = len(state.active) + len(state.ends) - budget   # videos that must leave the window first
             if over >= 0:
-                waits.append(state.ends[over] + self.policy.window - now if over < len(state.ends) else MAX_WAIT)
-        return max(0.0, *waits)
-
-    def _used(self, state: _State, now: float) -> float:
-        budget = state.identity.videos_per_hour
-        busy = len(state.active) + (len(state.ends) if budget else 0)
-        return busy / budget if budget else busy / state.identity.concurrent
+                ready = max(ready, state.ends[over] + self.policy.window) if over < len(state.ends) else math.inf
+        return ready
 
     @staticmethod
     def _forget(times: deque, before: float) -> None:
@@ -141,15 +176,21 @@ class IdentityPool:
     def _exhausted(self, refused_by: tuple[str, ...]) -> Exhausted:
         retired = sorted(s.identity.name for s in self._states.values() if s.retired)
         parts = ([f"refused by {', '.join(sorted(refused_by))}"] if refused_by else []) + \
-                ([f"retired: {', '.join(retired)}"] if retired else [])
+                ([f"retired: {', '.join(retired[:20])}{' ...' if len(retired) > 20 else ''}"] if retired else [])
         return Exhausted("bot_check", f"no identity left for this video ({'; '.join(parts) or 'none'})")
 
     def _free_stale(self, now: float) -> None:
-        for state in self._states.values():
-            for token, since in list(state.active.items()):
-                if now - since > STALE_LEASE:
-                    del state.active[token]
-                    self._leases.pop(token, None)
+        """Leases held past STALE_LEASE belong to dead workers: free their slots (looked for
+        once a minute: it is a walk over every lease)."""
+        if now - self._stale_checked < 60.0:
+            return
+        self._stale_checked = now
+        for token, name in list(self._leases.items()):
+            state = self._states[name]
+            if now - state.active.get(token, now) > STALE_LEASE:
+                del state.active[token]
+                del self._leases[token]
+                self._queue_again(state, now)
 
     # ---- outcomes ----------------------------------------------------------------------
     def release(self, token: int, outcome: str) -> None:
@@ -167,14 +208,16 @@ class IdentityPool:
             state.refusals_in_row = state.bot_checks_in_row = 0
             state.served += 1
             state.done.append(now)
+        self._queue_again(state, now)
 
     def _refused(self, state: _State, outcome: str, now: float) -> None:
         state.refused += 1
         state.refusals_in_row += 1
         if outcome == "bot_check":
             state.bot_checks_in_row += 1
-            if state.bot_checks_in_row >= self.policy.retire_after:
+            if state.bot_checks_in_row >= self.policy.retire_after and not state.retired:
                 state.retired = True
+                self._alive -= 1
         pause = min(self.policy.cooldown * 2 ** (state.refusals_in_row - 1), self.policy.max_cooldown)
         state.cool_until = max(state.cool_until, now + pause)
 
