@@ -127,7 +127,7 @@ def _video_with_identities(video: VideoInput, unit: YoutubeUnit, handle) -> tupl
         attempts += 1
         name, outcome = lease.identity.name, "failed"   # what the pool hears if this raises
         try:
-            rows = video_samples(video, unit, lease.identity, _polite(handle, name, unit.net.per_host_rate))
+            rows = video_samples(video, unit, lease.identity, _polite(handle, lease.identity, unit.net.per_host_rate))
             outcome = "ok"
             return rows, records.status(_key(video, rows), KIND, "ok", input=video.ref, attempts=attempts,
                                         samples=len(rows), error=records.with_identity(None, name))
@@ -158,11 +158,16 @@ def _lease(handle, refused: tuple[str, ...]):
         time.sleep(answer.seconds)
 
 
-def _polite(handle, name: str, rate: float):
-    """before_request for yt-dlp: wait for identity `name`'s next request slot on the host
-    (None with no rate: no call to the pool per request)."""
+def _polite(handle, identity: identities.Identity, rate: float):
+    """before_request for yt-dlp: wait for the identity's next request slot on the host. An
+    identity that serves one video at a time is this worker's alone while it holds the lease:
+    its bucket lives here (no pool call per request); one shared by several videos at once
+    asks the pool, the bucket every worker shares. None with no rate."""
     if not rate:
         return None
+    if identity.concurrent == 1:
+        return net.RateLimiter(rate).acquire
+    name = identity.name
 
     def before_request(host: str) -> None:
         wait = handle.call("request", name, host)
