@@ -252,9 +252,37 @@ def publish(root: Path, base: str, videos: list, folder: str) -> tuple[Path, flo
     return info, time.perf_counter() - started
 
 
+def lease_cost(sizes=(100, 2000, 10000), calls: int = 50_000) -> list[tuple[int, float]]:
+    """The pool's own cost per call (lease or release) on a fake clock, at pool sizes far past
+    what a 2-core run can serve: microseconds each, whatever the size (a queue by ready time)."""
+    from emu_data.sources.youtube import pool
+    from emu_data.sources.youtube.identities import Identity
+
+    found = []
+    for n in sizes:
+        now = [0.0]
+        p = pool.IdentityPool([Identity(f"i{k}", videos_per_hour=1000) for k in range(n)],
+                              pool.PoolPolicy(sleep_interval=10.0, max_sleep_interval=20.0),
+                              clock=lambda: now[0], seed=1)
+        held, made, start = [], 0, time.perf_counter()
+        while made < calls:
+            now[0] += 0.001
+            answer = p.lease()
+            made += 1
+            if isinstance(answer, pool.Lease):
+                held.append(answer.token)
+            if len(held) > n // 2:
+                p.release(held.pop(0), "ok")
+                made += 1
+        found.append((n, (time.perf_counter() - start) / made * 1e6))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--lease-cost-only", action="store_true",
+                        help="only the pool's own cost per call at 100 / 2,000 / 10,000 identities (fake clock)")
     parser.add_argument("--identities", default="1,4,16", help="identity counts to run, comma-separated")
     parser.add_argument("--seconds", type=float, default=60.0, help="run time after the first video served")
     parser.add_argument("--videos", type=int, default=2000)
@@ -273,6 +301,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args.child)
+    if args.lease_cost_only:
+        for n, micro in lease_cost():
+            print(f"| {n:,} identities | {micro:.1f} µs a pool call |")
+        return
 
     from emu_data.synthetic import site as sample_site
     from emu_data.synthetic.site import limits as site_limits
