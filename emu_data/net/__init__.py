@@ -111,7 +111,8 @@ class NetPolicy:
     backoff_base: float = 0.5  # seconds; exponential with full jitter
     backoff_max: float = 30.0  # cap for backoff and for an honoured Retry-After
     per_host_rate: float = option(10.0, flag="--rate-per-host", parse=float, metavar="N",   # 0 = unlimited
-                                  help="at most N requests per second to one host, per worker")
+                                  help="at most N requests per second to one host, per worker (youtube: per "
+                                       "identity, however many workers share it)")
     max_bytes: int = option(64 * 2**20, parse=size, show=show_size, metavar="SIZE",
                             help="largest response body to accept; a bigger one is cut there and the item "
                                  "reported too_large")
