@@ -158,3 +158,17 @@ def test_a_proxy_alone_is_the_pool_of_one_and_its_password_stays_out_of_config_a
     assert config["ytdl"]["proxy"] == proxy.replace(PASSWORD, "***")
     written = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
     assert PASSWORD.encode() not in written and PASSWORD not in "".join(capfd.readouterr())
+
+
+def test_an_identity_shared_by_videos_at_once_gives_each_its_own_cookies_copy(site, tmp_path, ray_session):
+    root, limits = site
+    cookies, secret = _cookie(tmp_path, "wide")
+    before = open(cookies, "rb").read()
+    limits.clients = {secret: site_limits.Client("wide")}
+    identities = _identities(tmp_path / "ids.json", [{"name": "wide", "cookies": cookies, "concurrent": 4,
+                                                      "videos_per_hour": 0}])
+    out = tmp_path / "corpus"
+    assert _youtube(root, out, identities, 6) == 0
+    assert {s["status"] for s in _status(out).values()} == {"ok"}
+    assert len(limits.by_name("wide").history) == 6     # the copies carried the session
+    assert open(cookies, "rb").read() == before          # and the shared file was never rewritten

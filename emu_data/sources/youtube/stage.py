@@ -127,7 +127,8 @@ def _video_with_identities(video: VideoInput, unit: YoutubeUnit, handle) -> tupl
         attempts += 1
         name, outcome = lease.identity.name, "failed"   # what the pool hears if this raises
         try:
-            rows = video_samples(video, unit, lease.identity, _polite(handle, lease.identity, unit.net.per_host_rate))
+            with _own_cookies(lease.identity) as identity:
+                rows = video_samples(video, unit, identity, _polite(handle, identity, unit.net.per_host_rate))
             outcome = "ok"
             return rows, records.status(_key(video, rows), KIND, "ok", input=video.ref, attempts=attempts,
                                         samples=len(rows), error=records.with_identity(None, name))
@@ -147,6 +148,22 @@ def _video_with_identities(video: VideoInput, unit: YoutubeUnit, handle) -> tupl
             return [], records.status(video.key, KIND, reason, input=video.ref, error=last, attempts=attempts)
         finally:
             handle.call("release", lease.token, outcome)
+
+
+@contextlib.contextmanager
+def _own_cookies(identity: identities.Identity):
+    """The identity as this video uses it. yt-dlp writes a cookies file back, in place, when
+    it is done with it (YouTube rotates session cookies): an identity that serves one video at
+    a time keeps its file, so the rotation is kept; one serving several at once gives each
+    video a copy, so no two yt-dlp runs write one file at the same time (a half-written file
+    would make the next video a guest's)."""
+    if not identity.cookies or identity.concurrent == 1:
+        yield identity
+        return
+    with tempfile.TemporaryDirectory(prefix="emu-yt-cookies-") as tmp:
+        copy = Path(tmp) / "cookies.txt"
+        copy.write_bytes(Path(identity.cookies).read_bytes())
+        yield replace(identity, cookies=str(copy))
 
 
 def _lease(handle, refused: tuple[str, ...]):
