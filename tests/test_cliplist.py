@@ -119,3 +119,19 @@ def test_any_row_gives_clips_or_reasons_never_an_exception(row):
         assert isinstance(found, (Clip, ClipRejected))
         if isinstance(found, Clip):
             assert math.isfinite(found.start) and found.end > found.start and found.caption
+
+
+def test_a_flat_row_is_one_clip_with_configurable_columns():
+    columns = cliplist.FlatColumns(video="url", start="from", end="to", caption="text", score="sim")
+    row = {"url": "https://youtu.be/GJLlxj_dtq8", "from": "0:00:03.5", "to": 9, "text": "a  cat", "sim": "0.61"}
+    assert cliplist.flat_row(row, columns) == Clip("GJLlxj_dtq8", 3.5, 9.0, "a cat", 0.61)
+    assert cliplist.flat_row({"video_id": "GJLlxj_dtq8", "start": 1, "end": 2, "caption": ""}).reason == "empty_caption"
+    assert cliplist.flat_row({}).reason == "invalid_id"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["video_id", "start", "end", "caption", "matching_score"]),
+                       st.one_of(st.text(max_size=40), st.none(), st.integers(), st.floats(), st.booleans()),
+                       max_size=5))
+def test_any_flat_row_is_a_clip_or_a_reason(row):
+    assert isinstance(cliplist.flat_row(row), (Clip, ClipRejected))

@@ -112,6 +112,28 @@ def panda_row(row: dict) -> list[Clip | ClipRejected]:
     return found
 
 
+@dataclass(frozen=True)
+class FlatColumns:
+    """Where a flat list (one row per clip) keeps each field."""
+
+    video: str = "video_id"
+    start: str = "start"
+    end: str = "end"
+    caption: str = "caption"
+    score: str = "matching_score"
+
+
+def flat_row(row: dict, columns: FlatColumns = FlatColumns()) -> Clip | ClipRejected:
+    """The clip of one flat row (a video id or its URL, start, end, caption), or its reason."""
+    video = row.get(columns.video)
+    video_id = video if isinstance(video, str) and VIDEO_ID.fullmatch(video) else _id_from_url(video) or video
+    try:
+        return clip(video_id, row.get(columns.start), row.get(columns.end), row.get(columns.caption),
+                    row.get(columns.score))
+    except ClipRejected as e:
+        return e
+
+
 def _literal_list(text, column: str) -> list:
     """A Python-literal list as Panda-70M writes its columns (ast.literal_eval: literals only,
     no code), bounded in length and nesting."""
