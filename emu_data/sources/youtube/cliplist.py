@@ -41,7 +41,8 @@ class Clip:
 
     @property
     def key(self) -> str:
-        """yt_clips:VIDEOID:START-END, times in milliseconds: stable, and unique per span."""
+        """VIDEOID:START-END, times in milliseconds (the stage puts its kind in front): stable,
+        and unique per span."""
         return f"{self.video_id}:{round(self.start * 1000)}-{round(self.end * 1000)}"
 
 
