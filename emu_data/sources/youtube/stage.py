@@ -14,7 +14,6 @@ import math
 import re
 from bisect import bisect_right
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from emu_data.core.corpus import Unit, UnitWriter
 from emu_data.synthetic.site import youtube as site_youtube
 from emu_data.sources import keys
 from emu_data.synthetic import sample
-from emu_data.sources.youtube import frames, identities, inputs, pool, quality, storyboard, subtitles, transcript, ytdl
+from emu_data.sources.youtube import frames, identities, inputs, leasing, pool, quality, storyboard, subtitles, transcript, ytdl
 from emu_data.core.files import UnreadableFile, read_json
 from emu_data.sources.youtube.inputs import INFO_DEPTH, VIDEO_ID, VideoInput
 
@@ -87,7 +86,7 @@ def units(videos: list[VideoInput], config: YoutubeConfig, ytdl_options: ytdl.Yt
 
 def process(unit: YoutubeUnit, writer: UnitWriter) -> None:
     secrets.redact_log_records()   # in this worker too: its log lines reach the driver's terminal
-    handle = unit.pool or _local_pool(unit)
+    handle = unit.pool or leasing.local_pool(unit.ytdl)
     for video in unit.videos:
         if video.repeat:  # named earlier in the input (inputs.dedupe): processed there
             writer.add_status(keys.status(video.key, KIND, *video.repeat, input=video.ref))
@@ -98,99 +97,22 @@ def process(unit: YoutubeUnit, writer: UnitWriter) -> None:
         writer.add_status(status)
 
 
-def _local_pool(unit: YoutubeUnit):
-    """A unit run without the run's shared pool (a test, a library call): a pool of one from
-    its own --cookies/--proxy, with the default policy but no sleeps between videos."""
-    from emu_data.engine.runtime import LocalHandle
-
-    identity = identities.Identity("default", unit.ytdl.cookies, unit.ytdl.proxy, videos_per_hour=0)
-    return LocalHandle(pool.IdentityPool([identity], pool.PoolPolicy(cooldown=0.0)))
-
-
-_VIDEO_FAILURES = (VideoError, quality.Filtered, ytdl.YtdlError, storyboard.StoryboardError,
-                   subtitles.SubtitleError, net.FetchError, records.RecordError)
+VIDEO_FAILURES = (VideoError, quality.Filtered, ytdl.YtdlError, storyboard.StoryboardError,
+                  subtitles.SubtitleError, net.FetchError, records.RecordError)
 
 
 def _video_with_identities(video: VideoInput, unit: YoutubeUnit, handle) -> tuple[list[dict], dict]:
-    """One video, on identities the pool lends. A bot check sends it to another identity; a
-    rate-limit answer back to the pool (any identity, after its cooldown), at most
-    rate_limit_retries times. It fails for good when no identity is left for it."""
-    refused: list[str] = []
-    attempts = rate_limits = 0
-    last = None
-    while True:
-        lease = _lease(handle, tuple(refused))
-        if isinstance(lease, pool.Exhausted):
-            error = f"{last}; {lease.message}" if last else lease.message
-            return [], records.status(video.key, KIND, lease.reason, input=video.ref, error=error,
-                                      attempts=max(attempts, 1))
-        attempts += 1
-        name, outcome = lease.identity.name, "failed"   # what the pool hears if this raises
-        try:
-            with _own_cookies(lease.identity) as identity:
-                rows = video_samples(video, unit, identity, _polite(handle, identity, unit.net.per_host_rate))
-            outcome = "ok"
-            return rows, records.status(_key(video, rows), KIND, "ok", input=video.ref, attempts=attempts,
-                                        samples=len(rows), error=records.with_identity(None, name))
-        except _VIDEO_FAILURES as e:
-            reason = getattr(e, "reason", "invalid_record")
-            # a refusal is the identity's only when YouTube gave it (not an info-json file's own status)
-            outcome = reason if isinstance(e, ytdl.YtdlError) else "failed"
-            last = records.with_identity(str(e) or reason, name)
-            if outcome == "bot_check":
-                refused.append(name)
-                log.warning("bot check for identity %s on %s: trying another", name, video.ref)
-                continue
-            if outcome == "rate_limited" and rate_limits < unit.config.rate_limit_retries:
-                rate_limits += 1
-                log.warning("rate limited: identity %s on %s; the video goes back to the pool", name, video.ref)
-                continue
-            return [], records.status(video.key, KIND, reason, input=video.ref, error=last, attempts=attempts)
-        finally:
-            handle.call("release", lease.token, outcome)
-
-
-@contextlib.contextmanager
-def _own_cookies(identity: identities.Identity):
-    """The identity as this video uses it. yt-dlp writes a cookies file back, in place, when
-    it is done with it (YouTube rotates session cookies): an identity that serves one video at
-    a time keeps its file, so the rotation is kept; one serving several at once gives each
-    video a copy, so no two yt-dlp runs write one file at the same time (a half-written file
-    would make the next video a guest's)."""
-    if not identity.cookies or identity.concurrent == 1:
-        yield identity
-        return
-    with tempfile.TemporaryDirectory(prefix="emu-yt-cookies-") as tmp:
-        copy = Path(tmp) / "cookies.txt"
-        copy.write_bytes(Path(identity.cookies).read_bytes())
-        yield replace(identity, cookies=str(copy))
-
-
-def _lease(handle, refused: tuple[str, ...]):
-    """A lease or Exhausted: waits (sleeping here, not in the pool) while none is free."""
-    while True:
-        answer = handle.call("lease", refused)
-        if not isinstance(answer, pool.Wait):
-            return answer
-        time.sleep(answer.seconds)
-
-
-def _polite(handle, identity: identities.Identity, rate: float):
-    """before_request for yt-dlp: wait for the identity's next request slot on the host. An
-    identity that serves one video at a time is this worker's alone while it holds the lease:
-    its bucket lives here (no pool call per request); one shared by several videos at once
-    asks the pool, the bucket every worker shares. None with no rate."""
-    if not rate:
-        return None
-    if identity.concurrent == 1:
-        return net.RateLimiter(rate).acquire
-    name = identity.name
-
-    def before_request(host: str) -> None:
-        wait = handle.call("request", name, host)
-        if wait > 0:
-            time.sleep(wait)
-    return before_request
+    """One video's samples and status row, on identities the pool lends (leasing.py)."""
+    try:
+        done = leasing.on_identities(
+            handle, lambda identity, polite: video_samples(video, unit, identity, polite),
+            failures=VIDEO_FAILURES, rate=unit.net.per_host_rate,
+            rate_limit_retries=unit.config.rate_limit_retries, ref=video.ref)
+    except leasing.Failed as e:
+        return [], records.status(video.key, KIND, e.reason, input=video.ref, error=str(e), attempts=e.attempts)
+    rows = done.value
+    return rows, records.status(_key(video, rows), KIND, "ok", input=video.ref, attempts=done.attempts,
+                                samples=len(rows), error=records.with_identity(None, done.identity))
 
 
 def _key(video: VideoInput, rows: list[dict]) -> str:
