@@ -140,21 +140,22 @@ def expand(url: str, options: YtdlOptions, policy: net.NetPolicy | None = None) 
 @dataclass(frozen=True)
 class Downloaded:
     storyboard: Path
-    subtitles: Path
+    subtitles: Path | None   # None: none asked for
 
 
-def download(info: dict, format_id: str, lang: str, sub_ext: str, auto: bool,
+def download(info: dict, format_id: str, lang: str | None, sub_ext: str | None, auto: bool,
              workdir: Path, options: YtdlOptions, policy: net.NetPolicy | None = None,
              before_request: BeforeRequest | None = None) -> Downloaded:
-    """Download one storyboard format and one subtitle track with yt-dlp's own downloaders
-    (every fragment and subtitle connection under `policy`'s address guard; a declared size
-    over its byte cap is refused by yt-dlp's max_filesize)."""
+    """Download one storyboard format and one subtitle track (none when `lang` is None: clip
+    lists bring their own captions) with yt-dlp's own downloaders (every fragment and
+    subtitle connection under `policy`'s address guard; a declared size over its byte cap
+    is refused by yt-dlp's max_filesize)."""
     params = options.params(
         format=format_id,
         outtmpl={"default": "%(id)s.%(format_id)s.%(ext)s"},
         paths={"home": str(workdir), "temp": str(workdir)},
-        writesubtitles=not auto, writeautomaticsub=auto,
-        subtitleslangs=[lang], subtitlesformat=sub_ext,
+        writesubtitles=lang is not None and not auto, writeautomaticsub=lang is not None and auto,
+        **({"subtitleslangs": [lang], "subtitlesformat": sub_ext} if lang is not None else {}),
         # a storyboard with a hole would shift every later tile's time: fail instead
         skip_unavailable_fragments=False,
         overwrites=True, noplaylist=True, check_formats=False,
@@ -162,7 +163,8 @@ def download(info: dict, format_id: str, lang: str, sub_ext: str, auto: bool,
     )
     info = _loadable(info)
     result = _run(lambda ydl: ydl.process_ie_result(info, download=True), params, policy, before_request)
-    return Downloaded(_storyboard_path(result, workdir), _subtitle_path(result, lang, workdir))
+    return Downloaded(_storyboard_path(result, workdir),
+                      _subtitle_path(result, lang, workdir) if lang is not None else None)
 
 
 def _loadable(info: dict) -> dict:
