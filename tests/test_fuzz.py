@@ -420,7 +420,7 @@ def read_info(info: dict, wanted=None, langs=("en",)) -> None:
     """What the stage does with an info dict before any download: the id, a storyboard
     level, a subtitle track, the URL guard (without DNS). Each step keeps its contract or
     raises the error the stage turns into a status row."""
-    video_id, error = outcome(lambda: youtube._checked_id(info, inputs.VideoInput("file", "x.json")),
+    video_id, error = outcome(lambda: youtube.checked_id(info, inputs.VideoInput("file", "x.json")),
                               youtube.VideoError)
     assert error is not None or inputs.VIDEO_ID.fullmatch(video_id)
     levels, _ = outcome(lambda: storyboard.levels_from_info(info))

@@ -43,15 +43,28 @@ class VideoError(errors.ItemFailed):
     """A video that cannot become samples, with its status-table reason."""
 
 
+def storyboard_level_option():
+    """--storyboard-level, for every stage that reads storyboards."""
+    return option(None, metavar="LEVEL", help="storyboard format (sb0, sb1, ...) or index; default the largest tiles")
+
+
+def videos_per_unit_option():
+    return option(8, parse=positive_int, help="videos per unit of work, the unit of resume")
+
+
+def info_json_option():
+    return option((), repeat=True, parse=Path, metavar="DIR",
+                  help="directory of yt-dlp info dicts (yt-dlp -J), metadata collected apart; repeatable")
+
+
 @dataclass(frozen=True)
 class YoutubeConfig:
     langs: tuple[str, ...] = option(("en",), parse=words, show=show_words,
                                     help="subtitle languages in order of preference")
     allow_auto: bool = option(True, help="use ASR captions when no manual track exists")
-    storyboard_level: str | None = option(None, metavar="LEVEL",
-                                          help="storyboard format (sb0, sb1, ...) or index; default the largest tiles")
+    storyboard_level: str | None = storyboard_level_option()
     frames_per_sample: int = option(16, parse=positive_int, help="frames per sample")
-    videos_per_unit: int = option(8, parse=positive_int, help="videos per unit of work, the unit of resume")
+    videos_per_unit: int = videos_per_unit_option()
     tile_quality: int | None = None   # None: each tile keeps its mosaic's own JPEG tables (storyboard.py)
     quality: quality.QualityOptions = field(default_factory=quality.QualityOptions)
     rate_limit_retries: int = 3        # rate-limit answers one video may get before it ends rate_limited
@@ -131,10 +144,10 @@ def video_samples(video: VideoInput, unit: YoutubeUnit, identity: identities.Ide
         raise VideoError("unsupported_input", f"{video.ref}: no YouTube video id in the URL (give the id, "
                                               "or a youtube.com or youtu.be link)")
     info = load_info(video, unit.ytdl, unit.net, before_request)
-    video_id = _checked_id(info, video)
+    video_id = checked_id(info, video)
     config, filters = unit.config, unit.config.quality
     level = storyboard.choose_level(storyboard.levels_from_info(info), config.storyboard_level)
-    duration = _duration(info, level)
+    duration = duration_of(info, level)
     quality.check_duration(duration, level.count, filters)   # before any download
     track = subtitles.choose_track(info, config.langs, config.allow_auto)
     if track is None:
@@ -142,7 +155,7 @@ def video_samples(video: VideoInput, unit: YoutubeUnit, identity: identities.Ide
                          + ("" if config.allow_auto else " (ASR not allowed)"))
     for url in (*level.fragment_urls, track.url):
         net.check_url(url, unit.net)  # untrusted metadata must not point us at internal hosts
-    _check_names(info, level, track, video)
+    check_names(info, level, track, video)
     tiles, looks, cues = _download(info, level, track, unit, before_request)
     cleaned = transcript.clean(cues, keep_annotations=filters.keep_annotations)
     speech = transcript.speech(cleaned.cues, duration)
@@ -161,7 +174,7 @@ def video_samples(video: VideoInput, unit: YoutubeUnit, identity: identities.Ide
             for i, c in enumerate(chunks)]
 
 
-def _duration(info: dict, level) -> float:
+def duration_of(info: dict, level) -> float:
     """The info dict's duration, or the storyboard's span where it has none we can use."""
     duration = info.get("duration")
     if isinstance(duration, (int, float)) and not isinstance(duration, bool) and math.isfinite(duration) \
@@ -233,7 +246,7 @@ def _player_response_error(video: VideoInput, response: dict) -> VideoError:
     return VideoError(reason, f"{status.get('status')}: {status.get('reason') or 'no reason given'}")
 
 
-def _checked_id(info: dict, video: VideoInput) -> str:
+def checked_id(info: dict, video: VideoInput) -> str:
     """The id names files and keys: it must be a real YouTube id, never a path."""
     video_id = str(info.get("id") or "")
     if not VIDEO_ID.fullmatch(video_id):  # fullmatch: VIDEO_ID's $ would let a trailing newline by
@@ -243,10 +256,12 @@ def _checked_id(info: dict, video: VideoInput) -> str:
     return video_id
 
 
-def _check_names(info: dict, level, track, video: VideoInput) -> None:
-    """The storyboard format and subtitle language yt-dlp is asked for must be plain names
-    (never a path, a selector or a regex), and the storyboard an .mhtml file as we read it."""
-    for what, name in (("storyboard format_id", level.format_id), ("subtitle language", track.lang)):
+def check_names(info: dict, level, track, video: VideoInput) -> None:
+    """The storyboard format and subtitle language (track None: none asked for) yt-dlp is
+    asked for must be plain names (never a path, a selector or a regex), and the storyboard
+    an .mhtml file as we read it."""
+    names = [("storyboard format_id", level.format_id)] + ([("subtitle language", track.lang)] if track else [])
+    for what, name in names:
         if not _PLAIN_NAME.fullmatch(name):
             raise VideoError("malformed_info", f"{video.ref}: {what} {name[:40]!r} is not a plain name")
     formats = info.get("formats") if isinstance(info.get("formats"), list) else []
@@ -284,7 +299,7 @@ def make_youtube(videos: list[VideoInput], config: YoutubeConfig, ytdl_options: 
 
 
 @contextlib.contextmanager
-def _session(videos, config, *, ray, ytdl, net, identity_pool):
+def session(videos, config, *, ray, ytdl, net, identity_pool):
     """The run's identity pool, one shared actor for every worker, while the run lasts."""
     from emu_data.engine import runtime
     from emu_data.engine.stage import Session
@@ -307,8 +322,7 @@ class YoutubeInputs:
     videos: tuple = option((), positional=True, many=True, metavar="VIDEO",
                            help="video ids, video URLs, playlist or channel URLs")
     ids: Path | None = option(None, parse=Path, metavar="FILE", help="file with one id or URL per line")
-    info_json: tuple = option((), repeat=True, parse=Path, metavar="DIR",
-                              help="directory of yt-dlp info dicts (yt-dlp -J); repeatable")
+    info_json: tuple = info_json_option()
 
 
 def _resolve(given: YoutubeInputs, ytdl: ytdl.YtdlOptions, net: net.NetPolicy, identity_pool=None) -> list[VideoInput]:
@@ -318,7 +332,7 @@ def _resolve(given: YoutubeInputs, ytdl: ytdl.YtdlOptions, net: net.NetPolicy, i
                           lambda url: yt.expand(url, ytdl, net))
 
 
-def _configure(values: dict) -> dict:
+def configure_ytdl(values: dict) -> dict:
     """yt-dlp retries and times out as --retries and --timeout say."""
     return {**values, "ytdl": replace(values["ytdl"], retries=values["net"].retries,
                                       socket_timeout=values["net"].read_timeout)}
@@ -336,10 +350,10 @@ SOURCE = registry.register(registry.Source(
            "  emu-data youtube --ids ids.txt --out runs/yt --cookies cookies.txt\n"
            "  yt-dlp -J ID > info/ID.info.json   # collect metadata apart, then:\n"
            "  emu-data youtube --info-json info/ --out runs/yt",
-    config=YoutubeConfig, inputs=YoutubeInputs, resolve=_resolve, configure=_configure,
+    config=YoutubeConfig, inputs=YoutubeInputs, resolve=_resolve, configure=configure_ytdl,
     units=lambda videos, config, ray, ytdl, net, identity_pool, pool_handle=None:
         units(videos, config, ytdl, net, pool_handle),
-    process=process, layout=layout, retryable=RETRYABLE, filters=FILTERS, session=_session,
+    process=process, layout=layout, retryable=RETRYABLE, filters=FILTERS, session=session,
     extras=(Params("ytdl", ytdl.YtdlOptions, "yt-dlp"), Params("net", net.NetPolicy, "downloads (the HTTP policy)"),
             Params("identity_pool", identities.IdentityOptions, "identities (who fetches from YouTube)")),
     ray_options=("max_in_flight",),
