@@ -26,10 +26,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     faults: dict[str, list[int]] = {}
     limits = None   # limits.Limits: YouTube's per-client budgets, asked before each request
+    requests: list[str] | None = None   # every path asked for, in order (tests count them)
     lock = threading.Lock()
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
+        if self.requests is not None:
+            with self.lock:
+                self.requests.append(path)
         verdict = self.limits.judge(self.headers, path) if self.limits is not None else None
         if verdict is not None:
             return self._refuse(*verdict)
@@ -67,12 +71,13 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve(root: Path, faults: dict[str, list[int]] | None = None, port: int = 0, limits=None):
+def serve(root: Path, faults: dict[str, list[int]] | None = None, port: int = 0, limits=None,
+          requests: list[str] | None = None):
     """Serve root on 127.0.0.1 while the block runs; yields the base URL. port 0 picks a free
     one; a given port that is taken raises OSError. limits: a limits.Limits that rations
-    clients as YouTube does."""
+    clients as YouTube does. requests: a list every path asked for is appended to."""
     handler = type("Handler", (_Handler,), {"faults": {k: list(v) for k, v in (faults or {}).items()},
-                                            "limits": limits})
+                                            "limits": limits, "requests": requests})
     with serving(_QuietServer(("127.0.0.1", port), partial(handler, directory=str(root)))) as port:
         yield f"http://127.0.0.1:{port}"
 

@@ -321,10 +321,10 @@ def site_inputs(root: Path) -> dict[str, Path]:
 def publish_site(root: Path, base_url: str, config) -> None:
     from emu_data.synthetic.site.bundle import fault
 
-    publish_youtube(root, base_url, [_site_video(i, config, fault(i, config, NO_SUBTITLES)) for i in range(config.videos)])
+    publish_youtube(root, base_url, [site_video(i, config, fault(i, config, NO_SUBTITLES)) for i in range(config.videos)])
 
 
-def _site_video(i: int, config, fault: str | None) -> SiteVideo:
+def site_video(i: int, config, fault: str | None) -> SiteVideo:
     habit = HABITS[i // HABIT_EVERY % len(HABITS)] if i % HABIT_EVERY == HABIT_EVERY - 1 else {}
     return SiteVideo(f"video{i:06d}", seed=config.seed, **{"subtitles": "manual", **habit,
                                                            **({"subtitles": fault} if fault else {})})
