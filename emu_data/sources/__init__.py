@@ -29,6 +29,7 @@ BUILTIN = {
     "laion": "emu_data.sources.laion",
     "mmc4": "emu_data.sources.mmc4",
     "webvid": "emu_data.sources.webvid",
+    "clips": "emu_data.sources.youtube.clips",
 }
 
 

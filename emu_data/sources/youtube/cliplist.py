@@ -1,7 +1,8 @@
 """Clip lists: YouTube ids with [start, end] and a caption (Panda-70M, InternVid, flat CSVs).
 
-Issue 19, part 1: reading a clip list and choosing a clip's storyboard tiles, before the
-`clips` stage that downloads one storyboard per video and cuts every clip of it from there.
+Parsing a clip list's rows and choosing a clip's storyboard tiles, for the `clips` stage
+(clips.py), which downloads one storyboard per video and cuts every clip of it from there;
+clipfiles.py reads the files.
 
 Panda-70M's CSV has one row per *video*: `videoID`, `url`, and Python-literal lists (not
 JSON: single quotes, as its own loaders read them with ast.literal_eval) in `timestamp`
@@ -19,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from emu_data.core.errors import ItemFailed
+from emu_data.core.options import option
 from emu_data.sources.youtube.inputs import VIDEO_ID
 
 MAX_FIELD = 1 << 20             # a list field longer than this is refused, not parsed
@@ -95,7 +97,8 @@ def panda_row(row: dict) -> list[Clip | ClipRejected]:
     try:
         timestamps = _literal_list(row.get("timestamp"), "timestamp")
         captions = _literal_list(row.get("caption"), "caption")
-        scores = _literal_list(row.get("matching_score"), "matching_score") if row.get("matching_score") else None
+        scores = (_literal_list(row.get("matching_score"), "matching_score")
+                  if row.get("matching_score") not in (None, "") else None)
     except ClipRejected as e:
         return [e]
     if len(captions) != len(timestamps) or (scores is not None and len(scores) != len(timestamps)):
@@ -117,11 +120,14 @@ def panda_row(row: dict) -> list[Clip | ClipRejected]:
 class FlatColumns:
     """Where a flat list (one row per clip) keeps each field."""
 
-    video: str = "video_id"
-    start: str = "start"
-    end: str = "end"
-    caption: str = "caption"
-    score: str = "matching_score"
+    video: str = option("video_id", flag="--video-column", metavar="NAME",
+                        help="flat lists: the column holding the YouTube id (or URL)")
+    start: str = option("start", flag="--start-column", metavar="NAME",
+                        help="flat lists: the clip's start (seconds or H:MM:SS.mmm)")
+    end: str = option("end", flag="--end-column", metavar="NAME", help="flat lists: the clip's end")
+    caption: str = option("caption", flag="--caption-column", metavar="NAME", help="flat lists: the caption")
+    score: str = option("matching_score", flag="--score-column", metavar="NAME",
+                        help="flat lists: the caption's matching score (--min-score reads it)")
 
 
 def flat_row(row: dict, columns: FlatColumns = FlatColumns()) -> Clip | ClipRejected:
@@ -137,9 +143,19 @@ def flat_row(row: dict, columns: FlatColumns = FlatColumns()) -> Clip | ClipReje
 
 def _literal_list(text, column: str) -> list:
     """A Python-literal list as Panda-70M writes its columns (ast.literal_eval: literals only,
-    no code), bounded in length and nesting."""
-    if not isinstance(text, str) or not text.strip():
+    no code), bounded in length and nesting; a list a parquet or JSON file holds as one."""
+    if isinstance(text, (list, tuple)):   # a parquet list column, a JSON array: already a list
+        value = text
+    elif not isinstance(text, str) or not text.strip():
         raise ClipRejected("malformed_row", f"no {column} list")
+    else:
+        value = _literal(text, column)
+    if len(value) > MAX_CLIPS:
+        raise ClipRejected("malformed_row", f"{column}: {len(value)} clips in one row (at most {MAX_CLIPS})")
+    return list(value)
+
+
+def _literal(text: str, column: str):
     if len(text) > MAX_FIELD:
         raise ClipRejected("malformed_row", f"{column}: {len(text)} characters (at most {MAX_FIELD})")
     try:
@@ -148,9 +164,7 @@ def _literal_list(text, column: str) -> list:
         raise ClipRejected("malformed_row", f"{column} is not a list literal ({type(e).__name__})") from None
     if not isinstance(value, (list, tuple)):
         raise ClipRejected("malformed_row", f"{column} is a {type(value).__name__}, not a list")
-    if len(value) > MAX_CLIPS:
-        raise ClipRejected("malformed_row", f"{column}: {len(value)} clips in one row (at most {MAX_CLIPS})")
-    return list(value)
+    return value
 
 
 def _id_from_url(url) -> str | None:
