@@ -18,7 +18,7 @@ from emu_data.pipeline.recipe import RecipeError
 from emu_data.inspect.validate import validate
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
-SOURCES = {"laion", "laion_coco", "mmc4", "webvid", "yt_storyboard"}
+SOURCES = {"laion", "laion_coco", "mmc4", "webvid", "yt_storyboard", "yt_clips"}
 
 
 def _recipe(tmp_path, text: str) -> Path:
@@ -135,8 +135,8 @@ def test_the_smoke_recipe_runs_the_whole_chain_and_a_rerun_skips_it(tmp_path, ra
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     mixed = manifest.read(out / "mix")
-    assert set(mixed["source_counts"]) == SOURCES          # all five kinds, through the real downloads
-    for stage in ("laion", "laion_coco", "mmc4", "webvid", "youtube"):
+    assert set(mixed["source_counts"]) == SOURCES          # all six kinds, through the real downloads
+    for stage in ("laion", "laion_coco", "mmc4", "webvid", "youtube", "clips"):
         assert manifest.read(out / stage)["status_counts"]["ok"] > 0
     assert validate([out / "mix", out / "features"], deep=True).ok
     report = json.loads((out / "train" / "eval" / "report.json").read_text())
@@ -149,7 +149,7 @@ def test_the_smoke_recipe_runs_the_whole_chain_and_a_rerun_skips_it(tmp_path, ra
 
     assert cli.main(args) == 0   # the second run: everything is done
     again = capsys.readouterr().out
-    assert again.count("done earlier, skipped") == 11
+    assert again.count("done earlier, skipped") == 12
     assert "samples per source" in again and "CIDEr-D 0-shot" in again
 
 

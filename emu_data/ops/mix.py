@@ -39,7 +39,8 @@ PRESET_NAMES = ("emu", "equal")
 
 def presets() -> dict[str, dict[str, float]]:
     """Named weights of the registered record sources. emu: Emu's per-step batch sizes
-    (arXiv 2307.05222: laion 128, laion_coco 128, mmc4 64, webvid 16, yt_storyboard 16)."""
+    (arXiv 2307.05222: laion 128, laion_coco 128, mmc4 64, webvid 16, yt_storyboard 16; yt_clips
+    takes WebVid's 16: Emu had no clip lists, and a clip is what a WebVid video was to it)."""
     weights = registry.emu_weights()
     return {"emu": weights, "equal": {name: 1 for name in weights}}
 
@@ -71,7 +72,7 @@ class Weights:
 
     preset: str = option("emu", choices=PRESET_NAMES,
                          help="named weights; emu = Emu's per-step batch sizes: laion 128, laion_coco 128, "
-                              "mmc4 64, webvid 16, yt_storyboard 16")
+                              "mmc4 64, webvid 16, yt_storyboard 16, yt_clips 16 (as WebVid)")
     weights: str | None = option(None, metavar="LIST",
                                  help="SOURCE=WEIGHT,... overriding the preset's weights for the sources named")
 
