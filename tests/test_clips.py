@@ -235,3 +235,66 @@ def test_fuzzed_lists_give_a_clip_or_a_reason_for_every_row(tmp_path, suffix):
         assert all((e.clip is None) != (e.reason is None) for e in found)
         assert all(e.reason is None or e.message for e in found)
     assert read >= 20   # most files are tables: the rows were really tried
+
+
+def _publish_real(root: Path, base: str, response: dict, seed: int) -> str:
+    """A real response's info dict (yt-dlp's extractor) with its sb0 mosaics drawn at the
+    spec's own tile size and served from `base`; no subtitles (clips need none)."""
+    from test_youtube_storyboard import ytdlp_info
+
+    info = ytdlp_info(response)
+    video_id = response["videoDetails"]["videoId"]
+    sb0 = next(f for f in info["formats"] if f["format_id"] == "sb0")
+    width, height, per = sb0["width"], sb0["height"], sb0["columns"] * sb0["rows"]
+    count = round(sb0["fps"] * info["duration"])
+    clip = world.random_clip(random.Random(seed), info["duration"])
+    folder = root / "yt" / video_id
+    folder.mkdir(parents=True)
+    for j, fragment in enumerate(sb0["fragments"]):
+        tiles = range(j * per, min((j + 1) * per, count))
+        mosaic = Image.new("RGB", (sb0["columns"] * width, -(-len(tiles) // sb0["columns"]) * height))
+        for i, k in enumerate(tiles):
+            tile = world.render(clip.scene_at(min(k * info["duration"] / count, info["duration"])), width, height)
+            mosaic.paste(tile, ((i % sb0["columns"]) * width, (i // sb0["columns"]) * height))
+        mosaic.save(folder / f"M{j}.jpg", quality=80)
+        fragment["url"] = f"{base}/yt/{video_id}/M{j}.jpg"
+    info.update(id=video_id, title=response["videoDetails"]["title"], extractor="youtube",
+                extractor_key="Youtube", _type="video", subtitles={}, automatic_captions={})
+    (root / "info").mkdir(exist_ok=True)
+    (root / "info" / f"{video_id}.info.json").write_text(json.dumps(info))
+    return video_id
+
+
+def test_panda_length_clips_on_real_storyboard_specs(tmp_path, ray_session):
+    """Real recorded player responses (yt-dlp's own extractor builds their storyboard formats):
+    tiles every 2 s (288 s), 5 s (316 s) and 10 s (1509 s). Clips of Panda-70M's average
+    length (~8.5 s) get 4-5 tiles at 2 s, 1-2 at 5 s and the nearest tile at 10 s, every one
+    on the real spacing and inside its clip unless the clip falls between two tiles."""
+    from test_youtube_storyboard import DSM, GJL, WW1, load
+
+    spacing = {"dsMFmonKDD4": 2.0, "GJLlxj_dtq8": 5.0, "F1xioXWb8CY": 10.0}
+    rng = random.Random(7)
+    listed = ["video_id,start,end,caption"]
+    with sample_site.serve(tmp_path / "site") as base:
+        for seed, name in enumerate((DSM, GJL, WW1)):
+            video_id = _publish_real(tmp_path / "site", base, load(name), seed)
+            start = 3.3
+            for _ in range(12):
+                length = round(rng.uniform(6.0, 11.0), 3)
+                listed.append(f"{video_id},{start},{start + length},a clip of {video_id}")
+                start = round(start + length + rng.uniform(1.0, 9.0), 3)
+        (tmp_path / "list.csv").write_text("\n".join(listed) + "\n")
+        assert cli.main(["clips", "--input", str(tmp_path / "list.csv"), "--info-json", str(tmp_path / "site" / "info"),
+                         "--out", str(tmp_path / "out"), *QUIET]) == 0
+    rows = _rows(tmp_path / "out")
+    assert len(rows) == 36
+    for row in rows:
+        meta = json.loads(row["meta"])
+        step, frames = spacing[meta["video_id"]], row["times"][:-1]
+        assert meta["interval"] == step and all(t % step == 0 for t in frames)
+        inside = [t for t in frames if meta["start"] <= t <= meta["end"]]
+        if step == 2.0:
+            assert len(frames) == len(inside) in (3, 4, 5, 6)
+        elif inside != frames:   # between two tiles: the one nearest its middle
+            middle = (meta["start"] + meta["end"]) / 2
+            assert len(frames) == 1 and abs(frames[0] - middle) <= step / 2
