@@ -1,5 +1,6 @@
 """Clip lists (issue 19, part 1): Panda-70M rows, flat clips, and a clip's storyboard tiles."""
 
+import ast
 import math
 
 import pytest
@@ -135,3 +136,11 @@ def test_a_flat_row_is_one_clip_with_configurable_columns():
                        max_size=5))
 def test_any_flat_row_is_a_clip_or_a_reason(row):
     assert isinstance(cliplist.flat_row(row), (Clip, ClipRejected))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=12), st.floats(allow_nan=False, allow_infinity=False), st.integers(),
+                          st.lists(st.text(alphabet="0:.5' ", max_size=8), max_size=2)), max_size=6))
+def test_the_json_fast_path_reads_lists_as_literal_eval_does(value):
+    text = repr(value)
+    assert cliplist._parse_literal(text) == ast.literal_eval(text)

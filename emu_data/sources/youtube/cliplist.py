@@ -15,6 +15,7 @@ the row's clips), never an exception out of here.
 from __future__ import annotations
 
 import ast
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -159,12 +160,29 @@ def _literal(text: str, column: str):
     if len(text) > MAX_FIELD:
         raise ClipRejected("malformed_row", f"{column}: {len(text)} characters (at most {MAX_FIELD})")
     try:
-        value = ast.literal_eval(text.strip())
+        value = _parse_literal(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
         raise ClipRejected("malformed_row", f"{column} is not a list literal ({type(e).__name__})") from None
     if not isinstance(value, (list, tuple)):
         raise ClipRejected("malformed_row", f"{column} is a {type(value).__name__}, not a list")
     return value
+
+
+# A list literal with no double quote, backslash or control character reads the same as JSON
+# once its single quotes are double ones: json.loads is ~20x faster than literal_eval, whose
+# compile() was two thirds of planning a Panda list. Anything else (an apostrophe in a caption
+# makes repr use double quotes; JSON's own words, which Python does not read) takes literal_eval.
+_JSONABLE = re.compile(r"\s*\[[^\"\\\x00-\x1f]*\]\s*")
+_JSON_WORDS = re.compile(r"NaN|Infinity|true|false|null")
+
+
+def _parse_literal(text: str):
+    if _JSONABLE.fullmatch(text) and not _JSON_WORDS.search(text):
+        try:
+            return json.loads(text.replace("'", '"'))
+        except ValueError:   # .5, 1_000, a tuple: Python literals JSON lacks
+            pass
+    return ast.literal_eval(text.strip())
 
 
 def _id_from_url(url) -> str | None:
