@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from emu_data import net
+from emu_data.net.media import Media
 from emu_data.synthetic import world
 from emu_data.core.corpus import shard_paths
 from emu_data.synthetic.site import serve
@@ -191,10 +192,10 @@ def test_image_checks(tmp_path):
         mmc4.checked_image(b"<html>not an image</html>", 10**6)
     assert e.value.reason == "decode_error"
     small = mmc4.Mmc4Config(min_image_bytes=len(body))
-    with serve(tmp_path) as base, net.Fetcher(NET) as fetcher:
+    with serve(tmp_path) as base, Media(NET) as media:
         (tmp_path / "a.jpg").write_bytes(body)
         with pytest.raises(mmc4.ImageDropped) as e:
-            mmc4.fetch_image(f"{base}/a.jpg", small, fetcher)
+            mmc4.fetch_image(f"{base}/a.jpg", small, media)
     assert e.value.reason == "too_small"
 
 
@@ -205,14 +206,14 @@ def test_an_image_with_a_bad_match_index_is_dropped_not_its_document(tmp_path):
     (tmp_path / "a.jpg").write_bytes(world.encode(world.render(world.random_scene(random.Random(0)))))
     url = "https://doc.example/bad-index"
     where = mmc4.Slice(str(tmp_path / "docs.jsonl"), "docs", 0, 0, 1, 1, "")
-    with serve(tmp_path) as base, net.Fetcher(NET) as fetcher:
+    with serve(tmp_path) as base, Media(NET) as media:
         def outcome(indices, config):
             raw = json.dumps({"url": url, "text_list": ["One.", "Two."],
                               "image_info": [{"raw_url": f"{base}/a.jpg", "matched_text_index": i,
                                               "matched_sim": 0.9} for i in indices],
                               "similarity_matrix": [[0.5, 0.4] for _ in indices]}).encode()
             doc = mmc4._with_id(mmc4.parse(raw, 1, where, config), where)
-            return mmc4._outcome(doc, config=config, fetcher=fetcher)
+            return mmc4._outcome(doc, config=config, media=media)
 
         for config in (CONFIG, mmc4.Mmc4Config(reassign=False)):
             row, status = outcome([-1, 1, 2, "0", 1.0, True], config)

@@ -3,8 +3,14 @@
 Per unit (a slice of one input parquet): read the rows, turn away those the thresholds drop
 or that lack a URL or a usable caption, run the address guard on the rest (img2dataset has
 none), hand the survivors to img2dataset's Downloader in this worker (laion_download.py),
-which passes each row's result back as it comes. A success whose stored bytes Pillow decodes becomes a sample; everything else
-becomes a status row with a reason. Every input row ends in exactly one of the two.
+which passes each row's result back as it comes. A success whose stored bytes Pillow decodes
+becomes a sample; everything else becomes a status row with a reason. Every input row ends in
+exactly one of the two.
+
+A row whose URL is a local path (relative to a --media-root) or a file:// URL is not fetched:
+net.media reads it, confined to the roots (local_file_refused without one, outside_media_root,
+missing_file, not_a_file, too_large, read_error), and img2dataset's own steps after a download
+(hash check, Resizer) make its result, so it becomes the sample a download would have made.
 
 Keys: `laion:<hash>` (`laion_coco:<hash>`) from the row's `hash` column when it holds an
 integer or hex text, else `<source>:<file stem>-<row index>`. LAION's hash is the pair's own
@@ -35,6 +41,7 @@ from urllib3.util import parse_url
 from emu_data.core import errors, images, records
 from emu_data import net
 from emu_data import sources as registry
+from emu_data.net.media import LocalMedia, Media, is_local
 from emu_data.core.options import Params, option, positive_int
 from emu_data.core.images import STORED_FORMATS
 from emu_data.core.corpus import Unit, UnitWriter
@@ -51,9 +58,11 @@ ROW_ID = "emu_row"          # our row index, carried through img2dataset (save_a
 HASH_COLUMN = "hash"
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")
-# Worth a --retry-failed: the server or the network may answer next time.
+# Worth a --retry-failed: the server or the network may answer next time; a mirror still
+# syncing, or a run without (or with the wrong) --media-root, may hold the file next time.
 RETRYABLE = frozenset({"timeout", "connection_error", "truncated", "downloader_error", "http_408",
-                       "http_429", "http_500", "http_502", "http_503", "http_504"})
+                       "http_429", "http_500", "http_502", "http_503", "http_504",
+                       "missing_file", "local_file_refused"})
 # Integer or hex hashes only: they can never equal a `<stem>-<index>` key.
 _HASH_KEY = re.compile(r"^-?[0-9A-Fa-f]{1,64}$")
 _PARSE_ONLY = net.NetPolicy(allow_private_addresses=True)  # check_url: scheme and host, no DNS
@@ -164,6 +173,8 @@ class LaionUnit:
     config: LaionConfig
     net: net.NetPolicy = field(repr=False)
     repeats: tuple = ()                 # (row, N, where the first is) of rows whose key came earlier
+    # repr=False: where local copies live is not what they are (a moved mirror redoes nothing)
+    media: LocalMedia = field(default=LocalMedia(), repr=False)
 
 
 def input_files(inputs: list[Path]) -> list[Path]:
@@ -184,7 +195,8 @@ def _safe_stem(path: Path) -> str:
     return safe_stem(path.stem)
 
 
-def units(inputs: list[Path], config: LaionConfig, net_policy: net.NetPolicy = net.NetPolicy()) -> list[Unit]:
+def units(inputs: list[Path], config: LaionConfig, net_policy: net.NetPolicy = net.NetPolicy(),
+          media: LocalMedia = LocalMedia()) -> list[Unit]:
     """Each input file in slices of rows_per_unit rows, files in sorted order."""
     files = input_files(inputs)
     for path in files:
@@ -197,7 +209,7 @@ def units(inputs: list[Path], config: LaionConfig, net_policy: net.NetPolicy = n
         for start in range(0, rows, n):
             stop = min(rows, start + n)
             payload = LaionUnit(str(path), size, _safe_stem(path), start, stop, config, net_policy,
-                                keys.between(repeats.get(path, []), start, stop - 1))
+                                keys.between(repeats.get(path, []), start, stop - 1), media)
             found.append(Unit(f"{_safe_stem(path)}-{start // n:05d}", payload))
     return found
 
@@ -441,9 +453,12 @@ def process(unit: LaionUnit, writer: UnitWriter) -> None:
                 out.put(row.index, _status(row, unit, *row.problem, attempts=0))
             else:
                 ready.append(row)
-        ready = _guarded(ready, unit, out)
-        if ready:
-            _fetch(ready, unit, out)
+        local = [row for row in ready if is_local(row.url)]
+        remote = _guarded([row for row in ready if not is_local(row.url)], unit, out)
+        if local:
+            _read_local(local, unit, out)
+        if remote:
+            _fetch(remote, unit, out)
 
 
 def _status(row: InputRow, unit: LaionUnit, reason: str, message: str, *, attempts: int = 1) -> dict:
@@ -509,6 +524,34 @@ def _fetch(rows: list[InputRow], unit: LaionUnit, out: ordered.InputOrder) -> No
         out.put(row.index, _status(row, unit, "downloader_error", unanswered))
 
 
+_LOCAL_BATCH = 64   # files read ahead of the resizer: bounds the bytes held at once
+
+
+def _read_local(rows: list[InputRow], unit: LaionUnit, out: ordered.InputOrder) -> None:
+    """Rows naming local files (a path under --media-root, a file:// URL): no HTTP fetch, but
+    the rest of img2dataset's path (hash check, its Resizer) on the bytes read, so each ends
+    as the record a download of the same image would. Files are read in threads through the
+    confined reader; the Resizer runs on this thread, as img2dataset's Downloader runs it."""
+    resize = laion_download.local_resizer(download_job(unit.config))
+    threads = min(unit.config.download.thread_count, 16)
+    with Media(unit.net, unit.media) as media, ThreadPoolExecutor(threads) as pool:
+        for start in range(0, len(rows), _LOCAL_BATCH):
+            batch = rows[start:start + _LOCAL_BATCH]
+            for row, read in zip(batch, pool.map(partial(_read_file, media), batch)):
+                if isinstance(read, net.FetchError):
+                    out.put(row.index, _status(row, unit, read.reason, read.message))
+                    continue
+                result = resize({ROW_ID: row.index, "url": row.url}, read, row.expected_hash)
+                out.put(row.index, *_outcome(row, result, unit, local=True))
+
+
+def _read_file(media: Media, row: InputRow) -> bytes | net.FetchError:
+    try:
+        return media.get(row.url).body
+    except net.FetchError as e:
+        return e
+
+
 def download_job(config: LaionConfig) -> laion_download.Job:
     """img2dataset's Downloader and Resizer settings for this config (the benchmark reuses them)."""
     image, fetch = config.image, config.download
@@ -529,11 +572,12 @@ def download_job(config: LaionConfig) -> laion_download.Job:
             disable_all_reencoding=keeps_originals(image)))
 
 
-def _outcome(row: InputRow, result: dict, unit: LaionUnit) -> tuple[dict, dict | None]:
-    """(status row, sample or None) of one row img2dataset answered."""
+def _outcome(row: InputRow, result: dict, unit: LaionUnit, *, local: bool = False) -> tuple[dict, dict | None]:
+    """(status row, sample or None) of one row img2dataset answered (local: read from a file, once)."""
     if result.get("status") != "success":
         message = result.get("error_message") or str(result.get("status"))
-        tries = unit.config.download.retries + 1 if result.get("status") == "failed_to_download" else 1
+        retried = result.get("status") == "failed_to_download" and not local
+        tries = unit.config.download.retries + 1 if retried else 1
         return _status(row, unit, error_reason(result.get("status"), message), message, attempts=tries), None
     try:
         sample = _sample(row, result, unit.config)
@@ -661,14 +705,15 @@ def error_reason(status: str | None, message: str | None) -> str:
 # ---- the stage -------------------------------------------------------------------------
 
 def make_laion(inputs: list[Path], config: LaionConfig, net_policy: net.NetPolicy, output, ray=None, *,
-               retry_failed: bool = False):
+               retry_failed: bool = False, media: LocalMedia = LocalMedia()):
     """Run the stage over the input parquet files (or folders of them) into output.out.
 
     Resumable: committed units are kept. retry_failed reruns units holding retryable reasons.
     """
     from emu_data.engine.stage import run_source
 
-    return run_source(SOURCE, config, input_files(inputs), output, ray, retry_failed, net=net_policy)
+    return run_source(SOURCE, config, input_files(inputs), output, ray, retry_failed, net=net_policy,
+                      media=media)
 
 
 @dataclass(frozen=True)
@@ -695,10 +740,12 @@ SOURCE = registry.register(registry.Source(
     epilog="examples:\n  emu-data laion --input laion2B-en/part-0000*.parquet --out runs/laion --min-similarity 0.28\n"
            "  emu-data laion --input laion-coco/ --source laion_coco --out runs/coco   # text = top_caption",
     config=LaionConfig, inputs=LaionInputs,
-    resolve=lambda given, net: input_files(given.input),
+    resolve=lambda given, net, media: input_files(given.input),
     configure=_configure,
-    units=lambda files, config, ray, net: units(files, config, net),
+    units=lambda files, config, ray, net, media: units(files, config, net, media),
     process=process, layout=layout, retryable=RETRYABLE,
-    extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),),
+    extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),
+            Params("media", LocalMedia, "local copies (a mirror, an earlier img2dataset run)",
+                   only=("media_root",))),
     site=registry.Site(site_laion.site_inputs, site_laion.publish_site),
 ))

@@ -8,10 +8,15 @@ verification, its Resizer (decode, resize, re-encode and the size filters) — a
 only the last step: the sample writer it is given is ours, and passes each row's result
 straight to a callback on the calling thread while the fetch threads keep downloading.
 Ray's units, not img2dataset's processes, are the parallelism.
+
+Rows whose bytes are already here (local files) skip the fetch but not the rest:
+`local_resizer` applies img2dataset's steps after a download (hash check, Resizer) to them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
 import tempfile
@@ -105,3 +110,27 @@ def download(columns: dict[str, list], job: Job, handle: Callable[[dict], None],
                 raise DownloaderFailed(f"img2dataset's downloader stopped: {type(e).__name__}: {e}") from e
     if errors:
         raise errors[0]
+
+
+def local_resizer(job: Job) -> Callable[[dict, bytes, str | None], dict]:
+    """(row columns, bytes, expected hash) -> the result dict `download` hands `handle`, for
+    bytes already held (a local file): what img2dataset's Downloader does after its fetch,
+    the hash check and then its Resizer, so a local image ends as the record a downloaded
+    one does. Call it from one thread: the Resizer silences output by swapping file
+    descriptors 1 and 2, which img2dataset too only ever does on one thread."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from img2dataset.resizer import Resizer
+
+    return partial(_resized, job, Resizer(**job.resizer))
+
+
+def _resized(job: Job, resizer, row: dict, data: bytes, expected_hash: str | None) -> dict:
+    result = {**row, "status": "success", "error_message": None, "width": None, "height": None,
+              "original_width": None, "original_height": None, "image": None}
+    if job.verify_hash_type and getattr(hashlib, job.verify_hash_type)(data).hexdigest() != expected_hash:
+        return {**result, "status": "failed_to_download", "error_message": "hash mismatch"}
+    image, width, height, original_width, original_height, error = resizer(io.BytesIO(data))
+    if error is not None:
+        return {**result, "status": "failed_to_resize", "error_message": error}
+    return {**result, "width": width, "height": height, "original_width": original_width,
+            "original_height": original_height, "image": image}

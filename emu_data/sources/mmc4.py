@@ -6,6 +6,10 @@ best), optionally drop tiny images, re-run the linear assignment of images to se
 the images actually kept, and place each image before its matched sentence, the sentences
 between two images joined into one text position.
 
+Images come from raw_url (fetched; or read from disk where it is a path or file:// URL,
+under --media-root), or, with --image-root, from disk by image_name as MMC4's release lays
+images out (image_paths). Local reads go through net.media, confined to the roots.
+
 Every document ends as one sample or one status row with a reason. Images that fail do not
 sink their document: they are listed in meta["dropped_images"] and summed up in the status
 row's error; only a document left with no image at all gets a status reason (no_images).
@@ -28,9 +32,10 @@ import hashlib
 import io
 import json
 import math
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -40,6 +45,7 @@ from scipy.optimize import linear_sum_assignment
 from emu_data.core import errors, images, records
 from emu_data import net
 from emu_data import sources as registry
+from emu_data.net.media import LocalMedia, Media
 from emu_data.core.options import Params, option, positive_int, show_size, size
 from emu_data.core.images import STORED_FORMATS
 from emu_data.core.corpus import Unit, UnitWriter
@@ -105,12 +111,14 @@ class Mmc4Unit:
     slice: Slice
     config: Mmc4Config
     net: net.NetPolicy
+    # repr=False: where local copies live is not what they are (a moved mirror redoes nothing)
+    media: LocalMedia = field(default=LocalMedia(), repr=False)
 
 
 # ---- planning -----------------------------------------------------------------------------
 
 def units(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy = net.NetPolicy(),
-          ray=None) -> list[Unit]:
+          ray=None, media: LocalMedia = LocalMedia()) -> list[Unit]:
     """Each file's lines in runs of `docs_per_unit`, in input order; repeated keys marked.
     Every line is parsed once to learn its key (~50 us a document): with `ray` (RayOptions)
     and several files, the files are planned in parallel Ray tasks, the repeats found here."""
@@ -122,7 +130,7 @@ def units(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy = ne
         for line, code in keyed:
             scan.add(n, line, code)
     repeats = scan.repeats([p.name for p in files])
-    return [Unit(f"mmc4-{s.stem}-{i:05d}", Mmc4Unit(_with_repeats(s, repeats.get(n, [])), config, net_policy))
+    return [Unit(f"mmc4-{s.stem}-{i:05d}", Mmc4Unit(_with_repeats(s, repeats.get(n, [])), config, net_policy, media))
             for n, (slices, _) in enumerate(planned) for i, s in enumerate(slices)]
 
 
@@ -337,10 +345,11 @@ def _with_id(doc: Document, s: Slice) -> Document | dict:
 # ---- one document ---------------------------------------------------------------------------
 
 def process(unit: Mmc4Unit, writer: UnitWriter) -> None:
-    """Parse the unit's lines in order, fetch the documents' images in parallel, write in order."""
+    """Parse the unit's lines in order, fetch (or read) the documents' images in parallel,
+    write in order."""
     parsed = _parse_all(unit)
-    with net.Fetcher(unit.net) as fetcher, ThreadPoolExecutor(unit.config.fetch_workers) as pool:
-        build = partial(_outcome, config=unit.config, fetcher=fetcher)
+    with Media(unit.net, unit.media) as media, ThreadPoolExecutor(unit.config.fetch_workers) as pool:
+        build = partial(_outcome, config=unit.config, media=media, jsonl=Path(unit.slice.path).name)
         for row, status in pool.map(build, parsed):
             if row is not None:
                 writer.add_sample(row)
@@ -363,13 +372,13 @@ def _parse_all(unit: Mmc4Unit) -> list[Document | dict]:
     return out
 
 
-def _outcome(doc: Document | dict, *, config: Mmc4Config, fetcher: net.Fetcher) -> tuple[dict | None, dict]:
-    """(sample or None, status row) of one parsed line."""
+def _outcome(doc: Document | dict, *, config: Mmc4Config, media: Media, jsonl: str = "") -> tuple[dict | None, dict]:
+    """(sample or None, status row) of one parsed line of the file named `jsonl`."""
     if isinstance(doc, dict):
         return None, doc
     key = f"{KIND}:{doc.id}"
     dropped: list[dict] = []
-    kept = _fetch_best(doc, config, fetcher, dropped)
+    kept = _fetch_best(doc, config, media, dropped, jsonl)
     if not kept:
         return None, records.status(key, KIND, "no_images", input=doc.ref,
                                     error=f"no image left of {len(doc.images)}: {_summary(dropped)}")
@@ -387,8 +396,8 @@ def _summary(dropped: list[dict]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in sorted(Counter(d["reason"] for d in dropped).items()))
 
 
-def _fetch_best(doc: Document, config: Mmc4Config, fetcher: net.Fetcher,
-                dropped: list[dict]) -> list[tuple[Candidate, bytes]]:
+def _fetch_best(doc: Document, config: Mmc4Config, media: Media,
+                dropped: list[dict], jsonl: str) -> list[tuple[Candidate, bytes]]:
     """Up to max_images images, best similarity first; a failure makes room for the next best.
     Images with no sentence to sit before (unplaced) are dropped first, never fetched."""
     dropped += [_drop(c, "bad_match_index", c.unplaced) for c in doc.images if c.unplaced]
@@ -399,8 +408,9 @@ def _fetch_best(doc: Document, config: Mmc4Config, fetcher: net.Fetcher,
     kept = []
     while queue and len(kept) < config.max_images:
         candidate = queue.pop(0)
+        names = image_paths(candidate.name, jsonl) if media.local.image_root and candidate.name else None
         try:
-            kept.append((candidate, fetch_image(candidate.url, config, fetcher)))
+            kept.append((candidate, fetch_image(candidate.url, config, media, names=names)))
         except ImageDropped as e:
             dropped.append(_drop(candidate, e.reason, str(e)))
     dropped += [_drop(c, "over_max_images", f"more than {config.max_images} images") for c in queue]
@@ -412,15 +422,27 @@ def _drop(candidate: Candidate, reason: str, message: str) -> dict:
     return {"index": candidate.index, "url": candidate.url, "reason": reason, "message": message[:300]}
 
 
-def fetch_image(url: str, config: Mmc4Config, fetcher: net.Fetcher) -> bytes:
-    """The image's bytes as the corpus stores them, or ImageDropped with the reason."""
+def fetch_image(url: str, config: Mmc4Config, media: Media, *, names: list[str] | None = None) -> bytes:
+    """The image's bytes as the corpus stores them, or ImageDropped with the reason. With
+    `names` (image_paths), it is the first of them under --image-root, and `url` is not fetched."""
     try:
-        body = fetcher.get(url).body
+        body = (media.get_named(names[-1], names) if names else media.get(url)).body
     except net.FetchError as e:
         raise ImageDropped(e.reason, str(e)) from None
     if config.min_image_bytes and len(body) <= config.min_image_bytes:
         raise ImageDropped("too_small", f"{len(body)} bytes <= min_image_bytes {config.min_image_bytes}")
     return checked_image(body, config.max_image_pixels)
+
+
+def image_paths(name: str, jsonl: str) -> list[str]:
+    """Where an image_name may lie under --image-root, in the order looked: as MMC4's
+    download_images.py writes a shard's images (its default --output_image_dir,
+    <jsonl stem>_images/), as OpenFlamingo's convert_mmc4_to_wds.py reads them
+    (<shard number>/), and in one folder. The name is input data: the confined reader keeps
+    whatever it spells (../, /abs) inside the root."""
+    stem = jsonl.removesuffix(".jsonl")
+    shard = re.search(r"shard_(\d+)", stem)
+    return [f"{stem}_images/{name}", *([f"{int(shard.group(1))}/{name}"] if shard else []), name]
 
 
 def checked_image(body: bytes, max_pixels: int) -> bytes:
@@ -496,12 +518,14 @@ def input_files(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def make_mmc4(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy, output, ray=None):
+def make_mmc4(inputs: list[Path], config: Mmc4Config, net_policy: net.NetPolicy, output, ray=None, *,
+              media: LocalMedia = LocalMedia()):
     """Run the stage over the jsonl `inputs` (files or directories of *.jsonl) into output.out;
-    resumable, every document accounted for."""
+    resumable, every document accounted for. Images come from media's --image-root (by
+    image_name) when given, else from raw_url: fetched, or read under the media roots."""
     from emu_data.engine.stage import run_source
 
-    return run_source(SOURCE, config, input_files(inputs), output, ray, net=net_policy)
+    return run_source(SOURCE, config, input_files(inputs), output, ray, net=net_policy, media=media)
 
 
 @dataclass(frozen=True)
@@ -521,11 +545,13 @@ SOURCE = registry.register(registry.Source(
                 "gets a status reason.",
     epilog="examples:\n  emu-data mmc4 --input docs_shard_*.jsonl --out runs/mmc4\n"
            "  emu-data mmc4 --input docs/ --out runs/mmc4 --min-sim 0.32 --max-images 5   # Emu\n"
-           "  emu-data mmc4 --input docs/ --out runs/mmc4 --min-image-bytes 11000       # OpenFlamingo",
+           "  emu-data mmc4 --input docs/ --out runs/mmc4 --min-image-bytes 11000       # OpenFlamingo\n"
+           "  emu-data mmc4 --input docs/ --out runs/mmc4 --image-root /data/mmc4/images   # images on disk",
     config=Mmc4Config, inputs=Mmc4Inputs,
-    resolve=lambda given, net: input_files(given.input),
-    units=lambda files, config, ray, net: units(files, config, net, ray),
+    resolve=lambda given, net, media: input_files(given.input),
+    units=lambda files, config, ray, net, media: units(files, config, net, ray, media),
     process=process, layout=layout,
-    extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),),
+    extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),
+            Params("media", LocalMedia, "local copies (a mirror, MMC4's images on disk)")),
     site=registry.Site(site_mmc4.site_inputs, site_mmc4.publish_site),
 ))

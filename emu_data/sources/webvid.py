@@ -1,13 +1,16 @@
 """`emu-data webvid`: WebVid-10M video-text pairs (CSV) -> samples of sampled frames + caption.
 
-Per CSV row, as Emu uses WebVid: check the row, download the mp4 (net.Fetcher, size-capped),
-decode it in memory, take N frames at the centres of N equal spans of the stream's duration
+Per CSV row, as Emu uses WebVid: check the row, download the mp4 (net.Fetcher, size-capped)
+or, where contentUrl is a path or file:// URL, read it from a local copy under --media-root
+(net.media: confined to the roots, size-capped the same), decode it in memory, take N frames at the centres of N equal spans of the stream's duration
 (each the first frame at or after its time, with the frame's own pts time), store them as
 JPEG, and put the caption (`name`) last, at the last frame's time.
 
 Every data row ends as one sample or one status row with a reason: malformed_row,
 invalid_id, duplicate_key, missing_url, missing_caption, bad_duration, too_short, a fetch
-reason (http_404, timeout, too_large, ...), decode_error, decompression_bomb or invalid_record.
+reason (http_404, timeout, too_large, ...), a local file's reason (local_file_refused,
+outside_media_root, missing_file, not_a_file, read_error), decode_error, decompression_bomb
+or invalid_record.
 
 Keys are webvid:<videoid>. A videoid is used only after it matched `\\w+` (ASCII), and only
 in keys, never in a path. A row with no usable id (malformed or invalid) is keyed by file
@@ -30,7 +33,7 @@ import math
 import re
 from bisect import bisect_right
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
@@ -46,6 +49,7 @@ import av
 from emu_data.core import errors, images, records
 from emu_data import net
 from emu_data import sources as registry
+from emu_data.net.media import LocalMedia, Media
 from emu_data.core.options import Params, option, positive_int
 from emu_data.core.corpus import Unit, UnitWriter
 from emu_data.synthetic.site import webvid as site_webvid
@@ -56,8 +60,11 @@ from emu_data.synthetic import sample
 KIND = "webvid"
 REQUIRED_COLUMNS = ("videoid", "name", "duration", "contentUrl")
 VIDEO_ID = re.compile(r"\w{1,64}", re.ASCII)  # WebVid ids are digits; never a path part
+# missing_file and local_file_refused too: a mirror still syncing, or a run without (or with
+# the wrong) --media-root, is fixed by a rerun with --retry-failed
 RETRYABLE = frozenset({"rate_limited", "timeout", "connection_error", "truncated",
-                       "http_429", "http_500", "http_502", "http_503", "http_504"})
+                       "http_429", "http_500", "http_502", "http_503", "http_504",
+                       "missing_file", "local_file_refused"})
 # Config fields that change how fast a run goes, not what it writes: kept out of the layout
 # fingerprint (and, by repr=False, out of unit digests) so changing them never forces a redo.
 _SPEED_ONLY = ("fetch_workers",)
@@ -142,9 +149,13 @@ class WebvidUnit:
     slice: Slice
     config: WebvidConfig
     net: net.NetPolicy
+    # repr=False: where the copies live is not what they are (a mirror moved to another disk
+    # does not redo committed units; rows a wrong root left missing_file are --retry-failed)
+    media: LocalMedia = field(default=LocalMedia(), repr=False)
 
 
-def units(inputs: list[Path], config: WebvidConfig, net_policy: net.NetPolicy = net.NetPolicy()) -> list[Unit]:
+def units(inputs: list[Path], config: WebvidConfig, net_policy: net.NetPolicy = net.NetPolicy(),
+          media: LocalMedia = LocalMedia()) -> list[Unit]:
     """Each file's data rows in runs of `rows_per_unit`, in input order."""
     files = textfiles.input_files(inputs, ".csv")
     stems = textfiles.distinct_stems(files, _stem)
@@ -153,7 +164,7 @@ def units(inputs: list[Path], config: WebvidConfig, net_policy: net.NetPolicy = 
                 for n, (path, stem) in enumerate(zip(files, stems))]
     repeats = ids.repeats([p.name for p in files])
     per_file = [[_with_repeats(s, repeats.get(n, [])) for s in slices] for n, slices in enumerate(per_file)]
-    return [Unit(f"webvid-{s.stem}-{i:05d}", WebvidUnit(s, config, net_policy))
+    return [Unit(f"webvid-{s.stem}-{i:05d}", WebvidUnit(s, config, net_policy, media))
             for slices in per_file for i, s in enumerate(slices)]
 
 
@@ -322,7 +333,7 @@ def parse_row(line: int, fields, s: Slice, config: WebvidConfig) -> Video:
 
 
 def _outcome(item: tuple[int, tuple[str, ...] | str], *, s: Slice, config: WebvidConfig,
-             fetcher: net.Fetcher) -> tuple[dict | None, dict]:
+             media: Media) -> tuple[dict | None, dict]:
     """(sample or None, status row) of one CSV row."""
     line, fields = item
     key = row_key(line, fields, s)
@@ -333,7 +344,7 @@ def _outcome(item: tuple[int, tuple[str, ...] | str], *, s: Slice, config: Webvi
     attempts = 1
     try:
         video = parse_row(line, fields, s, config)
-        fetched = fetcher.get(video.url)
+        fetched = media.get(video.url)   # a URL, or a file under --media-root
         attempts = fetched.attempts
         sampled = sample_video(fetched.body, config)
         row = records.sample(key, KIND, [*sampled.images, video.caption],
@@ -364,10 +375,10 @@ def _meta(video: Video, sampled: "SampledVideo", fetched: net.FetchResult) -> di
 
 
 def process(unit: WebvidUnit, writer: UnitWriter) -> None:
-    """Read the unit's rows in order, download and decode in parallel, write in row order."""
+    """Read the unit's rows in order, fetch (or read) and decode in parallel, write in row order."""
     rows = read_rows(unit.slice)
-    with net.Fetcher(unit.net) as fetcher, ThreadPoolExecutor(unit.config.fetch_workers) as pool:
-        build = partial(_outcome, s=unit.slice, config=unit.config, fetcher=fetcher)
+    with Media(unit.net, unit.media) as media, ThreadPoolExecutor(unit.config.fetch_workers) as pool:
+        build = partial(_outcome, s=unit.slice, config=unit.config, media=media)
         for row, status in pool.map(build, rows):
             if row is not None:
                 writer.add_sample(row)
@@ -554,14 +565,16 @@ def input_files(inputs: list[Path]) -> list[Path]:
 
 
 def make_webvid(inputs: list[Path], config: WebvidConfig, net_policy: net.NetPolicy, output, ray=None,
-                *, retry_failed: bool = False):
+                *, retry_failed: bool = False, media: LocalMedia = LocalMedia()):
     """Run the stage over the CSV `inputs` (files or directories of *.csv) into output.out;
     resumable, every row accounted for. retry_failed reruns committed units holding a
-    retryable reason (timeout, 5xx, rate limits, cut-off bodies). Each video is cut at the
-    net policy's max_bytes (--max-bytes) and reported too_large."""
+    retryable reason (timeout, 5xx, rate limits, cut-off bodies, files missing under the
+    media roots). Each video is cut at the net policy's max_bytes (--max-bytes) and reported
+    too_large; contentUrl values that are paths or file:// URLs are read under media's roots."""
     from emu_data.engine.stage import run_source
 
-    return run_source(SOURCE, config, input_files(inputs), output, ray, retry_failed, net=net_policy)
+    return run_source(SOURCE, config, input_files(inputs), output, ray, retry_failed, net=net_policy,
+                      media=media)
 
 
 @dataclass(frozen=True)
@@ -574,14 +587,18 @@ SOURCE = registry.register(registry.Source(
     name="webvid",
     kinds=(registry.Kind(KIND, emu_weight=16, colour="#dd6b20", pair_rank=2, sample=sample.webvid_clip),),
     help="WebVid CSV -> N uniformly sampled frames (with times) + caption per video",
-    description="Each mp4 downloaded (cut at --max-bytes), decoded with PyAV, N frames sampled at the "
+    description="Each mp4 downloaded (cut at --max-bytes), or read from a local copy where contentUrl is a "
+                "path or file:// URL (--media-root), decoded with PyAV, N frames sampled at the "
                 "centres of N equal spans with their real times, caption from `name`. Short, corrupt, "
-                "too large or undecodable videos get status reasons.",
-    epilog="example: emu-data webvid --input results_2M_train.csv --out runs/webvid --frames 8",
+                "too large, missing or undecodable videos get status reasons.",
+    epilog="examples:\n  emu-data webvid --input results_2M_train.csv --out runs/webvid --frames 8\n"
+           "  emu-data webvid --input local.csv --media-root /data/webvid --out runs/webvid"
+           "   # contentUrl: videos/1234.mp4",
     config=WebvidConfig, inputs=WebvidInputs,
-    resolve=lambda given, net: input_files(given.input),
-    units=lambda files, config, ray, net: units(files, config, net),
+    resolve=lambda given, net, media: input_files(given.input),
+    units=lambda files, config, ray, net, media: units(files, config, net, media),
     process=process, layout=layout, retryable=RETRYABLE,
-    extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),),
+    extras=(Params("net", net.NetPolicy, "downloads (the HTTP policy)"),
+            Params("media", LocalMedia, "local copies (WebVid's URLs were withdrawn in 2024)", only=("media_root",))),
     site=registry.Site(site_webvid.site_inputs, site_webvid.publish_site),
 ))
