@@ -5,6 +5,10 @@ duration as ISO-8601 like PT00H00M04S, contentUrl), with faults planted on reque
 The mp4s are what the webvid stage really downloads and decodes: frame k of a clip is
 world.render(clip.scene_at(k / fps)) at pts k / fps, so a test can check that a sampled
 frame shows the scene of the time recorded for it.
+
+WebVid's URLs were withdrawn in 2024, and research groups keep local copies: publish_local_copy
+writes one of published clips (the mp4s, and each CSV again with contentUrl a path relative
+to the copy's folder, the --media-root), so the local path runs on the same clips.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import csv
 import random
 import re
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,18 +165,66 @@ def encode_clip(path: Path, clip: world.Clip, fps: int, size: int, *, faststart:
         container.mux(stream.encode())
 
 
+LOCAL_FOLDER = "webvid_local"
+
+
+def publish_local_copy(root: Path, published: list[Published], *, file_urls: bool = False) -> list[Published]:
+    """A local-files copy of published clips: each mp4 copied under root/webvid_local/videos/
+    and each of their CSVs written again under root/webvid_local/ with the same rows, line for
+    line, but contentUrl a path relative to root/webvid_local (the --media-root to give), or
+    with file_urls a file:// URL. A clip the server lacks (fault missing) is missing here too."""
+    folder = Path(root) / LOCAL_FOLDER
+    (folder / "videos").mkdir(parents=True, exist_ok=True)
+    copies: list[Published] = []
+    for path in dict.fromkeys(p.path for p in published):
+        copies += _local_csv(folder, path, [p for p in published if p.path == path], file_urls)
+    return copies
+
+
+def _local_csv(folder: Path, source: Path, rows: list[Published], file_urls: bool) -> list[Published]:
+    """source rewritten into folder: the same records, each row's contentUrl made local."""
+    with open(source, newline="", encoding="utf-8") as f:
+        header, *records = list(csv.reader(f))
+    column = header.index("contentUrl")
+    copies = []
+    for record, row in zip(records, rows, strict=True):
+        local = _local_video(folder, source.parent, row, file_urls)
+        if column < len(record):   # a malformed row may lack it
+            record[column] = local
+        copies.append(Published(row.clip, folder / source.name, row.line, {**row.record, "contentUrl": local}))
+    with open(folder / source.name, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *records])
+    return copies
+
+
+def _local_video(folder: Path, published: Path, row: Published, file_urls: bool) -> str:
+    """The clip's mp4 copied (if the site has one) and the contentUrl that names the copy."""
+    if not row.record["contentUrl"]:   # the no_url fault stays empty
+        return ""
+    name = f"{row.clip.videoid}.mp4"
+    if (published / name).exists():
+        shutil.copyfile(published / name, folder / "videos" / name)
+    return (folder / "videos" / name).resolve().as_uri() if file_urls else f"videos/{name}"
+
+
 # ---- in the whole sample site (bundle.py) ---------------------------------------------------------
 
 FAULTS_PLANTED = ("missing", "truncated")
 SITE_PREFIX = "results_2M_train"   # WebVid's own CSV name
 
 
-def site_inputs(root: Path) -> dict[str, list[Path]]:
-    return {"webvid": [root / "webvid" / f"{SITE_PREFIX}_0.csv"]}
+def site_inputs(root: Path) -> dict[str, list[Path] | Path]:
+    """webvid: the CSV whose URLs the site serves; webvid_local: the same rows naming local
+    copies, read with --media-root ${site.webvid_media}."""
+    return {"webvid": [root / "webvid" / f"{SITE_PREFIX}_0.csv"],
+            "webvid_local": [root / LOCAL_FOLDER / f"{SITE_PREFIX}_0.csv"],
+            "webvid_media": root / LOCAL_FOLDER}
 
 
 def publish_site(root: Path, base_url: str, config) -> None:
     from emu_data.synthetic.site.bundle import fault
 
-    publish_webvid(root, base_url, [SiteClip(f"{i}", seed=config.seed, fault=fault(i, config, FAULTS_PLANTED))
-                                    for i in range(config.clips)], prefix=SITE_PREFIX)
+    published = publish_webvid(root, base_url, [SiteClip(f"{i}", seed=config.seed,
+                                                         fault=fault(i, config, FAULTS_PLANTED))
+                                                for i in range(config.clips)], prefix=SITE_PREFIX)
+    publish_local_copy(root, published)
