@@ -11,6 +11,7 @@ import csv
 import io
 import json
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -171,3 +172,20 @@ def test_only_the_mp4_demuxer_reads_downloaded_bytes():
     with pytest.raises(webvid.VideoError) as e:  # never handed to FFmpeg's HLS demuxer, which fetches
         webvid.sample_video(playlist, webvid.WebvidConfig())
     assert e.value.reason == "decode_error"
+
+
+def test_frames_left_undecoded_change_no_output(site, monkeypatch):
+    """sample_video has the decoder skip non-reference frames shown before the time it looks
+    for (the clip has 27 in 70): its frames, times and JPEG bytes are those of decoding every
+    frame."""
+    data = (site[0] / "webvid" / "1002.mp4").read_bytes()
+    with av.open(io.BytesIO(data)) as container:
+        container.streams.video[0].codec_context.skip_frame = "NONREF"
+        assert sum(1 for _ in container.decode(video=0)) < 70   # the clip has frames to skip
+    for config in (webvid.WebvidConfig(), webvid.WebvidConfig(frames=3), webvid.WebvidConfig(frames=30)):
+        skipping = webvid.sample_video(data, config)
+        with monkeypatch.context() as patch:
+            patch.setattr(webvid, "_frames", lambda container, stream, wanted: (
+                f for f in container.decode(stream) if f.pts is not None))
+            every = webvid.sample_video(data, config)
+        assert (skipping.times, skipping.images) == (every.times, every.images)
