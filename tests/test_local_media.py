@@ -37,6 +37,8 @@ from emu_data.core.shards import ShardLimits, read_shard
 from emu_data.engine.stage import OutputOptions
 from emu_data.net import media
 from emu_data.net.media import LocalMedia
+from emu_data.pipeline import recipe as recipes
+from emu_data.pipeline import stages as stage_plan
 from emu_data.sources import laion, mmc4, webvid
 from emu_data.synthetic import world
 from emu_data.synthetic.site import serve
@@ -125,20 +127,44 @@ def webvid_site(tmp_path_factory):
         yield root, site_webvid.site_inputs(root)
 
 
-def test_webvid_local_copy_gives_the_servers_samples(webvid_site, tmp_path, ray_session):
-    root, inputs = webvid_site
-    config = webvid.WebvidConfig(rows_per_unit=4, fetch_workers=2)
-    webvid.make_webvid(inputs["webvid"], config, LOOPBACK, OutputOptions(tmp_path / "remote"), ray_session)
+WEBVID_CONFIG = webvid.WebvidConfig(rows_per_unit=4, fetch_workers=2)
+
+
+@pytest.fixture(scope="module")
+def webvid_remote(webvid_site, tmp_path_factory, ray_session) -> Path:
+    """The site's CSV as served: the corpus the local copy must reproduce."""
+    out = tmp_path_factory.mktemp("webvid-remote") / "corpus"
+    webvid.make_webvid(webvid_site[1]["webvid"], WEBVID_CONFIG, LOOPBACK, OutputOptions(out), ray_session)
+    return out
+
+
+def test_webvid_local_copy_gives_the_servers_samples(webvid_site, webvid_remote, tmp_path, ray_session):
+    _, inputs = webvid_site
     assert cli.main(["webvid", "--input", str(inputs["webvid_local"][0]), "--media-root", str(inputs["webvid_media"]),
                      "--rows-per-unit", "4", "--fetch-workers", "2", "--out", str(tmp_path / "local")]) == 0
-    _same_corpus(tmp_path / "remote", tmp_path / "local")
+    _same_corpus(webvid_remote, tmp_path / "local")
     assert {r["status"] for r in _rows(tmp_path / "local", "status")} == {"ok", "missing_file", "decode_error"}
     meta = json.loads(_rows(tmp_path / "local")[0]["meta"])
     assert meta["url"].startswith("videos/") and meta["bytes"] > 0
+    saved = json.loads((tmp_path / "local" / "_config.json").read_text())
+    assert saved["media"]["media_root"] == [os.path.realpath(inputs["webvid_media"])]
+
+
+def test_a_recipe_stage_reads_the_local_copy(webvid_site, webvid_remote, tmp_path, ray_session):
+    """media_root in a recipe, from the site's webvid_media: planned, checked and run as the CLI's."""
+    _, inputs = webvid_site
+    path = tmp_path / "local.yaml"
+    path.write_text("stages:\n  webvid_local:\n    command: webvid\n    input: ${site.webvid_local}\n"
+                    "    media_root: ${site.webvid_media}\n    rows_per_unit: 4\n    fetch_workers: 2\n")
+    site = {name: [str(p) for p in where] if isinstance(where, list) else str(where) for name, where in inputs.items()}
+    [stage] = stage_plan.plan(recipes.load(path), tmp_path / "run", site)
+    assert stage.argv[stage.argv.index("--media-root") + 1] == str(inputs["webvid_media"])
+    assert stage.run() == 0
+    _same_corpus(webvid_remote, stage.out)
 
 
 def test_webvid_file_urls_give_the_servers_samples(tmp_path, ray_session):
-    config = webvid.WebvidConfig(rows_per_unit=4, fetch_workers=2)
+    config = WEBVID_CONFIG
     (tmp_path / "site").mkdir()
     with serve(tmp_path / "site") as base:
         published = site_webvid.publish_webvid(tmp_path / "site", base, [
