@@ -9,8 +9,9 @@ media reference in an input list (contentUrl, URL, raw_url) may be
 * a file:// URL, an absolute path, or a path relative to a media root (`--media-root DIR`,
   repeatable; a relative path is looked for under each root in order): read from disk.
 
-`Media.get` is the one call every downloading source makes, so all of them share one
-boundary. The lists are written by strangers, so a local reference is as hostile as a URL:
+`Media` is the one object the downloading sources read references through (WebVid and
+MMC4 for every reference; LAION for its local rows, its URLs going to img2dataset under
+net.guard as before), so they share one boundary. The lists are written by strangers, so a local reference is as hostile as a URL:
 `file:///etc/passwd`, `../../x`, a symlink out of the root, a FIFO (opening one blocks), a
 device (/dev/zero never ends), a NUL byte. Each ends as a FetchError with a status reason,
 never as an exception, a hang or a read outside the roots:
@@ -68,7 +69,8 @@ class LocalMedia:
         help="a folder of local copies of the media (a mirror, an earlier download): a URL that is a "
              "path relative to DIR, or a file:// URL or absolute path inside it, is read from disk, never "
              "from outside DIR (outside_media_root); repeatable, a relative path is looked for under each "
-             "DIR in order; without it, local paths and file:// URLs are refused (local_file_refused)")
+             "DIR in order; files over --max-bytes are too_large, as downloads; without it, local paths "
+             "and file:// URLs are refused (local_file_refused)")
     image_root: str | None = option(
         None, parse=Path, metavar="DIR",
         help="MMC4 images by their image_name, as MMC4's download_images.py lays a shard out "
