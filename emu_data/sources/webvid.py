@@ -45,6 +45,7 @@ from typing import BinaryIO, Iterator
 # frames, decodes from bytes in memory (no temp files), and is the FFmpeg binding
 # video2dataset also uses.
 import av
+from PIL import Image
 
 from emu_data.core import errors, images, records
 from emu_data import net
@@ -556,9 +557,15 @@ def _encode(frame, config: WebvidConfig) -> tuple[bytes, tuple[int, int]]:
     _refuse_bomb(frame.width, frame.height, config)  # a stream may change its frame size midway
     size = _fit(frame.width, frame.height, config.frame_size)
     if size == (frame.width, frame.height):
-        image = frame.to_image()
+        rgb = frame.reformat(format="rgb24")
     else:
-        image = frame.to_image(width=size[0], height=size[1], interpolation="AREA")
+        rgb = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
+    # The pixels to_image() would give, read straight from the plane (its stride skipped by
+    # Pillow's raw decoder): to_image copies row by row through Python bytes, which cost
+    # more than the swscale pass itself (measured at 596x336 -> 512x289: 5.2 ms a frame,
+    # 2.5 ms this way).
+    plane = rgb.planes[0]
+    image = Image.frombuffer("RGB", size, plane, "raw", "RGB", plane.line_size, 1)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=config.jpeg_quality)
     return buffer.getvalue(), size
