@@ -326,6 +326,14 @@ def frames_per_clip(listed: list[Listed], interval: float, frames: int = 8) -> c
     return counts
 
 
+def outside_span(listed: list[Listed], interval: float) -> int:
+    """Clips no tile falls inside of: tiles_for gives them the nearest tile outside their span
+    (with Panda's clips, cut at shot boundaries, likely a neighbouring shot)."""
+    return sum(not any(a <= min(k * interval, item.video.duration) <= b
+                       for k in range(math.ceil(item.video.duration / interval) + 1))
+               for item in listed for a, b in item.spans)
+
+
 def share(counts: collections.Counter) -> str:
     total = sum(counts.values())
     return ", ".join(f"{k}: {counts[k] / total:.0%}" if counts[k] / total >= 0.005 else f"{k}: <1%"
@@ -444,6 +452,7 @@ def summarise(args, listed, n_clips, videos, datas, runs, profiled, load_before)
         },
         "frames_per_clip_by_interval": {str(i): dict(sorted(frames_per_clip(listed, i).items()))
                                         for i in (2.0, 5.0, 10.0)},
+        "no_tile_inside_span_by_interval": {str(i): outside_span(listed, i) for i in (2.0, 5.0, 10.0)},
         "video": {
             "clips": len(datas), "clip_s_mean": round(float(np.mean([s for _, s in videos])), 2),
             "ms_per_clip": [round(s / len(datas) * 1e3, 2) for s, _ in runs["video"]],
@@ -509,14 +518,16 @@ def markdown(r: dict) -> str:
         f"({sb['mosaic_requests'] / c['videos']:.2f} a video) |",
         f"| clips per mosaic request | {sb['clips_per_mosaic_request']} |",
         "",
-        "| tile spacing | frames per clip: share of clips | mean |",
-        "|---|---|---|",
+        "| tile spacing | frames per clip: share of clips | mean | no tile inside the span (given the nearest) |",
+        "|---|---|---|---|",
     ]
     for interval, counts in r["frames_per_clip_by_interval"].items():
         counts = collections.Counter({int(k): n for k, n in counts.items()})
         mean = sum(k * n for k, n in counts.items()) / sum(counts.values())
         said = "the site's, in the run" if float(interval) == c["interval"] else "tiles_for on the same clips"
-        lines.append(f"| {float(interval):g} s ({said}) | {share(counts)} | {mean:.2f} |")
+        outside = r["no_tile_inside_span_by_interval"][interval]
+        lines.append(f"| {float(interval):g} s ({said}) | {share(counts)} | {mean:.2f} | "
+                     f"{outside / sum(counts.values()):.0%} |")
     shares = sb["in_process_profile_shares"]
     lines += ["", "One process's time (cProfile, cumulative share): " +
               "; ".join(f"{k.strip()} {v:.0%}" for k, v in shares.items() if k != "profiled_seconds") +
