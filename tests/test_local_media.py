@@ -177,6 +177,23 @@ def test_webvid_file_urls_give_the_servers_samples(tmp_path, ray_session):
     _same_corpus(tmp_path / "remote", tmp_path / "local")
 
 
+def test_a_run_without_the_right_root_is_finished_by_retry_failed(tmp_path, ray_session):
+    """Rows that found no root (local_file_refused) or no file (missing_file) are retryable:
+    rerun with the right --media-root and --retry-failed, they become samples. The root is
+    not part of a unit's identity, so nothing else is redone."""
+    clips = [site_webvid.SiteClip(f"{i}", duration=2.0, fps=5, size=64) for i in range(3)]
+    published = site_webvid.publish_webvid(tmp_path / "site", "http://127.0.0.1:9", clips)
+    copy = site_webvid.publish_local_copy(tmp_path / "site", published)
+    (tmp_path / "empty").mkdir()
+    config, out = replace(WEBVID_CONFIG, frames=2, min_duration=0.5, rows_per_unit=2), OutputOptions(tmp_path / "out")
+    for local, retry, expected in ((LocalMedia(), False, {"local_file_refused"}),
+                                   (LocalMedia((tmp_path / "empty",)), True, {"missing_file"}),
+                                   (LocalMedia((tmp_path / "site" / site_webvid.LOCAL_FOLDER,)), True, {"ok"})):
+        webvid.make_webvid([copy[0].path], config, GUARDED, out, ray_session, retry_failed=retry, media=local)
+        assert {r["status"] for r in _rows(out.out, "status")} == expected
+    assert len(_samples(out.out)) == 3
+
+
 # ---- the same samples: LAION ----------------------------------------------------------------------
 
 PAIRS = [SitePair(0), SitePair(1), SitePair(2, "404"), SitePair(3, "truncated"), SitePair(4, "gif"),
