@@ -245,6 +245,19 @@ def test_laion_local_rows_give_the_servers_samples(config, file_urls, tmp_path, 
         assert min(min(s) for s in sizes) == 64   # img2dataset's keep_ratio: the short side to 64
 
 
+def test_laion_local_rows_keep_the_hash_check(jail, tmp_path):
+    """--verify-hash applies to a local file's bytes as to a download's (img2dataset's check)."""
+    root, _ = jail
+    digest = hashlib.sha256((root / "img" / "ok.jpg").read_bytes()).hexdigest()
+    parquet = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"URL": ["img/ok.jpg", (root / "img" / "ok.jpg").as_uri()],
+                             "TEXT": ["right hash", "wrong hash"], "sha256": [digest, "0" * 64]}), parquet)
+    config = replace(KEPT, verify_hash=("sha256", "sha256"))
+    [unit] = laion.units([parquet], config, GUARDED, LocalMedia((root,)))
+    _, status = _run_unit(laion.process, unit.payload, tmp_path / "out")
+    assert [(r["status"], r["attempts"]) for r in status] == [("ok", 1), ("hash_mismatch", 1)]
+
+
 # ---- the same samples: MMC4 -----------------------------------------------------------------------
 
 DOCS = [SiteDocument("m1", n_images=2), SiteDocument("m2", n_images=3),
