@@ -411,6 +411,7 @@ def dds_unknown_pixel_format() -> bytes:
 def format_seeds() -> dict[str, bytes]:
     """A small image in every format the installed Pillow can write (its plugins as they are)."""
     seeds = {}
+    Image.init()   # every plugin registered: Image.SAVE is filled lazily, so alone it held only a few
     picture = Image.radial_gradient("L").resize((32, 24)).convert("RGB")
     for name in sorted(Image.SAVE):
         for mode in ("RGB", "L", "1"):
