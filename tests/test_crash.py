@@ -374,6 +374,26 @@ def test_a_rerun_waits_for_a_dead_drivers_worker_that_still_writes_a_unit(tmp_pa
     assert not list(out.rglob(f"{TMP_PREFIX}*"))
 
 
+def test_a_task_the_killed_run_had_queued_writes_nothing_once_a_rerun_has_prepared(tmp_path):
+    """The CI failure behind the driver-kill test: a unit task of the killed run started after
+    the rerun had prepared (and committed the same unit) and replaced its shard. A writer of any
+    run but the one that prepared the directory last is refused before it writes a byte."""
+    out, fingerprint = tmp_path / "corpus", "f" * 64
+    unit = corpus.Unit("u-00000", ["laion:1", "laion:2"])
+    out.mkdir()
+    corpus.prepare(out, {}, fingerprint, [unit], run_id="killed")
+    corpus.prepare(out, {}, fingerprint, [unit], run_id="rerun")
+    part = UnitTask(out, ShardLimits(max_rows=1), fingerprint, _two_samples, "rerun")(unit)
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    stale = UnitTask(out, ShardLimits(max_rows=1000), fingerprint, _two_samples, "killed")
+    with pytest.raises(corpus.StaleRun, match="another run"):
+        stale(unit)
+    after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert corpus.committed_parts(out) == {"u-00000": part}
+
+
 # ---- write errors ---------------------------------------------------------------------
 
 def _one_line_error(text: str, *fragments: str) -> None:

@@ -17,8 +17,10 @@ equals an uninterrupted run.
 A driver killed with kill -9 leaves Ray workers that finish (or die in) the unit they hold
 for a while after it. Every unit writer holds a shared lock on `.lock` while it writes; a
 run takes it exclusively while it prepares the directory, so it waits for such writers
-before deciding what is committed and deleting what is not, and they can never write the
-same unit at the same time as its own workers. Before the manifest, whatever no committed
+before deciding what is committed and deleting what is not. The run also writes its id into
+`.lock` then; a unit writer reads it under its shared lock and refuses to start for any other
+run, so a task the killed run had queued, started after the rerun prepared, writes nothing
+(it once replaced a shard the rerun had committed). Before the manifest, whatever no committed
 unit claims (an attempt that died on a worker) is removed once more, so the finished
 directory holds exactly the listed files.
 """
@@ -45,6 +47,10 @@ log = logging.getLogger(__name__)
 
 DATA_DIR, STATUS_DIR, PARTS_DIR = "data", "status", "_parts"
 CONFIG_NAME, CARD_NAME, LOCK_NAME = "_config.json", "README.md", ".lock"
+
+
+class StaleRun(RuntimeError):
+    """A unit writer of a run that another run has since replaced in the same directory."""
 
 
 class LayoutChanged(errors.UsageError):
@@ -106,6 +112,31 @@ class UnitWriter:
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
+class _Lock:
+    """The open `.lock` file: its content is the id of the run that last prepared the directory."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def owner(self) -> str:
+        return os.pread(self.fd, 256, 0).decode("ascii", "replace").strip()
+
+    def claim(self, run_id: str) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, run_id.encode("ascii"), 0)
+
+
+@contextlib.contextmanager
+def unit_writing(out: Path, run_id: str | None):
+    """Held by a unit writer: the shared lock, for the run that prepared `out` (run_id), only.
+    None skips the check (a writer outside any run, as in tests of the commit protocol)."""
+    with writers_lock(out, exclusive=False) as lock:
+        if run_id is not None and lock.owner() != run_id:
+            raise StaleRun(f"{out} was prepared by another run since this unit was handed out; "
+                           "it is not written (a task of a stopped run)")
+        yield
+
+
 @contextlib.contextmanager
 def writers_lock(out: Path, *, exclusive: bool):
     """Hold `out/.lock`: shared by every unit writer, exclusive while a run prepares `out`.
@@ -134,7 +165,7 @@ def writers_lock(out: Path, *, exclusive: bool):
                 raise
             log.warning("%s: no file locks on this filesystem (%s); a rerun must not start while "
                         "workers of a killed run may still be writing", out, os.strerror(e.errno))
-        yield
+        yield _Lock(fd)
     finally:
         os.close(fd)   # releases the lock
 
@@ -153,11 +184,12 @@ def _lock_holder(fd: int) -> int | None:
 
 
 def prepare(out: Path, config: dict, fingerprint: str, units: list[Unit], *,
-            overwrite: bool = False, redo=None) -> dict[str, dict]:
+            overwrite: bool = False, redo=None, run_id: str | None = None) -> dict[str, dict]:
     """Make `out` ready for a run; return the committed parts that can be kept, by unit id.
 
     Kept: parts of the given units whose inputs are unchanged (same digest) and that
     `redo(part)` does not ask to run again (e.g. they hold retryable failures).
+    run_id: from now on only unit writers of this run may write (`unit_writing`).
     """
     out = Path(out)
     with writing(out):
@@ -165,7 +197,9 @@ def prepare(out: Path, config: dict, fingerprint: str, units: list[Unit], *,
             raise OutputError(out, "not a directory")
         out.mkdir(parents=True, exist_ok=True)
     # waits for writers a killed run left behind: what they commit meanwhile counts
-    with writers_lock(out, exclusive=True), writing(out):
+    with writers_lock(out, exclusive=True) as lock, writing(out):
+        if run_id is not None:
+            lock.claim(run_id)
         if overwrite:
             clear(out)
         _refuse_other_layout(out, fingerprint)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -54,11 +55,12 @@ class UnitTask:
     limits: ShardLimits
     fingerprint: str
     process: Callable[[object, UnitWriter], None]
+    run_id: str | None = None
 
     def __call__(self, unit: Unit) -> dict:
-        # shared: a rerun that starts while this worker still writes (its driver was killed)
-        # waits for it before it looks at what is committed
-        with corpus.writers_lock(self.out, exclusive=False):
+        # a rerun that starts while this worker still writes (its driver was killed) waits for
+        # it before it looks at what is committed; one that has started refuses this worker
+        with corpus.unit_writing(self.out, self.run_id):
             writer = UnitWriter(self.out, unit.id, self.limits)
             try:
                 self.process(unit.payload, writer)
@@ -102,11 +104,12 @@ def _run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWri
             and corpus.is_complete(out, fingerprint) and _same_units(out, units)):
         log.info("%s is complete (manifest present): nothing to do", out)
         return StageResult(manifest.read(out), skipped_units=len(units), reused=True)
-    kept = corpus.prepare(out, config, fingerprint, units, overwrite=output.overwrite, redo=redo)
+    run_id = uuid.uuid4().hex
+    kept = corpus.prepare(out, config, fingerprint, units, overwrite=output.overwrite, redo=redo, run_id=run_id)
     todo = [u for u in units if u.id not in kept]
     if kept:
         log.info("resuming %s: %d unit(s) already committed, %d to run", out, len(kept), len(todo))
-    task = UnitTask(out, output.limits, fingerprint, process)
+    task = UnitTask(out, output.limits, fingerprint, process, run_id)
     failures = []
     results = runtime.map_tasks(task, todo, options=ray, desc=stage, total=len(todo), postfix=progress)
     try:
