@@ -15,7 +15,7 @@ from PIL import Image
 
 from emu_data import cli
 from emu_data.core import manifest, records
-from emu_data.ops import mix
+from emu_data.ops import mix, mixpasses
 from emu_data.core.corpus import Unit, shard_paths
 from emu_data.synthetic import sample
 from emu_data.core.shards import read_shard
@@ -192,9 +192,12 @@ def test_a_corrupted_input_is_refused_before_anything_is_written(two_corpora, co
 
 # ---- issue 15 (8): planning is linear in the number of duplicates ---------------------
 
-def _key_duplicates(n: int) -> list[mix.Entry]:
-    """n samples of 10 keys: all but 10 are dropped as duplicate_key."""
-    return [mix.Entry(f"k{i % 10}", "laion", "/in/s.arrow", i, None, f"image{i}") for i in range(n)]
+def _key_duplicates(n: int):
+    """n entries of 10 keys in input order: all but 10 are dropped as duplicate_key."""
+    import pyarrow as pa
+    return pa.table({"pos": list(range(n)), "key": [f"k{i % 10}" for i in range(n)], "source": ["laion"] * n,
+                     "url": [None] * n, "image": [bytes([i % 256]) * 32 for i in range(n)], "size": [1] * n},
+                    schema=mixpasses.ENTRY)
 
 
 @contextlib.contextmanager
@@ -222,12 +225,12 @@ def _cpu_seconds(fn, *args) -> float:
 def test_planning_is_linear_in_duplicates():
     """10x the duplicates may cost at most 30x the CPU time, measured in the same run
     (linear is ~10x; rescanning the dropped list per duplicate was ~100x: 20k took 34 s)."""
-    config = mix.MixConfig(weights={"laion": 1})
     small, large = _key_duplicates(10_000), _key_duplicates(100_000)
-    base = min(_cpu_seconds(mix.plan, small, config) for _ in range(3))
+    base = min(_cpu_seconds(mixpasses.first_occurrences, small, "key") for _ in range(3))
     with _cpu_budget(30 * base):
-        the_plan = mix.plan(large, config)
-    keys = [e.key for e, reason, _ in the_plan.left_out if reason == "duplicate_key"]
+        keep, dropped = mixpasses.first_occurrences(large, "key")
+    assert keep.sum() == 10 and set(dropped.column("reason").to_pylist()) == {"duplicate_key"}
+    keys = dropped.column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 99_990
     assert keys[:11] == [f"k{i}#dup1" for i in range(10)] + ["k0#dup2"] and keys[-1] == "k9#dup9999"
 

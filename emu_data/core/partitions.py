@@ -15,6 +15,7 @@ value are independent.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -45,9 +46,9 @@ def partition_of(hashes: np.ndarray, parts: int) -> np.ndarray:
     return ((hashes >> np.uint64(32)).astype(np.int64) * parts) >> 32
 
 
-def partitions_for(rows: int, per_partition: int = DEFAULT_ROWS_PER_PARTITION) -> int:
+def partitions_for(rows: int, per_partition: int | None = None) -> int:
     """How many partitions a pass over `rows` rows uses (a function of the input alone)."""
-    return max(1, min(MAX_PARTITIONS, -(-rows // per_partition)))
+    return max(1, min(MAX_PARTITIONS, -(-rows // (per_partition or DEFAULT_ROWS_PER_PARTITION))))
 
 
 def write(path: Path, table: pa.Table, partition: np.ndarray, parts: int) -> None:
@@ -59,7 +60,8 @@ def write(path: Path, table: pa.Table, partition: np.ndarray, parts: int) -> Non
     columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
                for c in table.take(pa.array(order, type=pa.int64())).columns]
     path = Path(path)
-    tmp = path.with_name(TMP_PREFIX + path.name)
+    # a unique temporary name: a worker a killed run left may write the same file meanwhile
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:

@@ -90,16 +90,29 @@ def run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWrit
     progress() -> a few words for the progress bar (the youtube identities' rates).
     """
     with runlock.held(Path(output.out)):
-        return _run_stage(stage, units, process, output=output, layout=layout, config=config, ray=ray, redo=redo,
-                          progress=progress)
+        return run_held(stage, units, process, output=output, layout=layout, config=config, ray=ray, redo=redo,
+                        progress=progress)
 
 
-def _run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWriter], None], *,
-               output: OutputOptions, layout: dict, config: dict, ray: runtime.RayOptions, redo,
-               progress) -> StageResult:
+def finished(stage: str, output: OutputOptions, layout: dict) -> StageResult | None:
+    """The result of a finished run with this layout in output.out, if there is one: for a
+    stage whose planning is itself work (mix) and that can tell before it plans."""
     out = Path(output.out)
-    layout = {"stage": stage, "shard_limits": asdict(output.limits), **layout}
-    fingerprint = manifest.fingerprint(layout)
+    if output.overwrite or not out.exists() or not corpus.is_complete(out, _fingerprint(stage, output, layout)):
+        return None
+    return StageResult(manifest.read(out), reused=True)
+
+
+def _fingerprint(stage: str, output: OutputOptions, layout: dict) -> str:
+    return manifest.fingerprint({"stage": stage, "shard_limits": asdict(output.limits), **layout})
+
+
+def run_held(stage: str, units: list[Unit], process: Callable[[object, UnitWriter], None], *,
+             output: OutputOptions, layout: dict, config: dict, ray: runtime.RayOptions = runtime.RayOptions(),
+             redo=None, progress=None) -> StageResult:
+    """run_stage for a caller that already holds OUT's run lock (it wrote under OUT first)."""
+    out = Path(output.out)
+    fingerprint = _fingerprint(stage, output, layout)
     if (not output.overwrite and redo is None and out.exists()
             and corpus.is_complete(out, fingerprint) and _same_units(out, units)):
         log.info("%s is complete (manifest present): nothing to do", out)

@@ -1,38 +1,45 @@
 """`emu-data mix`: per-source corpora -> one corpus in given proportions, deduplicated, shuffled.
 
-Plan in the driver, copy in Ray tasks:
-1. scan every input shard (Ray tasks): check it against its input's manifest (missing, size,
-   sha256: a corrupted input is refused before anything is written), then key, source, url,
-   image digest per sample;
-2. walk them in the order given and drop exact duplicates — same key, same images
-   (sha256 of the image bytes), same normalized URL (storyboard chunks count apart);
-3. take from each source so the output matches the weights: the scarcest source (relative
-   to its weight) sets the total, the others are subsampled by the seed — nothing is
-   repeated, so no sample appears twice;
-4. shuffle by the seed and cut into output shards, each one a unit that copies its rows.
+Every step is a pass of Ray tasks over hash partitions spilled under OUT/_work (mixpasses.py),
+so the driver holds counts and file lists, never a row per sample: its memory does not grow
+with the corpus and the work divides by the workers of a cluster.
+1. scan each input shard: check it against its input's manifest (missing, size, sha256: a
+   corrupted input is refused before anything is written), then key, source, normalised URL,
+   image digest per sample, partitioned by key;
+2. drop exact duplicates in three passes, first occurrence in input order winning: same key,
+   then (among the rest) same images (sha256 of the image bytes), then same normalised URL
+   (storyboard chunks count apart). A key is one item: once its first occurrence is a
+   duplicate of another's images or URL, its later occurrences are duplicate_key too;
+3. take from each source so the output matches the weights: the scarcest source (relative to
+   its weight) sets the total, and each source keeps that many of its samples, those with the
+   lowest seeded hash of source and key -- nothing is repeated, so no sample appears twice;
+4. order by a seeded hash of the key (a shuffle) and cut into output shards, each a unit
+   that copies its rows.
 Every input sample gets a status row: ok, duplicate_key, dedup_image, dedup_url or
-over_quota (left out to keep the proportions).
+over_quota (left out to keep the proportions). Deterministic by --seed and independent of
+how the inputs are sharded or how many nodes run it: the same inputs give the same bytes.
+Resumable: a pass skips the partitions it finished; the output units resume like any stage.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
+import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import pyarrow.compute as pc
+import numpy as np
 
-from emu_data.core import errors, files, manifest, records
-from emu_data.engine import runtime, stage
+from emu_data.core import errors, files, manifest, partitions
+from emu_data.engine import runlock, runtime, stage
 from emu_data.inspect import validate
+from emu_data.ops import mixpasses
 from emu_data import sources as registry
 from emu_data.core.options import option
-from emu_data.core.corpus import Unit, UnitWriter
-from emu_data.core.shards import read_shard
+from emu_data.core.corpus import Unit
+from emu_data.core.shards import writing
 
 PRESET_NAMES = ("emu", "equal")
 
@@ -80,18 +87,6 @@ class Weights:
         return {**presets()[self.preset], **(parse_weights(self.weights) if self.weights else {})}
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One input sample, as the plan sees it."""
-
-    key: str
-    source: str
-    shard: str   # absolute path of its shard
-    row: int
-    url: str | None
-    images: str  # digest of the sample's image bytes
-
-
 def parse_weights(text: str) -> dict[str, float]:
     """'yt_storyboard=16,laion=128' -> {'yt_storyboard': 16.0, 'laion': 128.0}."""
     weights = {}
@@ -104,71 +99,7 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
-def normalize_url(url: str) -> str:
-    """Lower-case scheme and host, no default port, fragment or tracking parameters, sorted
-    query, no trailing slash: the same resource written two ways dedups as one."""
-    parts = urlsplit(url.strip())
-    host = (parts.hostname or "").lower()
-    if parts.port and (parts.scheme, parts.port) not in (("http", 80), ("https", 443)):
-        host = f"{host}:{parts.port}"
-    query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                   if not k.lower().startswith("utm_"))
-    return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/") or "/", urlencode(query), ""))
-
-
-# ---- 1. scan ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ShardScan:
-    entries: list[Entry]
-    problems: list[validate.Violation]   # how the file differs from its manifest entry
-
-
-def scan_shard(task: tuple[str, dict]) -> ShardScan:
-    """Entries of one shard (path, its manifest entry): key, source, dedup url and image
-    digest of every row; none if the file is not what the manifest lists."""
-    path, listed = task
-    # hashed before it is parsed: a changed byte inside an image still parses and decodes, only
-    # the sha256 tells; the hashing read fills the page cache read_shard's map then reads from
-    problems = validate.listed_shard_problems(Path(path), listed)
-    if problems:
-        return ShardScan([], problems)
-    table = read_shard(Path(path), "interleaved")
-    keys = table.column("key").to_pylist()
-    sources = table.column("source").cast("string").to_pylist()
-    metas = table.column("meta").to_pylist()
-    images = table.column("images")
-    entries = []
-    for row, (key, source, meta) in enumerate(zip(keys, sources, metas)):
-        cells = pc.struct_field(images[row].values, "bytes").to_pylist() if images[row].values else []
-        digest = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in cells if b)).hexdigest()
-        entries.append(Entry(key, source, path, row, _url_key(meta), digest))
-    return ShardScan(entries, [])
-
-
-def _url_key(meta: str) -> str | None:
-    try:
-        value = files.loads_json(meta)
-    except files.JsonError:
-        return None
-    url = value.get("url") if isinstance(value, dict) else None
-    if not isinstance(url, str) or not url:
-        return None
-    chunk = value.get("chunk")  # chunks of one video share its URL and are not duplicates
-    return normalize_url(url) + (f"#chunk={chunk}" if chunk is not None else "")
-
-
-def scan(inputs: list[Path], ray: runtime.RayOptions) -> list[Entry]:
-    """Every input sample in input order; raises ValueError, before anything is written, if
-    a shard cannot be read or differs from its input's manifest."""
-    tasks = [(str(Path(d) / s["path"]), s) for d in inputs for s in manifest.read(d)["shards"]]
-    by_path = {}
-    for (path, _), result in runtime.map_tasks(scan_shard, tasks, options=ray, desc="mix: scan", total=len(tasks)):
-        if isinstance(result, runtime.TaskFailure):
-            raise errors.UsageError(f"cannot read {path}: {result.error} (run emu-data validate on it)")
-        by_path[path] = result
-    _refuse_corrupted([v for path, _ in tasks for v in by_path[path].problems])
-    return [e for path, _ in tasks for e in by_path[path].entries]  # input order, whatever finished first
+normalize_url = mixpasses.normalize_url
 
 
 def _refuse_corrupted(problems: list[validate.Violation]) -> None:
@@ -182,78 +113,6 @@ def _refuse_corrupted(problems: list[validate.Violation]) -> None:
                      "(emu-data validate on the inputs shows every problem)")
 
 
-# ---- 2. dedup, 3. quotas, 4. shuffle ------------------------------------------------
-
-@dataclass
-class Plan:
-    selected: list[Entry]
-    left_out: list[tuple[Entry, str, str]]   # entry (key made unique for status), reason, message
-    counts: dict = field(default_factory=dict)
-
-
-def plan(entries: list[Entry], config: MixConfig) -> Plan:
-    unique, left_out = _dedup(entries, config)
-    selected, over = _take_by_weight(unique, config)
-    left_out += over
-    random.Random(config.seed).shuffle(selected)
-    reasons = Counter(reason for _, reason, _ in left_out)
-    return Plan(selected, left_out, {"selected": dict(Counter(e.source for e in selected)),
-                                     "left_out": dict(reasons), "inputs": len(entries)})
-
-
-def _dedup(entries: list[Entry], config: MixConfig):
-    seen: dict[str, dict[str, str]] = {"key": {}, "image": {}, "url": {}}
-    dups: Counter[str] = Counter()   # duplicates of each key dropped so far
-    unique, dropped = [], []
-    for e in entries:
-        checks = [("key", e.key, "duplicate_key"),
-                  ("image", e.images if config.dedup_images else None, "dedup_image"),
-                  ("url", e.url if config.dedup_urls else None, "dedup_url")]
-        hit = next(((kind, value, reason) for kind, value, reason in checks
-                    if value is not None and value in seen[kind]), None)
-        if hit:
-            kind, value, reason = hit
-            dropped.append((_status_entry(e, kind, dups), reason, f"same {kind} as {seen[kind][value]}"))
-            continue
-        for kind, value, _ in checks:
-            if value is not None:
-                seen[kind][value] = e.key
-        unique.append(e)
-    return unique, dropped
-
-
-def _status_entry(e: Entry, kind: str, dups: Counter) -> Entry:
-    """A dropped duplicate of a key still needs a status key of its own: key#dupN. Counted
-    per key, not by rescanning what was dropped (that made 1M duplicates take a day)."""
-    if kind != "key":
-        return e
-    dups[e.key] += 1
-    return Entry(f"{e.key}#dup{dups[e.key]}", e.source, e.shard, e.row, e.url, e.images)
-
-
-def _take_by_weight(entries: list[Entry], config: MixConfig):
-    by_source: dict[str, list[Entry]] = {}
-    for e in entries:
-        by_source.setdefault(e.source, []).append(e)
-    weights = {s: config.weights.get(s, 0.0) for s in by_source}
-    total_weight = sum(weights.values())
-    if not total_weight:
-        raise errors.UsageError(f"no weight for any source present ({', '.join(sorted(by_source))})")
-    # the source with the fewest samples per unit of weight sets how many fit in all
-    scale = min(len(by_source[s]) / w for s, w in weights.items() if w > 0)
-    selected, over = [], []
-    for source in sorted(by_source):
-        rows = by_source[source]
-        want = min(len(rows), round(scale * weights[source]))
-        chosen = set(random.Random(f"{config.seed}:{source}").sample(range(len(rows)), want))
-        for i, e in enumerate(rows):
-            if i in chosen:
-                selected.append(e)
-            else:
-                over.append((e, "over_quota", f"left out to keep {source} at weight {weights[source]:g}"))
-    return selected, over
-
-
 def _identity(directory: Path) -> dict:
     """What an input is: its path and a digest of the shards its manifest lists, so a
     rebuilt input (same config, other content) is seen as changed."""
@@ -262,44 +121,167 @@ def _identity(directory: Path) -> dict:
     return {"path": str(directory.resolve()), "shards": digest}
 
 
-# ---- write ----------------------------------------------------------------------------
+# ---- the passes ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class MixUnit:
-    rows: tuple[tuple[str, int], ...]                 # (shard, row) in output order
-    statuses: tuple[tuple[str, str, str, str], ...]   # key, source, reason, message
-
-
-def process(unit: MixUnit, writer: UnitWriter) -> None:
-    tables: dict[str, object] = {}
-    for shard, row in unit.rows:
-        if shard not in tables:
-            tables[shard] = read_shard(Path(shard))
-        sample = tables[shard].slice(row, 1).to_pylist()[0]
-        sample["source"] = str(sample["source"])
-        writer.add_sample(sample)
-        writer.add_status(records.status(sample["key"], sample["source"], "ok", input=f"{shard}:{row}",
-                                         samples=1))
-    for key, source, reason, message in unit.statuses:
-        writer.add_status(records.status(key, source, reason, error=message, samples=0))
-
-
-def units(p: Plan, shard_rows: int) -> list[Unit]:
-    chunks = [p.selected[i:i + shard_rows] for i in range(0, len(p.selected), shard_rows)] or [[]]
-    per = -(-len(p.left_out) // len(chunks))  # spread the left-out statuses over the units
-    return [Unit(f"mix-{i:06d}", MixUnit(
-        tuple((e.shard, e.row) for e in chunk),
-        tuple((e.key, e.source, reason, msg) for e, reason, msg in p.left_out[i * per:(i + 1) * per])))
-        for i, chunk in enumerate(chunks)]
+STAGE = "mix"
 
 
 def make_mix(inputs: list[Path], config: MixConfig, output: stage.OutputOptions,
-             ray: runtime.RayOptions = runtime.RayOptions()) -> tuple[stage.StageResult, Plan]:
+             ray: runtime.RayOptions = runtime.RayOptions()) -> tuple[stage.StageResult, dict]:
+    """Mix the finished corpora `inputs` into output.out; returns the stage result and the
+    plan's counts (inputs, selected per source, left out per reason)."""
     inputs = [Path(p) for p in inputs]
     identity = [_identity(p) for p in inputs]
-    the_plan = plan(scan(inputs, ray), config)
-    resolved = {"mix": asdict(config), "inputs": identity, "plan": the_plan.counts,
-                "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray)}
-    result = stage.run_stage("mix", units(the_plan, output.shard_rows), process, output=output,
-                             layout={"mix": asdict(config), "inputs": identity}, config=resolved, ray=ray)
-    return result, the_plan
+    layout = {"mix": asdict(config), "inputs": identity}
+    done = stage.finished(STAGE, output, layout)
+    if done is not None:
+        return done, {}
+    out = Path(output.out)
+    existed = out.exists()
+    with runlock.held(out):
+        where, shards = _work(out, inputs, layout, output)
+        try:
+            units, counts = _plan(where, shards, config, output, ray)
+        except errors.UsageError:
+            _forget(out, existed)   # a refused input: nothing stays behind
+            raise
+        resolved = {"mix": asdict(config), "inputs": identity, "plan": counts,
+                    "output": {**asdict(output), "out": str(out)}, "ray": asdict(ray)}
+        result = stage.run_held(STAGE, units, mixpasses.process, output=output, layout=layout,
+                                config=resolved, ray=ray)
+        shutil.rmtree(where.work, ignore_errors=True)
+    return result, counts
+
+
+def _work(out: Path, inputs: list[Path], layout: dict, output: stage.OutputOptions):
+    """OUT/_work for this layout (what another layout left there is cleared) and the inputs'
+    shards in input order."""
+    shards = [(str(d / s["path"]), s) for d in inputs for s in manifest.read(d)["shards"]]
+    parts = partitions.partitions_for(sum(s["rows"] for _, s in shards))
+    where = mixpasses.Pass(str(out / mixpasses.WORK), parts)
+    made_for = {"layout": layout, "limits": asdict(output.limits), "parts": parts}
+    work = Path(where.work)
+    try:
+        same = files.read_json(work / "layout.json") == json.loads(json.dumps(made_for))
+    except files.UnreadableFile:
+        same = False
+    if not same or output.overwrite:
+        shutil.rmtree(work, ignore_errors=True)
+        with writing(work):
+            work.mkdir(parents=True)
+        manifest.write_json_atomic(work / "shards.json", [path for path, _ in shards])
+        manifest.write_json_atomic(work / "layout.json", made_for)
+    return where, shards
+
+
+def _forget(out: Path, existed: bool) -> None:
+    shutil.rmtree(out / mixpasses.WORK, ignore_errors=True)
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _plan(where: mixpasses.Pass, shards: list, config: MixConfig, output: stage.OutputOptions,
+          ray: runtime.RayOptions) -> tuple[list[Unit], dict]:
+    _scan(where, shards, ray)
+    left_out: Counter[str] = Counter()
+    previous = ("scan", len(shards))
+    hists: dict[str, np.ndarray] = {}
+    for kind in ("key", "image", "url"):
+        active = {"key": True, "image": config.dedup_images, "url": config.dedup_urls}[kind]
+        jobs = [mixpasses.DedupJob(where, kind, *previous, p, config.seed, active) for p in range(where.parts)]
+        for result in _results(mixpasses.dedup, jobs, f"mix: {kind}s", ray):
+            left_out[mixpasses.REASON[kind]] += int(result["dropped"][0])
+            for name, hist in zip(result.get("sources", []), result.get("hist", [])):
+                hists[str(name)] = hists.get(str(name), 0) + hist
+        previous = (kind, where.parts)
+    cuts, wanted = _cuts(hists, config, where, ray)
+    left_out["over_quota"] = sum(int(h.sum()) for h in hists.values()) - sum(wanted.values())
+    jobs = [mixpasses.SplitJob(where, p, cuts, {s: config.weights.get(s, 0.0) for s in hists},
+                               output.shard_rows, output.shard_bytes) for p in range(where.parts)]
+    splits = dict(zip(range(where.parts), _results(mixpasses.split, jobs, "mix: order", ray)))
+    counts = {"selected": dict(sorted(wanted.items())), "left_out": {k: v for k, v in left_out.items() if v},
+              "inputs": sum(s["rows"] for _, s in shards)}
+    return _units(where, splits), counts
+
+
+def _results(fn, jobs: list, desc: str, ray: runtime.RayOptions) -> list:
+    """fn over jobs as Ray tasks; results in job order (a failed task fails the run: a pass
+    is all or nothing, and its finished tasks are kept for the rerun)."""
+    found = {}
+    for job, result in runtime.map_tasks(fn, jobs, options=ray, desc=desc, total=len(jobs)):
+        if isinstance(result, runtime.TaskFailure):
+            raise errors.DataFault(f"{desc}: a task failed: {result.error} (rerun to resume)")
+        found[id(job)] = result
+    return [found[id(job)] for job in jobs]
+
+
+def _scan(where: mixpasses.Pass, shards: list, ray: runtime.RayOptions) -> None:
+    """Every input shard scanned; a ValueError before anything is written if one cannot be
+    read or differs from its input's manifest."""
+    jobs = [mixpasses.ScanJob(where, i, path, listed) for i, (path, listed) in enumerate(shards)]
+    problems = []
+    for job, result in runtime.map_tasks(mixpasses.scan, jobs, options=ray, desc="mix: scan", total=len(jobs)):
+        if isinstance(result, runtime.TaskFailure):
+            raise errors.UsageError(f"cannot read {job.path}: {result.error} (run emu-data validate on it)")
+        problems += [(job.ordinal, v) for v in result.get("problems", [])]
+    _refuse_corrupted([v for _, v in sorted(problems, key=lambda pair: pair[0])])
+
+
+def _cuts(hists: dict[str, np.ndarray], config: MixConfig, where: mixpasses.Pass,
+          ray: runtime.RayOptions) -> tuple[dict, dict]:
+    """Each source's quota (the scarcest source relative to its weight sets the total) and the
+    cut in its selection-hash order that takes exactly that many."""
+    counts = {s: int(h.sum()) for s, h in hists.items()}
+    weights = {s: config.weights.get(s, 0.0) for s in counts}
+    if not sum(weights.values()):
+        raise errors.UsageError(f"no weight for any source present ({', '.join(sorted(counts))})")
+    scale = min(counts[s] / w for s, w in weights.items() if w > 0)
+    wanted = {s: min(counts[s], round(scale * weights[s])) for s in counts}
+    cuts, inside = {}, {}
+    for source, want in wanted.items():
+        if want == counts[source]:
+            cuts[source] = mixpasses.Cut(1 << mixpasses.BUCKET_BITS)
+            continue
+        running = np.cumsum(hists[source])
+        bucket = int(np.searchsorted(running, want))   # the first bucket reaching `want`
+        need = want - (int(running[bucket - 1]) if bucket else 0)
+        if need == hists[source][bucket] or want == 0:
+            cuts[source] = mixpasses.Cut(bucket + 1 if want else 0)
+        else:
+            inside[source] = (bucket, need)
+    if inside:
+        cuts.update(_cuts_inside(inside, where, ray))
+    return cuts, wanted
+
+
+def _cuts_inside(inside: dict[str, tuple[int, int]], where: mixpasses.Pass, ray: runtime.RayOptions) -> dict:
+    """Where a source's quota ends inside a bucket: its `need` lowest (select, pos) there."""
+    wanted = tuple((s, bucket) for s, (bucket, _) in sorted(inside.items()))
+    jobs = [mixpasses.BoundaryJob(str(path), wanted) for path in where.files("url", where.parts)]
+    found: dict[str, list] = {s: [] for s in inside}
+    for result in _results(mixpasses.boundary, jobs, "mix: quotas", ray):
+        for source, pair in result.items():
+            found[source].append(pair)
+    cuts = {}
+    for source, (bucket, need) in inside.items():
+        select = np.concatenate([s for s, _ in found[source]])
+        pos = np.concatenate([p for _, p in found[source]])
+        last = np.lexsort((pos, select))[need - 1]
+        cuts[source] = mixpasses.Cut(bucket, (int(select[last]), int(pos[last])))
+    return cuts
+
+
+def _units(where: mixpasses.Pass, splits: dict[int, dict]) -> list[Unit]:
+    """Each output partition's units: runs of its ordered rows, its status rows spread evenly."""
+    units = []
+    for p, split in splits.items():
+        rows, statuses = int(split["rows"][0]), int(split["statuses"][0])
+        starts = [int(x) for x in split["starts"]] + [rows]
+        per = -(-statuses // (len(starts) - 1))
+        for j in range(len(starts) - 1):
+            status_span = (min(statuses, j * per), min(statuses, (j + 1) * per))
+            if starts[j] == starts[j + 1] and status_span[0] == status_span[1]:
+                continue
+            units.append(Unit(f"mix-{p:06d}-{j:06d}", mixpasses.MixUnit(where, p, (starts[j], starts[j + 1]),
+                                                                        status_span)))
+    return units or [Unit("mix-000000-000000", mixpasses.MixUnit(where, 0, (0, 0), (0, 0)))]
