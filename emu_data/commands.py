@@ -212,7 +212,20 @@ def _train(values: dict) -> int:
         sections.setdefault(section, {})[name] = value
     config = model_config.load(run.config).with_overrides(**sections)   # a bad config: said before torch loads
     from emu_data.model import train
-    summary = train.train(inputs.corpus, inputs.features, run.out, config, stop_after=run.stop_after)
+    try:
+        summary = _train_in_processes(train, inputs, run, config)
+    except train.RankFailed as e:   # one line; the rank's own traceback with -v
+        import logging
+        import sys
+
+        verbose = logging.getLogger().isEnabledFor(logging.INFO)
+        if e.traceback and verbose:
+            print(e.traceback, file=sys.stderr)
+        hint = " (its traceback: rerun with -v)" if e.traceback and e.status != 2 and not verbose else ""
+        print(f"emu-data train: {e}{hint}", file=sys.stderr)
+        return e.status
+    if not train.Ranks.from_env().main:
+        return 0   # under torchrun, rank 0 reports
     if "loss" in summary:
         print(f"trained {run.out}: step {summary['steps']} (from {summary['resumed_from']}), "
               f"loss {summary['loss']:.3f} (text CE {summary['text_ce']:.3f}, visual MSE {summary['visual_mse']:.4f})")
@@ -221,6 +234,20 @@ def _train(values: dict) -> int:
     print(f"  metrics: {run.out / 'metrics.jsonl'}   next: emu-data eval --run {run.out} "
           f"--corpus {inputs.corpus} --features {inputs.features}")
     return 0
+
+
+def _train_in_processes(train, inputs, run, config) -> dict:
+    if run.nproc_per_node == 1:
+        return train.train(inputs.corpus, inputs.features, run.out, config, stop_after=run.stop_after)
+    try:
+        return train.launch(inputs.corpus, inputs.features, run.out, config, run.nproc_per_node,
+                            stop_after=run.stop_after)
+    except train.Stopped as e:
+        import signal
+
+        from emu_data.cli import Terminated
+
+        raise (Terminated() if e.signum == signal.SIGTERM else KeyboardInterrupt()) from None
 
 
 def _eval_params():
@@ -372,10 +399,23 @@ def _after_sources() -> list[Command]:
                             "patch tokens) feeding a decoder-only LM; loss = next-token CE on text + lambda x l2 "
                             "regression of the next visual embedding. Sources mixed by weight (Emu's by default), "
                             "samples packed to --seq-len. AdamW (0.9, 0.98), wd 0.05, cosine with 20% warmup. "
-                            "A checkpoint every N steps; rerunning the same command resumes exactly.",
+                            "A checkpoint every N steps; rerunning the same command resumes exactly.\n"
+                            "--nproc-per-node N trains with N processes (DistributedDataParallel: NCCL, one per "
+                            "GPU; gloo with --device cpu). --batch-size stays the global batch: each process "
+                            "builds and trains on 1/N of its rows, and the losses are the one-process run's (to "
+                            "float rounding). Process 0 prepares the run and writes metrics and checkpoints; a "
+                            "run may resume with another N.",
                 epilog="examples:\n"
                        "  emu-data train --corpus runs/sample --features runs/sample-feat --out runs/emu-smoke --steps 300\n"
                        "  emu-data train --corpus /data/mix --features /data/mix-eva --out runs/emu --config emu.yaml\n"
+                       "  emu-data train --corpus /data/mix --features /data/mix-eva --out runs/emu --config emu.yaml "
+                       "--nproc-per-node 8\n"
+                       "the same under torchrun (one node; or on every node of several, with a rendezvous, the "
+                       "corpus,\nfeatures and --out on storage every node sees):\n"
+                       "  torchrun --standalone --nproc-per-node 8 -m emu_data.cli train --corpus /data/mix ...\n"
+                       "  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint NODE0:29400 "
+                       "--rdzv-id emu \\\n"
+                       "      -m emu_data.cli train --corpus /shared/mix --features /shared/mix-eva --out /shared/runs/emu\n"
                        "config file (JSON or YAML), any subset of:\n"
                        "  model: {width, depth, heads, queries, ct_width, ct_depth, ct_heads, regression_weight,\n"
                        "         image_start_weight, attention: sample (each packed sample sees itself) | row}\n"

@@ -223,6 +223,10 @@ class TrainRun:
                                  help="JSON/YAML training config (default: the smoke model)")
     stop_after: int | None = option(None, parse=positive_int, metavar="STEP",
                                     help="stop (with a checkpoint) after this step of the schedule; rerun to continue")
+    nproc_per_node: int = option(1, parse=positive_int, metavar="N",
+                                 help="training processes on this machine (DistributedDataParallel, started as "
+                                      "torchrun starts them): one per GPU, or CPU processes with --device cpu; "
+                                      "each builds and trains on 1/N of every batch")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@
    which is what makes resume exact.
 3. `PackedBatches` (a torch IterableDataset) materialises batches from memory-mapped shards:
    worker w of W builds batches start+w, start+w+W, ...; torch's DataLoader hands them back
-   round-robin, i.e. in order.
+   round-robin, i.e. in order. With several training processes, process r of N builds only
+   its contiguous slice `rank_rows(B, r, N)` of each batch's rows: every process plans the
+   whole schedule (integers, cheap) and reads and packs only its share.
 
 Sequence construction (Emu): a sample with one text (image-text pair, WebVid clip) puts the
 text before or after its image(s) at random (seeded per draw); any other sample keeps its
@@ -405,21 +407,29 @@ def batches_of(rows: Iterator[list], batch_size: int) -> Iterator[list[list]]:
         yield batch
 
 
+def rank_rows(batch_size: int, rank: int, ranks: int) -> slice:
+    """The rows of a global batch that process `rank` of `ranks` trains on: contiguous, sizes
+    differing by at most one, every row in exactly one slice."""
+    return slice(rank * batch_size // ranks, (rank + 1) * batch_size // ranks)
+
+
 class PackedBatches:
     """Training batches from `start` on, as numpy dicts; a torch IterableDataset when wrapped
-    by `loader` (kept free of torch here so the plan can be inspected without it)."""
+    by `loader` (kept free of torch here so the plan can be inspected without it). `part`
+    (rank, ranks): only that process's slice of each batch (see `rank_rows`)."""
 
     def __init__(self, index: Index, corpus: Path, features: Path, vocab: Vocab, config: DataConfig,
-                 queries: int, seed: int, start: int = 0):
+                 queries: int, seed: int, start: int = 0, part: tuple[int, int] = (0, 1)):
         self.index, self.corpus, self.features, self.vocab = index, corpus, features, vocab
-        self.config, self.queries, self.seed, self.start = config, queries, seed, start
+        self.config, self.queries, self.seed, self.start, self.part = config, queries, seed, start, part
 
     def iterate(self, worker: int = 0, workers: int = 1) -> Iterator[dict]:
         reader = SampleReader(self.index, self.corpus, self.features)
         rows = plan_rows(self.index, self.config, self.queries, self.seed)
+        mine = rank_rows(self.config.batch_size, *self.part)
         for b, batch in enumerate(batches_of(rows, self.config.batch_size)):
             if b >= self.start and (b - self.start) % workers == worker:
-                yield collate(batch, reader, self.vocab, self.queries, self.config.seq_len, self.seed)
+                yield collate(batch[mine], reader, self.vocab, self.queries, self.config.seq_len, self.seed)
 
 
 def loader(batches: PackedBatches, *, pin_memory: bool = False):

@@ -59,6 +59,8 @@ class Losses:
     visual_cosine: torch.Tensor   # mean cosine of predicted and target embeddings (a metric, no gradient)
     text_targets: int
     visual_targets: int
+    visual_weight: float          # visual_mse's denominator (its targets' weights summed): with
+                                  # text_targets, what several processes need to add their losses up
 
 
 class Attention(nn.Module):
@@ -188,7 +190,9 @@ class Emu(nn.Module):
         cosine = F.cosine_similarity(predicted.detach(), target.float(), dim=-1).mean() if next_slot.any() \
             else h.new_zeros(())
         loss = text_ce + self.config.regression_weight * visual_mse
-        return Losses(loss, text_ce, visual_mse, cosine, int(text.sum()), int(next_slot.sum()))
+        starts = int((query == 0).sum())
+        weight = starts * self.config.image_start_weight + (len(query) - starts)
+        return Losses(loss, text_ce, visual_mse, cosine, int(text.sum()), len(query), float(weight))
 
 
 def sample_layout(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
