@@ -8,23 +8,60 @@ A features directory (`emu-data features`, manifest schema "features") is checke
 its corpus instead: one feature shard per corpus data shard, one row per non-null corpus
 image in corpus order, consistent metadata, finite values. The corpus is read memory-mapped
 and its image bytes are never touched (only the validity of `images` items).
+
+How a corpus is checked, in memory that does not grow with it (2.3B LAION rows would be
+~230 GB of keys in a dict, and 32 hours in one process):
+  1. the driver reads each directory's manifest and lists its files (what is missing, extra,
+     left over) and cuts its shards into tasks: runs of consecutive shards of one kind;
+  2. each task (Ray, through engine.runtime.map_tasks; in this process without `Spread.ray`)
+     checks its shards against the manifest (bytes, sha256, rows), the schema, row by row
+     and image by image, and returns the violations (at most `keep_per_rule` of each rule a
+     shard, all of them counted) and counts; it spills each row's key and position into one
+     hash-partitioned file (unique_keys.py) in a temporary folder: under the system temp dir
+     or Spread.spill_dir, never in a directory it validates (which may be read-only);
+  3. one task per partition finds the keys that repeat within one directory's data shards
+     (or its status shards: another namespace) and names each repeat's first occurrence.
+The driver holds counts, the shard list and at most `keep_per_rule` violations of each
+rule (the first ones in report order); every violation is counted, so `summary()`, `ok`
+and the exit code tell the true totals.
+
+Report order: directory by directory as one process reads them: the manifest; the data
+folder's listing, then each data shard in name order; the same for status; the manifest's
+totals. Then every duplicate_key, in the order of the repeat's position (directories in
+order, data shards then status shards, rows in order). Which worker ran what never changes
+the report: it is the same in one process, with one CPU or on a cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections import Counter
+import shutil
+import tempfile
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import count
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from emu_data.core import corpus, errors, files, images, manifest, schema
+from emu_data.core import corpus, errors, files, images, manifest, partitions, schema
+from emu_data.inspect import unique_keys
 from emu_data.ops import encoder
-from emu_data.core.shards import SHARD_SUFFIX, TMP_PREFIX, ShardError, file_sha256, iter_batches, read_schema
+from emu_data.core.shards import (SHARD_SUFFIX, TMP_PREFIX, OutputError, ShardError, file_sha256, iter_batches,
+                                  read_schema)
+
+if TYPE_CHECKING:
+    from emu_data.engine.runtime import RayOptions
 
 DECODE_PER_SHARD = 32  # images fully decoded per shard unless --deep
+KEEP_PER_RULE = 10_000  # violations of one rule held in a Report; the rest are counted only
+ROWS_PER_TASK = 200_000  # at most, in one shard task (~10 s of checks); more tasks when fewer rows
+TASKS_PER_CPU = 4
+BYTES_PER_ROW_GUESS = 100  # rows of a shard the manifest does not list, from its size (task sizes only)
+MIN_ROW_BYTES = 16  # Arrow offsets alone take more a row: a manifest claiming more rows is not believed
 # Stored dtype name (shard metadata) -> Arrow storage of the embedding values.
 FEATURE_STORAGE = {encoder.DTYPE_NAME[p]: encoder.STORAGE[p] for p in encoder.PRECISIONS}
 # Metadata every feature shard of one directory must agree on: they describe one model run.
@@ -54,34 +91,52 @@ class Violation:
 @dataclass
 class Report:
     directories: list[str] = field(default_factory=list)
-    violations: list[Violation] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)  # the first KEEP_PER_RULE of each rule
+    counts: Counter = field(default_factory=Counter)            # every violation, by rule
     shards: int = 0
     rows: int = 0
     images: int = 0
     decoded: int = 0
 
     @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
     def ok(self) -> bool:
-        return not self.violations
+        return not self.total
 
     def summary(self) -> str:
-        verdict = "clean" if self.ok else f"{len(self.violations)} violation(s)"
-        rules = Counter(v.rule for v in self.violations)
-        by_rule = "" if self.ok else " (" + ", ".join(f"{r}: {n}" for r, n in sorted(rules.items())) + ")"
+        verdict = "clean" if self.ok else f"{self.total} violation(s)"
+        by_rule = "" if self.ok else " (" + ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items())) + ")"
         return (f"{len(self.directories)} director(ies), {self.shards} shard(s), {self.rows} row(s), "
                 f"{self.images} image(s) opened, {self.decoded} fully decoded: {verdict}{by_rule}")
 
 
-def validate(paths: list[Path], *, deep: bool = False, corpus: Path | None = None) -> Report:
+@dataclass(frozen=True)
+class Spread:
+    """Where validate's tasks run and spill. None of it changes the report."""
+
+    ray: RayOptions | None = None       # None: every task in this process, no Ray
+    spill_dir: Path | None = None       # the spill folder's parent; on a cluster every node must see it
+    rows_per_partition: int = partitions.DEFAULT_ROWS_PER_PARTITION
+
+
+def validate(paths: list[Path], *, deep: bool = False, corpus: Path | None = None, spread: Spread = Spread(),
+             keep_per_rule: int | None = None) -> Report:
     """Check every output directory under `paths`. Features directories are checked against
-    `corpus` if given, else against the corpus their manifest names."""
-    report = Report()
-    for directory in find_output_dirs(paths):
+    `corpus` if given, else against the corpus their manifest names. The report holds the
+    first `keep_per_rule` (default KEEP_PER_RULE) violations of each rule and counts them all."""
+    found = _Found(KEEP_PER_RULE if keep_per_rule is None else keep_per_rule)
+    corpora = []
+    for number, directory in enumerate(find_output_dirs(paths)):
         if record_name(directory) == "features":
-            _FeaturesCheck(directory, report, corpus).run()
+            _FeaturesCheck(directory, found, corpus).run()
         else:
-            _CorpusCheck(directory, report, deep).run()
-    return report
+            corpora.append(_CorpusCheck(directory, found, number).plan())
+    if corpora:
+        _check_corpora(corpora, found, deep, spread)
+    return found.report()
 
 
 def record_name(directory: Path) -> str | None:
@@ -144,17 +199,117 @@ def listed_shard_problems(path: Path, entry: dict) -> list[Violation]:
     return found
 
 
-class _DirCheck:
-    """What the checks of every output directory share: the manifest against the files,
-    opening shards, their columns and row counts."""
+# ---- what the driver keeps ----------------------------------------------------------------
 
-    def __init__(self, directory: Path, report: Report):
-        self.dir = directory
-        self.report = report
-        self.entries: dict[str, dict] = {}     # manifest entries by relative path
+class _Found:
+    """The report being built. Violations arrive in any order, each with its place in the
+    report (a tuple; `slot()` hands out places in reading order): every one is counted, and
+    of each rule the first `keep` by place are held (sorted and cut whenever 2 x keep are)."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.counts: Counter = Counter()
+        self._held: dict[str, list] = defaultdict(list)
+        self._slots = count()
+        self.partial = Report()   # directories and counts of shards, rows, images
+
+    def slot(self) -> int:
+        return next(self._slots)
+
+    def add(self, v: Violation, at: tuple | None = None, counted: bool = True) -> None:
+        """Add v at place `at` (default: the next slot); counted=False: counted already."""
+        if counted:
+            self.counts[v.rule] += 1
+        if self.keep <= 0:
+            return
+        held = self._held[v.rule]
+        held.append((at if at is not None else (0, self.slot(), 0), v))
+        if len(held) >= 2 * self.keep:
+            self._cut(held)
+
+    def _cut(self, held: list) -> None:
+        held.sort(key=lambda pair: pair[0])
+        del held[self.keep:]
+
+    def report(self) -> Report:
+        kept = []
+        for held in self._held.values():
+            self._cut(held)
+            kept += held
+        self.partial.violations = [v for _, v in sorted(kept, key=lambda pair: pair[0])]
+        self.partial.counts = Counter(self.counts)
+        return self.partial
+
+
+# ---- checks of shard files, in the driver or in a task --------------------------------------
+
+class _ShardChecks:
+    """Opening shards, their columns and row counts; flag() hands each finding to put()."""
+
+    def put(self, v: Violation) -> None:
+        raise NotImplementedError
 
     def flag(self, path: Path, rule: str, message: str, row=None, key=None) -> None:
-        self.report.violations.append(Violation(str(path), row, key, rule, message))
+        self.put(Violation(str(path), row, key, rule, message))
+
+    def _read_schema(self, path: Path) -> pa.Schema | None:
+        """The shard's schema, or None (flagged) when it is no Arrow IPC file."""
+        try:
+            return read_schema(path)
+        except _READ_ERRORS as e:
+            self.flag(path, "unreadable_shard", getattr(e, "reason", None) or str(e))
+            return None
+
+    def _read_rows(self, path: Path, on_batch, listed_rows: int | None) -> int:
+        """Hand every record batch to on_batch(batch, first_row); returns the rows read, up to
+        a batch that cannot be read (flagged), and checks them against the manifest's."""
+        rows = 0
+        try:
+            for batch in iter_batches(path):
+                on_batch(batch, rows)
+                rows += batch.num_rows
+        except _READ_ERRORS as e:
+            self.flag(path, "unreadable_shard", getattr(e, "reason", None) or str(e), row=rows)
+        if listed_rows is not None and listed_rows != rows:
+            self.flag(path, "manifest_rows", f"{rows} rows in the file, manifest says {listed_rows}")
+        return rows
+
+    def _check_schema(self, path: Path, actual: pa.Schema, expected: pa.Schema | list[pa.Field],
+                      record: str) -> bool:
+        ok = True
+        for want in expected:
+            if want.name not in actual.names:
+                self.flag(path, "schema_missing_column", f"column {want.name!r} missing")
+                ok = False
+            elif not schema.field_matches(want, actual.field(want.name)):
+                self.flag(path, "schema_type", f"column {want.name!r} is {actual.field(want.name).type}, "
+                          f"schema {record} wants {want.type}")
+                ok = False
+        for extra in set(actual.names) - set(schema.record(record).names):
+            self.flag(path, "schema_extra_column", f"column {extra!r} is not in schema {record}")
+        return ok
+
+
+class _DirCheck(_ShardChecks):
+    """What the checks of every output directory share, in the driver: the manifest against
+    the files; its findings go to the report in reading order."""
+
+    def __init__(self, directory: Path, found: _Found):
+        self.dir = directory
+        self.found = found
+        self.report = found.partial
+        self.entries: dict[str, dict] = {}     # manifest entries by relative path
+
+    def put(self, v: Violation) -> None:
+        self.found.add(v)
+
+    def _open(self, path: Path) -> pa.Schema | None:
+        self.report.shards += 1
+        return self._read_schema(path)
+
+    def _scan(self, path: Path, on_batch) -> int:
+        entry = self.entries.get(path.relative_to(self.dir).as_posix())
+        return self._read_rows(path, on_batch, None if entry is None else entry["rows"])
 
     # ---- manifest against files --------------------------------------------------
     def _manifest(self) -> dict | None:
@@ -189,158 +344,347 @@ class _DirCheck:
                 self.flag(path, "not_a_file", "not a regular file: never opened")
         return found
 
-    def _shards_on_disk(self, kind: str, listed: dict[str, dict]) -> list[Path]:
-        """Compare the listing with the files; return the shard files worth reading."""
-        on_disk = self._files(kind)
+    def _unlisted_and_leftover(self, on_disk: dict[str, Path], listed: dict[str, dict]) -> None:
         for rel, path in on_disk.items():
             if path.name.startswith(TMP_PREFIX):
                 self.flag(path, "leftover_tmp", "temporary file left by an interrupted write")
             elif listed and rel not in listed:
                 self.flag(path, "extra_shard", "file not listed in the manifest")
+
+    @staticmethod
+    def _to_read(on_disk: dict[str, Path], listed: dict[str, dict]) -> dict[str, Path]:
+        """The shard files worth reading: listed ones, or all without a listing."""
+        return {rel: p for rel, p in on_disk.items() if not p.name.startswith(TMP_PREFIX)
+                and (rel in listed or not listed)}
+
+    def _shards_on_disk(self, kind: str, listed: dict[str, dict]) -> list[Path]:
+        """Compare the listing with the files; return the shard files worth reading."""
+        on_disk = self._files(kind)
+        self._unlisted_and_leftover(on_disk, listed)
         for rel, entry in listed.items():
-            path = self.dir / rel
-            self.report.violations += listed_shard_problems(path, entry)
-        return [p for rel, p in on_disk.items() if not p.name.startswith(TMP_PREFIX)
-                and (rel in listed or not listed)]
+            for v in listed_shard_problems(self.dir / rel, entry):
+                self.put(v)
+        return list(self._to_read(on_disk, listed).values())
 
-    # ---- one shard --------------------------------------------------------------
-    def _open(self, path: Path) -> pa.Schema | None:
-        """The shard's schema, or None (flagged) when it is no Arrow IPC file."""
-        self.report.shards += 1
+
+# ---- corpus directories: planned here, checked in tasks ----------------------------------------
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard file of a corpus directory, as a task checks it."""
+
+    path: Path
+    record: str                   # interleaved | status
+    ns: int                       # its keys' namespace: directory number x 2, + 1 for status
+    entry: dict | None = None     # its manifest entry
+    listed_at: int | None = None  # where its manifest entry's findings go (None: not listed)
+    read_at: int | None = None    # where its own findings go, and its keys' positions (None: not read)
+
+    @property
+    def guessed_rows(self) -> int:
+        """Its manifest's row count (no more than its size allows), else a guess from its size."""
+        if self.read_at is None:
+            return 0
         try:
-            return read_schema(path)
-        except _READ_ERRORS as e:
-            self.flag(path, "unreadable_shard", getattr(e, "reason", None) or str(e))
-            return None
+            size = self.path.stat().st_size
+        except OSError:
+            return 0
+        if self.entry is not None:
+            return min(self.entry["rows"], size // MIN_ROW_BYTES)
+        return size // BYTES_PER_ROW_GUESS
 
-    def _scan(self, path: Path, on_batch) -> int:
-        """Hand every record batch to on_batch(batch, first_row); returns the rows read, up to
-        a batch that cannot be read (flagged), and checks them against the manifest."""
-        rows = 0
+
+@dataclass
+class ShardResult:
+    """What a task found in one shard: small, whatever the shard's size."""
+
+    listed: list[Violation]       # the file against its manifest entry
+    found: list[Violation]        # its own: at most keep of each rule
+    counts: Counter               # every violation of both, by rule
+    opened: int = 0
+    rows: int = 0
+    images: int = 0
+    decoded: int = 0
+    sources: Counter = field(default_factory=Counter)
+    statuses: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class TaskResult:
+    shards: list[ShardResult]
+    spill: str | None = None      # its keys' spill file; None: it read no key
+    spill_error: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckShards:
+    """The shard task: check a run of ShardJobs, spill their keys. Shipped once per run."""
+
+    deep: bool
+    spill_dir: str
+    parts: int
+    keep: int
+    plugin_sources: tuple[str, ...] = ()   # registered in the driver, maybe not in a worker
+
+    def __call__(self, item: tuple[int, tuple[ShardJob, ...]]) -> TaskResult:
+        number, jobs = item
+        spill = unique_keys.Spill()
+        shards = [_ShardCheck(job, self, spill).run() for job in jobs]
+        path = Path(self.spill_dir) / f"keys-{number:08d}.arrow"
         try:
-            for batch in iter_batches(path):
-                on_batch(batch, rows)
-                rows += batch.num_rows
-        except _READ_ERRORS as e:
-            self.flag(path, "unreadable_shard", getattr(e, "reason", None) or str(e), row=rows)
-        entry = self.entries.get(path.relative_to(self.dir).as_posix())
-        if entry is not None and entry["rows"] != rows:
-            self.flag(path, "manifest_rows", f"{rows} rows in the file, manifest says {entry['rows']}")
-        return rows
-
-    def _check_schema(self, path: Path, actual: pa.Schema, expected: pa.Schema | list[pa.Field],
-                      record: str) -> bool:
-        ok = True
-        for want in expected:
-            if want.name not in actual.names:
-                self.flag(path, "schema_missing_column", f"column {want.name!r} missing")
-                ok = False
-            elif not schema.field_matches(want, actual.field(want.name)):
-                self.flag(path, "schema_type", f"column {want.name!r} is {actual.field(want.name).type}, "
-                          f"schema {record} wants {want.type}")
-                ok = False
-        for extra in set(actual.names) - set(schema.record(record).names):
-            self.flag(path, "schema_extra_column", f"column {extra!r} is not in schema {record}")
-        return ok
+            return TaskResult(shards, str(path) if spill.write(path, self.parts) else None)
+        except OutputError as e:
+            return TaskResult(shards, None, str(e))
 
 
-class _CorpusCheck(_DirCheck):
-    """All checks of one corpus (or mix) directory."""
+class _ShardCheck(_ShardChecks):
+    """All checks of one corpus shard, in a task."""
 
-    def __init__(self, directory: Path, report: Report, deep: bool):
-        super().__init__(directory, report)
-        self.deep = deep
-        self.keys: dict[str, str] = {}         # key -> where first seen
-        self.status_keys: dict[str, str] = {}
-        self.sources: Counter[str] = Counter()
-        self.statuses: Counter[str] = Counter()
-        self.decoded: Counter[Path] = Counter()  # images fully decoded, per shard
+    def __init__(self, job: ShardJob, task: CheckShards, spill: unique_keys.Spill):
+        self.job, self.task, self.spill = job, task, spill
+        self.result = ShardResult([], [], Counter())
 
-    def run(self) -> None:
-        self.report.directories.append(str(self.dir))
-        built = self._manifest()
-        for kind, record in ((corpus.DATA_DIR, "interleaved"), (corpus.STATUS_DIR, "status")):
-            listed = self._listed(built, kind)
-            self.entries.update(listed)
-            for path in self._shards_on_disk(kind, listed):
-                self._check_shard(path, record)
-        if built is not None:
-            self._check_counts(built)
+    def put(self, v: Violation) -> None:
+        self.result.counts[v.rule] += 1
+        if self.result.counts[v.rule] <= self.task.keep:
+            self.result.found.append(v)
 
-    # ---- one shard --------------------------------------------------------------
-    def _check_shard(self, path: Path, record: str) -> None:
-        actual = self._open(path)
+    def run(self) -> ShardResult:
+        job = self.job
+        if job.listed_at is not None:
+            self.result.listed = listed_shard_problems(job.path, job.entry)
+            self.result.counts.update(v.rule for v in self.result.listed)
+        if job.read_at is not None:
+            self._check_shard()
+        return self.result
+
+    def _check_shard(self) -> None:
+        path, record = self.job.path, self.job.record
+        self.result.opened = 1
+        actual = self._read_schema(path)
         if actual is None:
             return
         schema_ok = self._check_schema(path, actual, schema.arrow_schema(record), record)
-        rows = self._scan(path, lambda batch, first: self._check_rows(path, batch, first, record, schema_ok))
-        self.report.rows += rows if record == "interleaved" else 0
+        listed_rows = None if self.job.entry is None else self.job.entry["rows"]
+        self.result.rows = self._read_rows(path, lambda batch, first: self._check_batch(batch, first, schema_ok),
+                                           listed_rows)
 
-    def _check_rows(self, path: Path, batch: pa.RecordBatch, offset: int, record: str,
-                    schema_ok: bool) -> None:
-        if not schema_ok:  # rows of a wrong-typed shard can't be read as records; keys still can
-            self._check_keys_only(path, batch, offset, record)
-            return
-        problems = schema.interleaved_problems if record == "interleaved" else schema.status_problems
+    def _check_batch(self, batch: pa.RecordBatch, first: int, schema_ok: bool) -> None:
+        if "key" in batch.schema.names and pa.types.is_string(batch.schema.field("key").type):
+            self.spill.add(self.job.ns, self.job.read_at, first, batch.column("key"))
+        if schema_ok:  # rows of a wrong-typed shard can't be read as records; keys still can
+            self._check_rows(batch, first)
+
+    def _check_rows(self, batch: pa.RecordBatch, offset: int) -> None:
+        path, interleaved = self.job.path, self.job.record == "interleaved"
+        problems = schema.interleaved_problems if interleaved else schema.status_problems
         for i, row in enumerate(batch.to_pylist()):
             n = offset + i
             key = row.get("key")
             for rule, message in problems(row):
-                self.flag(path, rule, message, row=n, key=key)
-            self._note_key(path, n, key, record)
-            if record == "interleaved":
-                self.sources[row["source"]] += 1
-                self._check_images(path, n, key, row["images"])
+                if not (rule == "enum" and row.get("source") in self.task.plugin_sources
+                        and message.startswith("source ")):
+                    self.flag(path, rule, message, row=n, key=key)
+            if interleaved:
+                self.result.sources[row["source"]] += 1
+                self._check_images(n, key, row["images"])
             else:
-                self.statuses[row["status"]] += 1
+                self.result.statuses[row["status"]] += 1
 
-    def _check_keys_only(self, path: Path, batch: pa.RecordBatch, offset: int, record: str) -> None:
-        if "key" not in batch.schema.names or not pa.types.is_string(batch.schema.field("key").type):
-            return
-        for i, key in enumerate(batch.column("key").to_pylist()):
-            self._note_key(path, offset + i, key, record)
-
-    def _note_key(self, path: Path, row: int, key: str | None, record: str) -> None:
-        if key is None:
-            return
-        seen = self.keys if record == "interleaved" else self.status_keys
-        where = f"{path}:{row}"
-        if key in seen:
-            self.flag(path, "duplicate_key", f"key also at {seen[key]}", row=row, key=key)
-        else:
-            seen[key] = where
-
-    def _check_images(self, path: Path, row: int, key: str, images: list) -> None:
+    def _check_images(self, row: int, key: str, images: list) -> None:
         for i, cell in enumerate(images):
             if cell is None or cell.get("bytes") is None:
                 continue
-            self.report.images += 1
-            decode = self.deep or self.decoded[path] < DECODE_PER_SHARD
+            self.result.images += 1
+            decode = self.task.deep or self.result.decoded < DECODE_PER_SHARD
             problem = image_problem(cell["bytes"], decode=decode)
-            if decode:
-                self.decoded[path] += 1
-                self.report.decoded += 1
+            self.result.decoded += decode
             if problem:
                 rule, message = problem
-                self.flag(path, rule, f"images[{i}]: {message}", row=row, key=key)
+                self.flag(self.job.path, rule, f"images[{i}]: {message}", row=row, key=key)
 
-    # ---- totals ------------------------------------------------------------------
-    def _check_counts(self, built: dict) -> None:
-        path = self.dir / manifest.MANIFEST_NAME
+
+class _CorpusCheck(_DirCheck):
+    """One corpus (or mix) directory in the driver: its listing, its shards cut into jobs,
+    and at the end its manifest's totals against what the tasks counted."""
+
+    def __init__(self, directory: Path, found: _Found, number: int):
+        super().__init__(directory, found)
+        self.number = number
+        self.built: dict | None = None
+        self.jobs: list[ShardJob] = []
+        self.totals_at = -1                  # where the manifest's totals' findings go
+        self.sources: Counter[str] = Counter()
+        self.statuses: Counter[str] = Counter()
+
+    def plan(self) -> _CorpusCheck:
+        """The manifest and the listing checked here; the shards made into jobs."""
+        self.report.directories.append(str(self.dir))
+        self.built = self._manifest()
+        for kind_number, (kind, record) in enumerate(((corpus.DATA_DIR, "interleaved"),
+                                                       (corpus.STATUS_DIR, "status"))):
+            self._plan_kind(kind, record, 2 * self.number + kind_number)
+        self.totals_at = self.found.slot()
+        return self
+
+    def _plan_kind(self, kind: str, record: str, ns: int) -> None:
+        listed = self._listed(self.built, kind)
+        on_disk = self._files(kind)
+        self._unlisted_and_leftover(on_disk, listed)
+        jobs: dict[str, dict] = {}
+        for rel, entry in listed.items():
+            path = self.dir / rel
+            if files.is_regular(path):   # its bytes and sha256 are the task's
+                jobs[rel] = {"path": path, "entry": entry, "listed_at": self.found.slot()}
+            else:
+                self.flag(path, "missing_shard", "listed in the manifest but not on disk")
+        for rel, path in self._to_read(on_disk, listed).items():
+            jobs.setdefault(rel, {"path": path})["read_at"] = self.found.slot()
+        self.jobs += sorted((ShardJob(record=record, ns=ns, **job) for job in jobs.values()),
+                            key=lambda j: (j.read_at is None, j.read_at, j.listed_at))
+
+    def take(self, job: ShardJob, result: ShardResult) -> None:
+        for n, v in enumerate(result.listed):
+            self.found.add(v, (0, job.listed_at, n), counted=False)
+        for n, v in enumerate(result.found):
+            self.found.add(v, (0, job.read_at, n), counted=False)
+        self.found.counts.update(result.counts)
+        self.report.shards += result.opened
+        self.report.rows += result.rows if job.record == "interleaved" else 0
+        self.report.images += result.images
+        self.report.decoded += result.decoded
+        self.sources.update(result.sources)
+        self.statuses.update(result.statuses)
+
+    def failed(self, job: ShardJob, error: str) -> None:
+        """A task that died (its worker killed, out of memory): its shards are unchecked."""
+        at = job.read_at if job.read_at is not None else job.listed_at
+        self.found.add(Violation(str(job.path), None, None, "unreadable_shard", f"not checked: its task failed: "
+                                 f"{error}"), (0, at, 0))
+
+    def check_totals(self) -> None:
+        if self.built is None:
+            return
+        path, built = self.dir / manifest.MANIFEST_NAME, self.built
+
+        def flag(rule: str, message: str, n: int) -> None:
+            self.found.add(Violation(str(path), None, None, rule, message), (0, self.totals_at, n))
+
         actual_rows = sum(self.sources.values())
         if built["rows"] != actual_rows:
-            self.flag(path, "manifest_rows", f"manifest says {built['rows']} rows, shards hold {actual_rows}")
+            flag("manifest_rows", f"manifest says {built['rows']} rows, shards hold {actual_rows}", 0)
         if dict(self.sources) != built["source_counts"]:
-            self.flag(path, "manifest_counts", f"source counts {dict(self.sources)} != manifest {built['source_counts']}")
+            flag("manifest_counts", f"source counts {dict(self.sources)} != manifest {built['source_counts']}", 1)
         if dict(self.statuses) != built["status_counts"]:
-            self.flag(path, "manifest_counts", f"status counts {dict(self.statuses)} != manifest {built['status_counts']}")
+            flag("manifest_counts", f"status counts {dict(self.statuses)} != manifest {built['status_counts']}", 2)
+
+
+def _check_corpora(corpora: list[_CorpusCheck], found: _Found, deep: bool, spread: Spread) -> None:
+    """Every shard job in tasks, then the key partitions; then each directory's totals."""
+    jobs = [job for c in corpora for job in c.jobs]
+    by_ns = {job.ns: c for c in corpora for job in c.jobs}
+    guessed = sum(job.guessed_rows for job in jobs)
+    tasks = list(enumerate(_runs(jobs, _rows_per_task(guessed, spread))))
+    parts = partitions.partitions_for(guessed, spread.rows_per_partition)
+    with _spill_folder(spread.spill_dir, [Path(c.dir) for c in corpora]) as folder:
+        task = CheckShards(deep, str(folder), parts, found.keep, _plugin_sources())
+        spills = []
+        for (_, run), result in _map(task, tasks, spread, "validate: shards"):
+            if isinstance(result, TaskResult) and result.spill_error is not None:
+                raise errors.UsageError(f"cannot spill keys into {folder}: {result.spill_error} "
+                                        "(give --spill-dir a folder with room)")
+            for n, job in enumerate(run):
+                if isinstance(result, TaskResult):
+                    by_ns[job.ns].take(job, result.shards[n])
+                else:
+                    by_ns[job.ns].failed(job, result.error)
+            if isinstance(result, TaskResult) and result.spill is not None:
+                spills.append(result.spill)
+        if spills:
+            _find_duplicates(sorted(spills), parts, found, {j.read_at: str(j.path) for j in jobs}, spread)
+    for c in corpora:
+        c.check_totals()
+
+
+def _find_duplicates(spills: list[str], parts: int, found: _Found, path_at: dict[int, str], spread: Spread) -> None:
+    task = unique_keys.FindDuplicates(tuple(spills), found.keep)
+    for p, result in _map(task, list(range(parts)), spread, "validate: keys"):
+        if not isinstance(result, tuple):
+            raise errors.UsageError(f"the duplicate-key pass failed on partition {p}: {result.error} (on a "
+                                    "cluster, --spill-dir must be a folder every node sees)")
+        repeats, total = result
+        found.counts["duplicate_key"] += total
+        for d in repeats:
+            found.add(Violation(path_at[d.slot], d.row, d.key, "duplicate_key",
+                                f"key also at {path_at[d.first_slot]}:{d.first_row}"), (1, d.slot, d.row), counted=False)
+
+
+def _runs(jobs: list[ShardJob], rows: int) -> list[tuple[ShardJob, ...]]:
+    """Consecutive jobs of one namespace, up to `rows` guessed rows a run (one job at least).
+    Fewer spill files: a partition's task opens every one of them."""
+    runs: list[list[ShardJob]] = []
+    held = 0
+    for job in jobs:
+        if not runs or runs[-1][-1].ns != job.ns or held + job.guessed_rows > rows:
+            runs.append([])
+            held = 0
+        runs[-1].append(job)
+        held += job.guessed_rows
+    return [tuple(run) for run in runs]
+
+
+def _rows_per_task(rows: int, spread: Spread) -> int:
+    """ROWS_PER_TASK, or fewer so that every CPU gets TASKS_PER_CPU tasks."""
+    cpus = 1
+    if spread.ray is not None:
+        from emu_data.engine import runtime
+
+        cpus = runtime.cluster_cpus(runtime.ensure_ray(spread.ray))
+    return max(1, min(ROWS_PER_TASK, math.ceil(rows / (TASKS_PER_CPU * cpus))))
+
+
+def _map(fn: Callable, items: list, spread: Spread, desc: str) -> Iterator[tuple[object, object]]:
+    """(item, fn(item)) in Ray tasks (a runtime.TaskFailure for one that failed), or here."""
+    if spread.ray is None:
+        for item in items:
+            yield item, fn(item)
+        return
+    from emu_data.engine import runtime
+
+    yield from runtime.map_tasks(fn, items, options=spread.ray, desc=desc, total=len(items))
+
+
+@contextlib.contextmanager
+def _spill_folder(parent: Path | None, checked: list[Path]) -> Iterator[Path]:
+    """A new temporary folder under `parent` (default: the system temp dir), removed after;
+    never inside a directory being validated."""
+    parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    for directory in checked:
+        if parent.resolve().is_relative_to(directory.resolve()):
+            raise errors.UsageError(f"spill folder {parent} is inside {directory}, which validate only reads: "
+                                    "give --spill-dir another folder")
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="emu-data-validate-", dir=parent))
+    except OSError as e:
+        raise errors.UsageError(f"cannot make a spill folder in {parent}: {e.strerror or e} "
+                                "(give --spill-dir a writable folder)") from None
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _plugin_sources() -> tuple[str, ...]:
+    from emu_data import sources
+
+    return sources.registered_kind_names()
 
 
 class _FeaturesCheck(_DirCheck):
     """All checks of one features directory, against the corpus it embeds."""
 
-    def __init__(self, directory: Path, report: Report, corpus_dir: Path | None):
-        super().__init__(directory, report)
+    def __init__(self, directory: Path, found: _Found, corpus_dir: Path | None):
+        super().__init__(directory, found)
         self.given_corpus = corpus_dir
         self.corpus_dir: Path | None = None
         self.layout: tuple[Path, dict] | None = None   # the first shard's layout metadata
