@@ -385,9 +385,11 @@ def _after_sources() -> list[Command]:
                 _mix_params, _mix, makes_corpus=True,
                 description="Merge corpora into one: exact dedup by key, image sha256 and normalized URL; "
                             "each source subsampled so the output matches the weights (nothing is repeated: "
-                            "the scarcest source relative to its weight sets the total); a deterministic "
-                            "shuffle by --seed. Every input sample gets a status row (ok, dedup_image, "
-                            "dedup_url, duplicate_key, over_quota).",
+                            "the scarcest source relative to its weight sets the total: a source keeps its samples with the "
+                            "lowest seeded hash); a deterministic shuffle by --seed. Every input sample gets a status "
+                            "row (ok, dedup_image, dedup_url, duplicate_key, over_quota). Runs as Ray tasks over hash "
+                            "partitions spilled under OUT/_work: the driver's memory does not grow with the corpus, "
+                            "and --ray-address spreads it over a cluster (OUT must be storage every node sees).",
                 epilog="examples:\n  emu-data mix runs/yt runs/laion runs/coco runs/mmc4 runs/webvid --out runs/mix\n"
                        "  emu-data mix runs/* --out runs/mix --weights yt_storyboard=16,laion=128 --seed 1"),
         Command("features", "EVA-CLIP embeddings of every corpus image, in shards aligned with the corpus",
