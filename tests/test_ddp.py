@@ -7,6 +7,7 @@ The processes only ever talk over 127.0.0.1 (the launcher's store on a free port
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,9 +87,10 @@ def test_two_processes_train_as_one_on_the_same_global_batches(one_process, two_
 
 
 def test_a_killed_rank_is_one_line_and_torchrun_resumes_the_uninterrupted_curve_exactly(
-        sample_dir, sample_features, tiny_config, two_processes, tmp_path, capfd):
+        sample_dir, sample_features, tiny_config, one_process, two_processes, tmp_path, capfd):
     """Rank 0 is killed (-9) after the first checkpoint: the command says so in one line and
-    exits 1; plain torchrun (`-m emu_data.cli`) then resumes to the uninterrupted run's losses."""
+    exits 1; plain torchrun (`-m emu_data.cli`) then resumes to the uninterrupted run's losses,
+    and one process (a copy) to the one-process run's."""
     run, killed = tmp_path / "run", {}
 
     def kill_rank_0_after_the_first_checkpoint():
@@ -108,6 +110,9 @@ def test_a_killed_rank_is_one_line_and_torchrun_resumes_the_uninterrupted_curve_
     assert "Traceback" not in err and "ChildFailedError" not in err
     stopped_at = torch.load(run / "checkpoint.pt", weights_only=False)["step"]
     assert 2 <= stopped_at < 8
+    alone = shutil.copytree(run, tmp_path / "alone")
+    train.train(sample_dir, sample_features, alone, TINY, progress=False)
+    assert np.allclose(_losses(alone), _losses(one_process), rtol=1e-5, atol=0)
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
                 "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--local-addr", "127.0.0.1",

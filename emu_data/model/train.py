@@ -346,7 +346,7 @@ def _step(model, opt, arrays: dict, step: int, config: TrainConfig, device, rank
     with autocast(device, config.run.precision):
         losses = model(batch)
     text_ce, visual_mse = _shares(losses, ranks, device)
-    # DDP averages gradients over the ranks; the global loss is the sum of the shares
+    # the global batch's loss is the sum of the ranks' shares; DDP averages gradients over the ranks
     loss = (text_ce + config.model.regression_weight * visual_mse) * ranks.world
     if ranks.distributed and not batch.features.shape[0]:
         # A slice without images leaves the causal transformer and the regression head out of
@@ -388,8 +388,8 @@ def _summed(ranks: Ranks, device, *values: float) -> list[float]:
 
 
 def _checkpoint(path: Path, model, opt, step: int, ranks: Ranks) -> None:
-    """Rank 0 writes it (every rank holds the same weights and optimizer state); the others wait,
-    so that none is ever past the last checkpoint's step when a run stops."""
+    """Rank 0 writes it (every rank holds the same weights and optimizer state); the others wait
+    at a barrier until it is on disk."""
     if ranks.main:
         save_checkpoint(path, getattr(model, "module", model), opt, step)   # the bare model (DDP's .module)
     if ranks.distributed:
@@ -439,7 +439,9 @@ def _process_group(ranks: Ranks, device):
 
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
     try:
         yield dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
     except dist.DistError:
