@@ -10,6 +10,7 @@ per key or per violation); nothing is written into the validated directory.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -23,6 +24,7 @@ from emu_data.core import manifest, partitions, schema
 from emu_data.core.shards import write_table
 from emu_data.engine import runtime
 from emu_data.inspect import unique_keys
+from emu_data.inspect import validate as validate_module
 from emu_data.inspect.validate import Spread, validate
 
 
@@ -164,6 +166,28 @@ def test_the_validated_directory_is_never_written(tmp_path, ray_session, capsys)
     assert cli.main(["validate", str(out), "--spill-dir", str(tmp_path / "a-file")]) == 2
     assert "cannot make a spill folder" in capsys.readouterr().err
     assert snapshot() == before
+
+
+class _DiesOnShardOne(validate_module.CheckShards):
+    """The shard task, whose worker dies (as when killed, out of memory) on data shard 1."""
+
+    def __call__(self, item):
+        if any(job.path.name == "laion-00001.arrow" and job.record == "interleaved" for job in item[1]):
+            os._exit(1)
+        return super().__call__(item)
+
+
+def test_a_task_whose_worker_dies_leaves_its_shards_unchecked_and_said(tmp_path, ray_session, monkeypatch):
+    out = _corpus(tmp_path / "c", DATA, STATUS)
+    monkeypatch.setattr(validate_module, "CheckShards", _DiesOnShardOne)
+    lines = _lines(validate([out], spread=Spread(ray=ray_session)))
+    died = out / "data" / "laion-00001.arrow"
+    assert lines[0].startswith(f"{died}: [unreadable_shard] not checked: its task failed: ")
+    assert lines[1:3] == [f"{out / manifest.MANIFEST_NAME}: [manifest_rows] manifest says 12 rows, shards hold 9",
+                          f"{out / manifest.MANIFEST_NAME}: [manifest_counts] source counts {{'laion': 9}} "
+                          "!= manifest {'laion': 12}"]
+    unchecked = [line for line in _expected_repeats(out, DATA, STATUS) if str(died) not in line]
+    assert lines[3:] == [line for line in unchecked if "also at " + str(died) not in line]
 
 
 def test_duplicates_of_a_partition_keep_the_first_by_position():

@@ -582,28 +582,36 @@ class _CorpusCheck(_DirCheck):
 def _check_corpora(corpora: list[_CorpusCheck], found: _Found, deep: bool, spread: Spread) -> None:
     """Every shard job in tasks, then the key partitions; then each directory's totals."""
     jobs = [job for c in corpora for job in c.jobs]
-    by_ns = {job.ns: c for c in corpora for job in c.jobs}
-    guessed = sum(job.guessed_rows for job in jobs)
-    tasks = list(enumerate(_runs(jobs, _rows_per_task(guessed, spread))))
-    parts = partitions.partitions_for(guessed, spread.rows_per_partition)
-    with _spill_folder(spread.spill_dir, [Path(c.dir) for c in corpora]) as folder:
-        task = CheckShards(deep, str(folder), parts, found.keep, _plugin_sources())
-        spills = []
-        for (_, run), result in _map(task, tasks, spread, "validate: shards"):
-            if isinstance(result, TaskResult) and result.spill_error is not None:
-                raise errors.UsageError(f"cannot spill keys into {folder}: {result.spill_error} "
-                                        "(give --spill-dir a folder with room)")
-            for n, job in enumerate(run):
-                if isinstance(result, TaskResult):
-                    by_ns[job.ns].take(job, result.shards[n])
-                else:
-                    by_ns[job.ns].failed(job, result.error)
-            if isinstance(result, TaskResult) and result.spill is not None:
-                spills.append(result.spill)
-        if spills:
-            _find_duplicates(sorted(spills), parts, found, {j.read_at: str(j.path) for j in jobs}, spread)
+    if jobs:
+        guessed = sum(job.guessed_rows for job in jobs)
+        parts = partitions.partitions_for(guessed, spread.rows_per_partition)
+        with _spill_folder(spread.spill_dir, [c.dir for c in corpora]) as folder:
+            task = CheckShards(deep, str(folder), parts, found.keep, _plugin_sources())
+            by_ns = {job.ns: c for c in corpora for job in c.jobs}
+            spills = _check_shards(task, _runs(jobs, _rows_per_task(guessed, spread)), by_ns, spread)
+            if spills:
+                _find_duplicates(spills, parts, found, {j.read_at: str(j.path) for j in jobs}, spread)
     for c in corpora:
         c.check_totals()
+
+
+def _check_shards(task: CheckShards, runs: list[tuple[ShardJob, ...]], by_ns: dict[int, _CorpusCheck],
+                  spread: Spread) -> list[str]:
+    """The shard tasks, each shard's findings handed to its directory; returns the spill files."""
+    spills = []
+    for (_, run), result in _map(task, list(enumerate(runs)), spread, "validate: shards"):
+        if not isinstance(result, TaskResult):   # a runtime.TaskFailure: the worker died, or a bug
+            for job in run:
+                by_ns[job.ns].failed(job, result.error)
+            continue
+        if result.spill_error is not None:
+            raise errors.UsageError(f"cannot spill keys into {task.spill_dir}: {result.spill_error} "
+                                    "(give --spill-dir a folder with room)")
+        for job, shard in zip(run, result.shards):
+            by_ns[job.ns].take(job, shard)
+        if result.spill is not None:
+            spills.append(result.spill)
+    return sorted(spills)
 
 
 def _find_duplicates(spills: list[str], parts: int, found: _Found, path_at: dict[int, str], spread: Spread) -> None:
