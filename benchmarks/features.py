@@ -2,8 +2,12 @@
 
     python benchmarks/features.py --model EVA02-L-14 --precision bf16 --batch-size 256 --images 20000
     python benchmarks/features.py --model EVA02-B-16 --precision fp32 --batch-size 16 --images 256 --gpus 0
+    python benchmarks/features.py --model probe-224 --tokens patch --precision fp32 --batch-size 64 \
+        --images 20000 --gpus 0 --end-to-end-only --corpus /tmp/corpus-20k   # the driver's memory
 
-Random weights (pretrained none): speed does not depend on them. The corpus is `emu-data
+Random weights (pretrained none): speed does not depend on them. `--model probe-224` is a
+one-block ViT at 224 px (197 tokens x 192, 151 KB per fp32 patch-token row for ~0.2 GFLOP):
+many bytes of features for little compute, to see what the run costs the driver on a CPU. The corpus is `emu-data
 sample`'s (drawn scenes; photos of the same pixel size decode alike after the resize).
 Reported:
   decode     ChunkReader (read shard, JPEG/PNG decode, resize, crop) in this process on one
@@ -11,8 +15,12 @@ Reported:
   encode     the Encoder alone on a fixed batch of pixels, best of --repeats calls: images/s,
              model FLOPs per image (torch's FlopCounterMode, one forward) and TFLOP/s against
              --peak-tflops (default: 790 for H100/H200 bf16 dense, REFERENCE.md).
-  end_to_end make_features over the whole corpus (Ray Data decode tasks + encoder actors,
-             shards written), model load and Ray start-up included.
+  end_to_end make_features over the whole corpus (decode tasks + encoder actors that write
+             the shards), model load and Ray start-up included; the feature bytes written,
+             and the driver's peak RSS during the run (VmRSS sampled every 20 ms: the mapped
+             object-store pages it reads count) and over its life (ru_maxrss). With
+             --end-to-end-only the driver loads no model of its own, so both say what the
+             stage costs the driver.
 Peer: clip-retrieval's 312 img/s per A100 for ViT-L/14 (goal on one H100: 2x).
 """
 
@@ -23,8 +31,9 @@ import json
 import math
 import os
 import platform
-import shutil
+import resource
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +45,9 @@ from emu_data.synthetic import sample
 from emu_data.engine.stage import OutputOptions
 
 CLIP_RETRIEVAL_A100_VIT_L = 312.0
+PROBE_224 = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 224, "layers": 1, "width": 192, "head_width": 64, "patch_size": 16},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 PEAK_BF16 = {"H100": 790.0, "H200": 790.0}  # TFLOP/s, dense bf16 matmul (REFERENCE.md)
 
 
@@ -44,6 +56,45 @@ def make_corpus(out: Path, images: int, ray: runtime.RayOptions) -> Path:
     n = max(1, math.ceil(images / 32))
     sample.make_sample(sample.SampleConfig(n=n, per_unit=max(1, n // 4)), OutputOptions(out), ray)
     return out
+
+
+class PeakRss:
+    """The largest VmRSS of this process while the block runs (sampled every `every` s)."""
+
+    def __init__(self, every: float = 0.02):
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self):
+        while True:
+            self.peak = max(self.peak, _vm_rss())
+            if self._stop.wait(self.every):
+                return
+
+
+def _vm_rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def end_to_end(corpus: Path, out: Path, spec: encoder.ModelSpec, run: features.RunOptions,
+               ray: runtime.RayOptions) -> dict:
+    start, before = time.perf_counter(), _vm_rss()
+    with PeakRss() as rss:
+        built = features.make_features(corpus, out, spec, run, ray)
+    seconds = time.perf_counter() - start
+    return {"images": built["rows"], "seconds": round(seconds, 1), "images_per_s": round(built["rows"] / seconds, 1),
+            "feature_mb": round(sum(s["bytes"] for s in built["shards"]) / 2**20, 1), "driver_rss_before_mb": before // 2**20,
+            "driver_peak_rss_mb": rss.peak // 2**20,
+            "driver_ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
 
 
 def decode_rate(corpus: Path, preprocess: encoder.Preprocess) -> dict:
@@ -92,6 +143,21 @@ def encode_rate(spec: encoder.ModelSpec, preprocess: encoder.Preprocess, batch: 
     return {"device": name, "batch": batch, "seconds_per_batch": round(best, 4), "images_per_s": round(batch / best, 1)}
 
 
+def model_rates(spec: encoder.ModelSpec, preprocess: encoder.Preprocess, corpus: Path, args, cuda: bool) -> dict:
+    report = {"decode": decode_rate(corpus, preprocess)}
+    flops = model_flops(spec, preprocess)
+    report["gflops_per_image"] = round(flops / 1e9, 2)
+    report["encode"] = encode_rate(spec, preprocess, args.batch_size, args.repeats, None if cuda else "cpu")
+    rate = report["encode"]["images_per_s"]
+    report["encode"]["tflops"] = round(rate * flops / 1e12, 2)
+    peak = args.peak_tflops or next((v for k, v in PEAK_BF16.items() if k in report["encode"]["device"]), None)
+    if peak:
+        report["encode"]["fraction_of_peak"] = round(rate * flops / 1e12 / peak, 3)
+    report["cpu_decode_tasks_per_gpu"] = math.ceil(rate / report["decode"]["images_per_s_per_cpu"])
+    report["vs_clip_retrieval_vit_l_a100"] = round(rate / CLIP_RETRIEVAL_A100_VIT_L, 2)
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="EVA02-B-16")
@@ -103,9 +169,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed encoder calls (best kept)")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--skip-end-to-end", action="store_true")
+    ap.add_argument("--end-to-end-only", action="store_true",
+                    help="only make_features (no model in the driver: its RSS is the stage's)")
+    ap.add_argument("--corpus", type=Path, default=None,
+                    help="use (or make, if absent) the sample corpus here, to compare runs on one corpus")
     args = ap.parse_args()
     import torch
 
+    if args.model == "probe-224":   # open_clip registers a config by its file's stem
+        args.model = str(Path(tempfile.mkdtemp(prefix="bench-features-model-")) / "probe-224.json")
+        Path(args.model).write_text(json.dumps(PROBE_224))
     spec = encoder.ModelSpec(args.model, "none", args.tokens, args.precision)
     preprocess = encoder.preprocess_for(spec)
     ray = runtime.RayOptions()
@@ -116,25 +189,13 @@ def main() -> None:
               "model": args.model, "tokens": args.tokens, "precision": args.precision, "weights": "random (none)"}
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
         tmp = Path(tmp)
-        corpus = make_corpus(tmp / "corpus", args.images, ray)
-        report["decode"] = decode_rate(corpus, preprocess)
-        flops = model_flops(spec, preprocess)
-        report["gflops_per_image"] = round(flops / 1e9, 2)
-        report["encode"] = encode_rate(spec, preprocess, args.batch_size, args.repeats, None if cuda else "cpu")
-        rate = report["encode"]["images_per_s"]
-        report["encode"]["tflops"] = round(rate * flops / 1e12, 2)
-        peak = args.peak_tflops or next((v for k, v in PEAK_BF16.items() if k in report["encode"]["device"]), None)
-        if peak:
-            report["encode"]["fraction_of_peak"] = round(rate * flops / 1e12 / peak, 3)
-        report["cpu_decode_tasks_per_gpu"] = math.ceil(rate / report["decode"]["images_per_s_per_cpu"])
-        report["vs_clip_retrieval_vit_l_a100"] = round(rate / CLIP_RETRIEVAL_A100_VIT_L, 2)
+        corpus = args.corpus or tmp / "corpus"
+        if not (corpus / "_manifest.json").exists():
+            make_corpus(corpus, args.images, ray)
+        if not args.end_to_end_only:
+            report.update(model_rates(spec, preprocess, corpus, args, cuda))
         if not args.skip_end_to_end:
-            start = time.perf_counter()
-            built = features.make_features(corpus, tmp / "features", spec, run, ray)
-            seconds = time.perf_counter() - start
-            report["end_to_end"] = {"images": built["rows"], "seconds": round(seconds, 1),
-                                    "images_per_s": round(built["rows"] / seconds, 1)}
-        shutil.rmtree(tmp / "features", ignore_errors=True)
+            report["end_to_end"] = end_to_end(corpus, tmp / "features", spec, run, ray)
     runtime.shutdown()
     print(json.dumps(report, indent=2))
 

@@ -5,17 +5,21 @@ and equals direct open_clip output (exactly in fp32, within bf16's precision in 
 import io
 import json
 import os
+import pickle
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
 
 from emu_data.ops import encoder, features
 from emu_data.cli import main
+from emu_data.core import manifest, records
 from emu_data.core.corpus import LayoutChanged, shard_paths
-from emu_data.core.shards import read_shard
+from emu_data.core.schema import arrow_schema
+from emu_data.core.shards import read_shard, write_table
 
 TINY = {"embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
@@ -37,6 +41,17 @@ def fp32(sample_dir, tiny, tmp_path_factory, ray_session):
     built = features.make_features(sample_dir, out, spec, features.RunOptions(batch_size=1, images_per_read=16),
                                    ray_session)
     return out, built
+
+
+BATCHED = features.RunOptions(batch_size=8, images_per_read=16)
+
+
+@pytest.fixture(scope="module")
+def batched(sample_dir, tiny, tmp_path_factory, ray_session):
+    """Pooled fp32 features in batches of 8 that run across decode chunks of 16+ images."""
+    out = tmp_path_factory.mktemp("features") / "batched"
+    spec = encoder.ModelSpec(tiny, tokens="pooled", precision="fp32")
+    return out, features.make_features(sample_dir, out, spec, BATCHED, ray_session)
 
 
 def corpus_images(corpus):
@@ -133,19 +148,44 @@ def test_bf16_patch_tokens_match_the_last_block_within_bf16_precision(sample_dir
     assert json.loads(meta[b"shape"]) == [17, 64] and meta[b"dtype"] == b"bfloat16"
 
 
-def test_a_deleted_shard_is_recomputed_and_only_it(sample_dir, fp32, tiny, tmp_path, ray_session):
+def test_deleted_shards_are_recomputed_alone_byte_for_byte_and_only_they(sample_dir, batched, tiny, tmp_path,
+                                                                           ray_session, monkeypatch):
+    """Batches never cross a shard, so a shard remade alone equals the one the whole run made;
+    and all the driver gets back are small messages, never an embedding."""
     out = tmp_path / "resume"
-    shutil.copytree(fp32[0], out)
+    shutil.copytree(batched[0], out)
     shards = sorted((out / "data").glob("*.arrow"))
     before = {p.name: os.stat(p).st_mtime_ns for p in shards}
-    gone = shards[1]
-    gone.unlink()
+    gone = {p.name for p in shards[1::3]}   # shards with neighbours kept on both sides
+    for name in gone:
+        (out / "data" / name).unlink()
+    said = []
+    real = features.runtime.inference_units
+
+    def spy(*args, **kwargs):
+        for unit, message in real(*args, **kwargs):
+            said.append(message)
+            yield unit, message
+
+    monkeypatch.setattr(features.runtime, "inference_units", spy)
     spec = encoder.ModelSpec(tiny, tokens="pooled", precision="fp32")
-    built = features.make_features(sample_dir, out, spec, features.RunOptions(batch_size=1), ray_session)
+    built = features.make_features(sample_dir, out, spec, BATCHED, ray_session)
     after = {p.name: os.stat(p).st_mtime_ns for p in sorted((out / "data").glob("*.arrow"))}
     assert set(after) == set(before)
-    assert {name for name in after if after[name] != before[name]} == {gone.name}
-    assert [s["sha256"] for s in built["shards"]] == [s["sha256"] for s in fp32[1]["shards"]]
+    assert {name for name in after if after[name] != before[name]} == gone
+    assert [s["sha256"] for s in built["shards"]] == [s["sha256"] for s in batched[1]["shards"]]
+    assert_small_messages(said, shards=len(gone))
+
+
+def assert_small_messages(said: list, shards: int) -> None:
+    """What came back from the encoder actors: plain dicts of a few hundred bytes (rows
+    written; a shard's path, rows, bytes, sha256), never an array."""
+    assert said and all(len(pickle.dumps(m)) < 400 for m in said)
+    progress = [m["images"] for m in said if set(m) == {"images"}]
+    infos = [m["shard"] for m in said if set(m) == {"shard"}]
+    assert len(progress) + len(infos) == len(said) and all(type(n) is int for n in progress)
+    assert len(infos) == shards and all(set(i) == {"path", "rows", "bytes", "sha256"} for i in infos)
+    assert sum(progress) == sum(i["rows"] for i in infos)
 
 
 def test_another_layout_in_the_same_directory_is_refused(sample_dir, fp32, tiny, tmp_path, ray_session):
@@ -197,17 +237,56 @@ def test_row_comparison_refuses_no_rows_missing_rows_and_misaligned_rows():
             assert_same_rows(ours, reference, np.testing.assert_array_equal)
 
 
-def test_batched_cpu_features_match_unbatched_fp32(sample_dir, fp32, tiny, tmp_path, ray_session):
-    """The GPU test's comparison on CPU: batches of 64 against one image per call."""
-    out = tmp_path / "batched"
+def test_batched_cpu_features_match_unbatched_fp32(batched, fp32):
+    """The GPU test's comparison on CPU: batches of 8 against one image per call."""
+    assert_same_rows(feature_rows(batched[0]), feature_rows(fp32[0]), close_fp32)
+
+
+def test_the_encoder_worker_writes_a_shard_itself_and_returns_only_its_summary(sample_dir, batched, tiny,
+                                                                                tmp_path, ray_session):
+    """ShardEncoder called as its actor calls it: the messages it yields are what the remote
+    call returns to the driver. The shard is the one the whole run wrote, byte for byte, a
+    record batch per decode chunk."""
     spec = encoder.ModelSpec(tiny, tokens="pooled", precision="fp32")
-    features.make_features(sample_dir, out, spec, features.RunOptions(batch_size=64), ray_session)
-    assert_same_rows(feature_rows(out), feature_rows(fp32[0]), close_fp32)
+    preprocess = encoder.preprocess_for(spec)
+    entry = max(batched[1]["shards"], key=lambda e: e["rows"])   # several chunks and batches
+    corpus_entry = next(e for e in json.loads((sample_dir / "_manifest.json").read_text())["shards"]
+                        if e["path"] == entry["path"])
+    unit = features._unit(sample_dir, corpus_entry, BATCHED.images_per_read)
+    counts = features.image_counts(sample_dir / unit.shard)
+    per_chunk = [sum(counts[c.start:c.stop]) for c in unit.chunks]
+    assert any(sum(per_chunk[:i]) % BATCHED.batch_size for i in range(1, len(per_chunk)))   # a batch spans chunks
+    plan = features.plan_inference(BATCHED, ray_session)
+    fingerprint = json.loads((batched[0] / "_config.json").read_text())["fingerprint"]
+    worker = features.ShardEncoder(str(sample_dir), str(tmp_path), spec, preprocess, fingerprint, plan)
+    said = list(worker(unit))
+    assert_small_messages(said, shards=1)
+    assert said[-1]["shard"] == {**entry, "bytes": (tmp_path / entry["path"]).stat().st_size}
+    assert said[-1]["shard"]["sha256"] == entry["sha256"]
+    written = pa.ipc.open_file(str(tmp_path / entry["path"]))
+    assert [written.get_batch(i).num_rows for i in range(written.num_record_batches)] == \
+        [m["images"] for m in said[:-1]] == per_chunk
+
+
+def test_an_image_that_does_not_decode_stops_the_run_with_a_feature_error(tmp_path, tiny, ray_session):
+    """Raised in a decode task inside an encoder actor, it reaches the caller as itself, naming
+    shard, key and image; no temporary file and no manifest are left."""
+    good = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(good, "PNG")
+    rows = [records.sample("laion:good", "laion", [good.getvalue(), "caption"]),
+            records.sample("laion:bad", "laion", [b"\x89PNG not really", "caption"])]
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    info = write_table(corpus / "data" / "x.arrow", pa.Table.from_pylist(rows, schema=arrow_schema("interleaved")),
+                       corpus)
+    part = {"shards": [info.to_dict()], "status_shards": [], "status_counts": {"ok": 2}, "source_counts": {}}
+    manifest.write(corpus, manifest.build(record="interleaved", stage="sample", config={}, fingerprint="f",
+                                          parts=[part]))
+    with pytest.raises(features.FeatureError, match=r"data/x\.arrow: laion:bad image 0 does not decode"):
+        features.make_features(corpus, out, encoder.ModelSpec(tiny), features.RunOptions(), ray_session)
+    assert not (out / manifest.MANIFEST_NAME).exists() and not list(out.glob("data/*"))
 
 
 def test_the_stage_pickles():
-    import pickle
-
     reader = features.ChunkReader("/corpus", encoder.preprocess_for(encoder.ModelSpec("EVA02-B-16")))
     assert pickle.loads(pickle.dumps(reader)).preprocess.size == (224, 224)
 

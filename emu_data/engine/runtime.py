@@ -1,14 +1,17 @@
 """The one module that touches Ray: start or join a cluster, run tasks with a bound, and
-run batch inference (Ray Data: CPU read tasks feeding a pool of model actors).
+run inference (a pool of model actors, each unit of work whole on one actor, fed by CPU read
+tasks the actor owns).
 
-Everything else hands plain picklable functions, classes and arguments to `map_tasks` and
-`batch_inference`, so a change in Ray's API (its actor-pool API changed twice) is an edit
-here only.
+Everything else hands plain picklable functions, classes and arguments to `map_tasks`,
+`inference_units` and `read_ahead`, so a change in Ray's API (its actor-pool API changed
+twice) is an edit here only.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -191,7 +194,9 @@ def _result(ray, ref, item):
 
 @dataclass(frozen=True)
 class InferencePlan:
-    """How batch inference spreads: `read` tasks on CPUs, `actors` model replicas."""
+    """How inference spreads: `actors` model replicas, each working on `units_per_actor` units
+    at once (threads of the actor, taking turns on its model: the next unit's reads overlap
+    the last one's tail), each unit fed by at most `reads_per_unit` CPU read tasks in flight."""
 
     batch_size: int = 256
     actors: int = 1
@@ -199,44 +204,92 @@ class InferencePlan:
     cpus_per_actor: float = 1.0
     cpus_per_read: float = 1.0
     memory_per_read: int = 768 * 2**20  # a read task: its imports (torch, via open_clip) + pixels
+    units_per_actor: int = 2
+    reads_per_unit: int = 2
 
 
-def batch_inference(items: list[dict], read: Callable[[dict], dict], model_cls: type, model_args: tuple,
-                    plan: InferencePlan, options: RayOptions = RayOptions()) -> Iterator[dict]:
-    """Ray Data: read(item) -> a batch of numpy columns on CPU tasks, then model_cls(*model_args)
-    actors (__init__ loads once, __call__ maps a batch) in batches of plan.batch_size; yields
-    the output batches (dicts of numpy arrays) in the order of `items`."""
+def inference_units(units: list, worker_cls: type, worker_args: tuple, plan: InferencePlan,
+                    options: RayOptions = RayOptions()) -> Iterator[tuple[object, object]]:
+    """Run each unit whole on one of `plan.actors` actors holding worker_cls(*worker_args)
+    (__init__ loads the model once); worker(unit) is a generator of small messages, and
+    this yields (unit, message) as they arrive, units in no fixed order. What the worker
+    makes (a shard) it writes itself: only its messages come to this process.
+
+    The worker reads its unit's input with `read_ahead` (tasks it owns). Any failure stops
+    the run: the actors are killed, their tasks with them, and the error is raised as the
+    worker raised it (a FeatureError stays a FeatureError, not Ray's wrapper)."""
     ray = ensure_ray(options)
-    import ray.data
+    actor_cls = ray.remote(_UnitActor).options(
+        num_cpus=plan.cpus_per_actor, num_gpus=plan.gpus_per_actor, max_concurrency=plan.units_per_actor)
+    actors = [actor_cls.remote(worker_cls, worker_args) for _ in range(min(plan.actors, len(units)))]
+    load = [0] * len(actors)
+    queue, running = list(reversed(units)), {}
+    try:
+        while queue or running:
+            while queue and min(load) < plan.units_per_actor:
+                which = load.index(min(load))
+                unit = queue.pop()
+                running[actors[which].run.options(num_returns="streaming").remote(unit)] = (unit, which)
+                load[which] += 1
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for stream in ready:
+                unit, which = running[stream]
+                try:
+                    ref = next(stream)
+                except StopIteration:
+                    del running[stream]
+                    load[which] -= 1
+                    continue
+                yield unit, _get(ray, ref)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
-    if not log.isEnabledFor(logging.DEBUG):  # Ray Data's per-dataset INFO lines drown our progress bar
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # outputs line up with the items' order
-    context.enable_progress_bars = False              # the caller shows its own progress
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    # Decoding must run in CPU tasks of its own, never inside a model actor that would wait
-    # on it. Ray Data fuses a task map into the next actor map when their resource requests
-    # are equal; the read tasks declare their memory, which keeps them apart.
-    dataset = dataset.map_batches(_ReadItems(read), batch_size=1, num_cpus=plan.cpus_per_read,
-                                  memory=plan.memory_per_read)
-    dataset = dataset.map_batches(
-        model_cls, fn_constructor_args=model_args, batch_size=plan.batch_size, batch_format="numpy",
-        num_gpus=plan.gpus_per_actor or None, num_cpus=plan.cpus_per_actor,
-        compute=ray.data.ActorPoolStrategy(size=plan.actors))
-    yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+
+class _UnitActor:
+    """An inference actor: the worker, and a streaming method Ray can call (not __call__)."""
+
+    def __init__(self, worker_cls: type, worker_args: tuple):
+        self.worker = worker_cls(*worker_args)
+
+    def run(self, unit):
+        yield from self.worker(unit)
 
 
-class _ReadItems:
-    """Ray Data hands a one-row batch of columns; read() wants the row as a dict."""
+def read_ahead(read: Callable, items: Iterable, plan: InferencePlan) -> Iterator:
+    """read(item) as Ray CPU tasks (plan.cpus_per_read each, plan.memory_per_read), at most
+    plan.reads_per_unit in flight, the first ones submitted now; the iterator returned yields
+    the results in the order of `items`. Meant for the worker of `inference_units`: the tasks
+    are its actor's and die with it. A task's error is raised as the task raised it; the
+    tasks still in flight are then cancelled."""
+    import ray
 
-    def __init__(self, read: Callable[[dict], dict]):
-        self.read = read
+    remote = ray.remote(_call).options(num_cpus=plan.cpus_per_read, memory=plan.memory_per_read, max_retries=1)
+    read_ref, items = ray.put(read), iter(items)
+    window = collections.deque(remote.remote(read_ref, item) for item in itertools.islice(items, plan.reads_per_unit))
+    return _in_order(ray, window, (remote.remote(read_ref, item) for item in items))
 
-    def __call__(self, batch: dict) -> dict:
-        item = {name: values[0].item() if hasattr(values[0], "item") else values[0]
-                for name, values in batch.items()}
-        return self.read(item)
+
+def _in_order(ray, window: collections.deque, more: Iterator) -> Iterator:
+    try:
+        while window:
+            result = _get(ray, window[0])
+            window.popleft()
+            window.extend(itertools.islice(more, 1))   # while the caller works on this result
+            yield result
+    finally:
+        if window:
+            _cancel(ray, list(window))
+
+
+def _get(ray, ref):
+    """ray.get, with a task's own exception raised instead of Ray's wrapper around it."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, Exception):
+            raise e.cause from None
+        raise
 
 
 # ---- one object shared by every task of a run --------------------------------------------

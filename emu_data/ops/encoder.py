@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -183,10 +184,12 @@ def last_block(visual):
 
 
 class Encoder:
-    """A Ray Data actor: __init__ loads the model once, __call__ encodes one batch of pixels.
+    """The model of an encoder actor: __init__ loads it once, __call__ encodes one batch of pixels.
 
     Input batch: "pixels" (N x H x W x 3 uint8) and any other columns, passed through.
     Output: the same columns with "embedding" (N x *shape, the stored dtype) instead of pixels.
+    Threads of one actor may share it: __call__ holds a lock (encode alone is not safe: the
+    patch-token hook keeps the last block's output on self).
     """
 
     def __init__(self, spec: ModelSpec, preprocess: Preprocess, device: str | None = None, threads: int | None = None):
@@ -194,7 +197,8 @@ class Encoder:
 
         if threads:
             torch.set_num_threads(threads)
-        self.spec = spec
+        self.spec, self.size = spec, tuple(preprocess.size)
+        self._lock = threading.Lock()
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.visual = load_visual(spec, self.device)
         found = tuple(self.visual.preprocess_cfg.get("size", ()))
@@ -226,9 +230,13 @@ class Encoder:
         return out
 
     def __call__(self, batch: dict) -> dict:
-        embedding = self.encode(batch.pop("pixels"))
-        batch["embedding"] = stored(embedding, self.spec.precision)
+        with self._lock:
+            batch["embedding"] = stored(self.encode(batch.pop("pixels")), self.spec.precision)
         return batch
+
+    def embedding_shape(self) -> list[int]:
+        """The per-image embedding shape: one forward pass on a blank image."""
+        return list(self({"pixels": np.zeros((1, *self.size, 3), np.uint8)})["embedding"].shape[1:])
 
 
 def stored(embedding, precision: str) -> np.ndarray:
@@ -247,11 +255,3 @@ def as_float32(stored_values: np.ndarray, precision: str) -> np.ndarray:
     if precision == "bf16":
         return (stored_values.astype(np.uint32) << 16).view(np.float32)
     return stored_values.astype(np.float32)
-
-
-def embedding_shape(spec: ModelSpec, preprocess: Preprocess) -> list[int]:
-    """The per-image embedding shape, from one forward pass of a randomly initialised copy on a
-    blank image (CPU, fp32): the shape does not depend on the weights, which are not fetched."""
-    encoder = Encoder(ModelSpec(spec.model, NO_WEIGHTS, spec.tokens, "fp32", spec.seed), preprocess, "cpu")
-    blank = np.zeros((1, *preprocess.size, 3), dtype=np.uint8)
-    return list(encoder.encode(blank).shape[1:])

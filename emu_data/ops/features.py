@@ -6,9 +6,15 @@
                                image (key, image_index, embedding), in the corpus's order
       _manifest.json           written last
 
-The CPU half (read the corpus shard memory-mapped, decode, resize, crop) runs as Ray Data
-tasks; the GPU half (normalise, encode) in a pool of encoder actors, one model per GPU
-(encoder.py). With no GPU the same pipeline runs one CPU encoder actor, slowly but the same.
+A corpus shard is the unit of work: one encoder actor (one model per GPU, encoder.py) takes
+it whole, has its images decoded by CPU tasks it owns (read the shard memory-mapped, decode,
+resize, crop: a chunk of rows each, a few in flight), encodes them (normalise, forward) in
+batches of --batch-size that never cross into another shard, and writes the feature shard
+itself, a record batch per chunk, to a temporary file renamed into place. The driver gets
+back a few small messages per shard (rows written, then path, rows, bytes, sha256) and
+writes the manifest: no embedding passes through it. A shard's bytes depend on that shard
+and the options alone, so a shard remade on resume equals the one a whole run makes.
+With no GPU the same pipeline runs one CPU encoder actor, slowly but the same.
 
 Resumable per shard: a feature shard whose metadata names the same layout fingerprint and
 the same corpus shard sha256 is kept; the others are recomputed. A rerun with another
@@ -22,12 +28,14 @@ FeatureError naming the shard, key and image; ingest never stores one, and
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import hashlib
 import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -248,99 +256,169 @@ def _metadata(path: Path) -> dict:
 
 def plan_inference(run: RunOptions, ray: runtime.RayOptions) -> runtime.InferencePlan:
     """One encoder actor per GPU; with none, one CPU actor holding half the CPUs (on a
-    one-CPU cluster, half of it)."""
+    one-CPU cluster, half of it). Each shard an actor works on keeps enough decode tasks in
+    flight to use the CPUs the actors leave, and one more."""
     runtime.ensure_ray(ray)
     have = runtime.cluster_gpus()
     gpus = have if run.gpus is None else run.gpus
     if gpus > have:
         raise FeatureError(f"asked for {gpus} GPU(s), the Ray cluster has {have}")
-    if gpus:
-        return runtime.InferencePlan(batch_size=run.batch_size, actors=gpus, gpus_per_actor=1, cpus_per_actor=1)
     total = runtime.cluster_cpus()
-    if total < 2 and not run.encoder_cpus:
+    if gpus:
+        plan = runtime.InferencePlan(batch_size=run.batch_size, actors=gpus, gpus_per_actor=1, cpus_per_actor=1)
+    elif total < 2 and not run.encoder_cpus:
         # One CPU: the encoder actor and the decode tasks share it. Whole CPUs each would
         # deadlock (the actor holds the only CPU, the reads it waits on never start).
-        return runtime.InferencePlan(batch_size=run.batch_size, actors=1, cpus_per_actor=0.5, cpus_per_read=0.5)
-    cpus = run.encoder_cpus or total // 2
-    if cpus >= total:
-        raise FeatureError(f"--encoder-cpus {cpus} leaves none of the cluster's {total} CPU(s) to decode images")
-    return runtime.InferencePlan(batch_size=run.batch_size, actors=1, cpus_per_actor=cpus)
+        plan = runtime.InferencePlan(batch_size=run.batch_size, actors=1, cpus_per_actor=0.5, cpus_per_read=0.5)
+    else:
+        cpus = run.encoder_cpus or total // 2
+        if cpus >= total:
+            raise FeatureError(f"--encoder-cpus {cpus} leaves none of the cluster's {total} CPU(s) to decode images")
+        plan = runtime.InferencePlan(batch_size=run.batch_size, actors=1, cpus_per_actor=cpus)
+    free = max(total - plan.actors * plan.cpus_per_actor, plan.cpus_per_read)
+    return replace(plan, reads_per_unit=math.ceil(free / plan.cpus_per_read / plan.actors) + 1)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One pending corpus shard: read, encoded and written whole by one encoder actor."""
+
+    shard: str                  # relative path in the corpus (and in the output)
+    sha256: str                 # the corpus shard's, recorded in the feature shard
+    chunks: tuple[Chunk, ...]   # its decode tasks, in order
+    images: int
 
 
 def _compute(corpus: Path, out: Path, pending: list[dict], spec, preprocess, run: RunOptions, ray,
              fingerprint: str) -> dict[str, ShardInfo]:
+    """The pending shards, each made by the actor that encodes it: this process sees only
+    what the actors say (rows written, then the shard's path, rows, bytes and sha256)."""
     plan = plan_inference(run, ray)
     if not plan.gpus_per_actor:
         log.warning("no GPU: encoding on %d CPU(s); expect a few images per second for EVA models",
                     plan.cpus_per_actor)
-    counts = {e["path"]: image_counts(corpus / e["path"]) for e in pending}
-    chunks = [c for e in pending for c in chunks_of(e["path"], counts[e["path"]], run.images_per_read)]
+    units = [_unit(corpus, entry, run.images_per_read) for entry in pending]
     threads = None if plan.gpus_per_actor else int(plan.cpus_per_actor)
-    batches = runtime.batch_inference(
-        [asdict(c) for c in chunks], ChunkReader(str(corpus), preprocess), encoder.Encoder,
-        (spec, preprocess, None, threads), plan, ray) if chunks else iter(())
-    writer = _ShardSeries(out, spec, preprocess, fingerprint)
+    args = (str(corpus), str(out), spec, preprocess, fingerprint, plan, threads)
     done = {}
-    with tqdm(total=sum(map(sum, counts.values())), desc="features", unit="img", disable=None) as bar:
-        rows = _rows(batches)
-        for entry in pending:
-            done[entry["path"]] = writer.write(entry, sum(counts[entry["path"]]), rows, bar)
+    with tqdm(total=sum(u.images for u in units), desc="features", unit="img", disable=None) as bar:
+        for unit, said in runtime.inference_units(units, ShardEncoder, args, plan, ray):
+            if "images" in said:
+                bar.update(said["images"])
+            else:
+                done[unit.shard] = _made(unit, ShardInfo(**said["shard"]))
     return done
 
 
-def _rows(batches: Iterator[dict]) -> Iterator[tuple[dict, int, int]]:
-    """(batch, start, stop) pieces; the consumer takes as many rows as it needs from each."""
-    for batch in batches:
-        yield batch, 0, len(batch["key"])
+def _unit(corpus: Path, entry: dict, per_read: int) -> Unit:
+    counts = image_counts(corpus / entry["path"])
+    return Unit(entry["path"], entry["sha256"], tuple(chunks_of(entry["path"], counts, per_read)), sum(counts))
 
 
-class _ShardSeries:
-    """Writes the feature shards one after the other, as rows stream in in corpus order."""
+def _made(unit: Unit, info: ShardInfo) -> ShardInfo:
+    """The alignment check the driver can make without the rows: one row per image."""
+    if info.path != unit.shard or info.rows != unit.images:
+        raise FeatureError(f"{unit.shard}: the encoder wrote {info.rows} rows to {info.path} "
+                           f"for {unit.images} images")
+    return info
 
-    def __init__(self, out: Path, spec: encoder.ModelSpec, preprocess: encoder.Preprocess, fingerprint: str):
-        self.out, self.spec, self.preprocess, self.fingerprint = out, spec, preprocess, fingerprint
-        self.shape: list[int] | None = None
-        self._left: tuple[dict, int, int] | None = None
 
-    def write(self, entry: dict, images: int, rows: Iterator, bar) -> ShardInfo:
-        need, shard = images, None
+class ShardEncoder:
+    """Worker of an encoder actor: __init__ loads the model once; __call__(unit) decodes one
+    corpus shard in CPU tasks, encodes its images in batches of batch_size and writes its
+    feature shard (tmp + rename), yielding small messages only: {"images": n} per record
+    batch written, then {"shard": ShardInfo dict}. The embeddings never leave this process
+    but into the shard. An actor runs a few units at once, taking turns on the model."""
+
+    def __init__(self, corpus: str, out: str, spec: encoder.ModelSpec, preprocess: encoder.Preprocess,
+                 fingerprint: str, plan: runtime.InferencePlan, threads: int | None = None):
+        self.reader, self.out, self.plan = ChunkReader(corpus, preprocess), Path(out), plan
+        self.spec, self.preprocess, self.fingerprint = spec, preprocess, fingerprint
+        # Loaded in the background: the first unit's decode tasks start meanwhile (each side
+        # spends seconds importing torch; in turn, they doubled the time of a small run).
+        self._loading = concurrent.futures.ThreadPoolExecutor(1).submit(self._load, spec, preprocess, threads)
+
+    @staticmethod
+    def _load(spec: encoder.ModelSpec, preprocess: encoder.Preprocess, threads: int | None):
+        model = encoder.Encoder(spec, preprocess, None, threads)
+        return model, model.embedding_shape()
+
+    def __call__(self, unit: Unit) -> Iterator[dict]:
+        reads = runtime.read_ahead(self.reader, [asdict(c) for c in unit.chunks], self.plan)
+        model, shape = self._loading.result()
+        shard = None
         try:
-            while need:
-                batch, start, stop = self._left or next(rows)
-                take = min(need, stop - start)
-                piece = {k: v[start:start + take] for k, v in batch.items()}
-                if set(piece["shard"]) != {entry["path"]}:
-                    raise FeatureError(f"encoder output out of order: expected {entry['path']}")
-                shard = shard or OneShard(self.out / entry["path"], self._schema(entry, piece), self.out)
-                shard.write(self._table(piece, shard))
-                self._left = (batch, start + take, stop) if start + take < stop else None
-                need -= take
-                bar.update(take)
-            shard = shard or OneShard(self.out / entry["path"], self._schema(entry, None), self.out)
-            return shard.close()
+            shard = OneShard(self.out / unit.shard, self.schema(unit, shape), self.out)
+            for table in _tables(reads, len(unit.chunks), model, self.plan.batch_size, shard.schema):
+                shard.write(table)
+                yield {"images": table.num_rows}
+            yield {"shard": shard.close().to_dict()}
         except BaseException:
             if shard is not None:
                 shard.abort()
             raise
 
-    def _schema(self, entry: dict, piece: dict | None) -> pa.Schema:
-        if self.shape is None:
-            self.shape = (list(piece["embedding"].shape[1:]) if piece is not None
-                          else encoder.embedding_shape(self.spec, self.preprocess))
-        meta = {"model": self.spec.model, "pretrained": self.spec.pretrained, "tokens": self.spec.tokens,
-                "shape": json.dumps(self.shape), "dtype": encoder.DTYPE_NAME[self.spec.precision],
+    def schema(self, unit: Unit, shape: list[int]) -> pa.Schema:
+        spec = self.spec
+        meta = {"model": spec.model, "pretrained": spec.pretrained, "tokens": spec.tokens,
+                "shape": json.dumps(shape), "dtype": encoder.DTYPE_NAME[spec.precision],
                 "preprocess": json.dumps(self.preprocess.to_dict())}
-        ours = {"fingerprint": self.fingerprint, "corpus_shard": entry["path"], "corpus_sha256": entry["sha256"]}
-        if self.spec.random_init:
-            ours["random_init_seed"] = str(self.spec.seed)
+        ours = {"fingerprint": self.fingerprint, "corpus_shard": unit.shard, "corpus_sha256": unit.sha256}
+        if spec.random_init:
+            ours["random_init_seed"] = str(spec.seed)
         return schema.arrow_schema(
-            "features", params={"storage": encoder.STORAGE[self.spec.precision], "size": math.prod(self.shape)},
+            "features", params={"storage": encoder.STORAGE[spec.precision], "size": math.prod(shape)},
             metadata={**meta, **{META_PREFIX + k: v for k, v in ours.items()}})
 
-    def _table(self, piece: dict, shard: OneShard) -> pa.Table:
-        size = math.prod(self.shape)
-        flat = np.ascontiguousarray(piece["embedding"]).reshape(-1)
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(flat), size)
-        return pa.table({"key": pa.array(list(piece["key"]), pa.string()),
-                         "image_index": pa.array(piece["image_index"], pa.int32()),
-                         "embedding": embedding}, schema=shard.schema)
+
+def _tables(reads: Iterator[dict], chunks: int, model: encoder.Encoder, batch_size: int,
+            shard_schema: pa.Schema) -> Iterator[pa.Table]:
+    """A shard's rows in corpus order, a table per decode chunk (`reads`, `chunks` of them);
+    the encoder batches run across chunks, never across shards, so a shard's bytes depend
+    on it alone."""
+    decoded: collections.deque = collections.deque()   # chunks read, not yet written
+    pixels, embeddings = _Rows(), _Rows()
+    for done, chunk in enumerate(reads, 1):
+        pixels.add(chunk.pop("pixels"))
+        decoded.append(chunk)
+        while len(pixels) >= batch_size or (len(pixels) and done == chunks):
+            embeddings.add(model({"pixels": pixels.take(batch_size)})["embedding"])
+            while decoded and len(embeddings) >= len(decoded[0]["key"]):
+                chunk = decoded.popleft()
+                yield _table(chunk, embeddings.take(len(chunk["key"])), shard_schema)
+
+
+def _table(chunk: dict, embedding: np.ndarray, shard_schema: pa.Schema) -> pa.Table:
+    flat = np.ascontiguousarray(embedding).reshape(-1)
+    size = shard_schema.field("embedding").type.list_size
+    return pa.table({"key": pa.array(list(chunk["key"]), pa.string()),
+                     "image_index": pa.array(chunk["image_index"], pa.int32()),
+                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat), size)}, schema=shard_schema)
+
+
+class _Rows:
+    """Arrays queued by rows: add() at the back, take(n) the first n rows as one array."""
+
+    def __init__(self):
+        self.parts: collections.deque = collections.deque()
+        self.rows = 0
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def add(self, array: np.ndarray) -> None:
+        if len(array):
+            self.parts.append(array)
+            self.rows += len(array)
+
+    def take(self, n: int) -> np.ndarray:
+        n, out = min(n, self.rows), []
+        self.rows -= n
+        while n:
+            part = self.parts.popleft()
+            if len(part) > n:
+                self.parts.appendleft(part[n:])
+                part = part[:n]
+            out.append(part)
+            n -= len(part)
+        return out[0] if len(out) == 1 else np.concatenate(out)
