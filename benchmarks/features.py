@@ -20,7 +20,8 @@ Reported:
              and the driver's peak RSS during the run (VmRSS sampled every 20 ms: the mapped
              object-store pages it reads count) and over its life (ru_maxrss). With
              --end-to-end-only the driver loads no model of its own, so both say what the
-             stage costs the driver.
+             stage costs the driver. cpu_s: CPU seconds of the whole process tree (driver
+             and Ray), images_per_cpu_s the rate a loaded shared machine does not move.
 Peer: clip-retrieval's 312 img/s per A100 for ViT-L/14 (goal on one H100: 2x).
 """
 
@@ -85,16 +86,41 @@ def _vm_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
+def tree_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process and its descendants (the
+    embedded Ray's raylet and workers), as benchmarks/webvid_local.py counts them, plus what
+    the children they reaped used (the encoder actor is gone when the run ends): a rate per
+    CPU second that other users of a shared machine do not move. Linux only."""
+    parents, used = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue   # gone meanwhile
+            parents[int(entry)] = int(fields[1])
+            used[int(entry)] = sum(map(int, fields[11:15]))   # utime, stime, cutime, cstime
+    mine, changed = {os.getpid()}, True
+    while changed:
+        grown = mine | {pid for pid, parent in parents.items() if parent in mine}
+        changed, mine = grown != mine, grown
+    return sum(used.get(pid, 0) for pid in mine) / os.sysconf("SC_CLK_TCK")
+
+
 def end_to_end(corpus: Path, out: Path, spec: encoder.ModelSpec, run: features.RunOptions,
                ray: runtime.RayOptions) -> dict:
-    start, before = time.perf_counter(), _vm_rss()
+    runtime.ensure_ray(ray)   # started before the clocks: its CPU seconds are not the stage's
+    start, before, cpu = time.perf_counter(), _vm_rss(), tree_cpu()
     with PeakRss() as rss:
         built = features.make_features(corpus, out, spec, run, ray)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, tree_cpu() - cpu
     return {"images": built["rows"], "seconds": round(seconds, 1), "images_per_s": round(built["rows"] / seconds, 1),
+            "cpu_s": round(cpu, 1), "images_per_cpu_s": round(built["rows"] / cpu, 2),
             "feature_mb": round(sum(s["bytes"] for s in built["shards"]) / 2**20, 1), "driver_rss_before_mb": before // 2**20,
             "driver_peak_rss_mb": rss.peak // 2**20,
-            "driver_ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+            "driver_ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            "sha256": {s["path"]: s["sha256"] for s in built["shards"]}}   # to compare two versions' bytes
 
 
 def decode_rate(corpus: Path, preprocess: encoder.Preprocess) -> dict:
@@ -173,6 +199,7 @@ def main() -> None:
                     help="only make_features (no model in the driver: its RSS is the stage's)")
     ap.add_argument("--corpus", type=Path, default=None,
                     help="use (or make, if absent) the sample corpus here, to compare runs on one corpus")
+    ap.add_argument("--features-out", type=Path, default=None, help="write (and keep) the features here")
     args = ap.parse_args()
     import torch
 
@@ -195,7 +222,7 @@ def main() -> None:
         if not args.end_to_end_only:
             report.update(model_rates(spec, preprocess, corpus, args, cuda))
         if not args.skip_end_to_end:
-            report["end_to_end"] = end_to_end(corpus, tmp / "features", spec, run, ray)
+            report["end_to_end"] = end_to_end(corpus, args.features_out or tmp / "features", spec, run, ray)
     runtime.shutdown()
     print(json.dumps(report, indent=2))
 

@@ -17,9 +17,10 @@ from PIL import Image
 from emu_data.ops import encoder, features
 from emu_data.cli import main
 from emu_data.core import manifest, records
-from emu_data.core.corpus import LayoutChanged, shard_paths
+from emu_data.core.corpus import LayoutChanged, StaleRun, shard_paths, writers_lock
 from emu_data.core.schema import arrow_schema
 from emu_data.core.shards import read_shard, write_table
+from emu_data.engine import runtime
 
 TINY = {"embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
@@ -215,8 +216,6 @@ def test_bad_model_and_weights_are_clear_errors(sample_dir, tiny, tmp_path, caps
 
 def test_a_one_cpu_cluster_shares_its_cpu_between_encoder_and_decoding(monkeypatch, ray_session):
     """Whole CPUs each on a 1-CPU Ray would deadlock: the actor holds the CPU the reads need."""
-    from emu_data.engine import runtime
-
     monkeypatch.setattr(runtime, "cluster_cpus", lambda ray=None: 1)
     monkeypatch.setattr(runtime, "cluster_gpus", lambda ray=None: 0)
     plan = features.plan_inference(features.RunOptions(), ray_session)
@@ -258,8 +257,9 @@ def test_the_encoder_worker_writes_a_shard_itself_and_returns_only_its_summary(s
     assert any(sum(per_chunk[:i]) % BATCHED.batch_size for i in range(1, len(per_chunk)))   # a batch spans chunks
     plan = features.plan_inference(BATCHED, ray_session)
     fingerprint = json.loads((batched[0] / "_config.json").read_text())["fingerprint"]
-    worker = features.ShardEncoder(str(sample_dir), str(tmp_path), spec, preprocess, fingerprint, plan)
+    worker = features.ShardEncoder(str(sample_dir), str(tmp_path), spec, preprocess, fingerprint, plan)   # no run
     said = list(worker(unit))
+    worker.close()
     assert_small_messages(said, shards=1)
     assert said[-1]["shard"] == {**entry, "bytes": (tmp_path / entry["path"]).stat().st_size}
     assert said[-1]["shard"]["sha256"] == entry["sha256"]
@@ -284,6 +284,21 @@ def test_an_image_that_does_not_decode_stops_the_run_with_a_feature_error(tmp_pa
     with pytest.raises(features.FeatureError, match=r"data/x\.arrow: laion:bad image 0 does not decode"):
         features.make_features(corpus, out, encoder.ModelSpec(tiny), features.RunOptions(), ray_session)
     assert not (out / manifest.MANIFEST_NAME).exists() and not list(out.glob("data/*"))
+
+
+def test_an_encoder_actor_of_another_run_writes_nothing(tmp_path, tiny):
+    """An actor of a killed run that starts after a rerun has prepared `out` refuses before
+    anything is read or written (the writers' lock of the corpus stages); a rerun's prepare
+    waits for the actors still holding it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with writers_lock(out, exclusive=True) as lock:
+        lock.claim("the-rerun")
+    spec = encoder.ModelSpec(tiny)
+    with pytest.raises(StaleRun):
+        features.ShardEncoder(str(tmp_path), str(out), spec, encoder.preprocess_for(spec), "f",
+                              runtime.InferencePlan(), run_id="the-killed-run")
+    assert [p.name for p in out.iterdir()] == [".lock"]
 
 
 def test_the_stage_pickles():

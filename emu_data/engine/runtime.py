@@ -213,7 +213,8 @@ def inference_units(units: list, worker_cls: type, worker_args: tuple, plan: Inf
     """Run each unit whole on one of `plan.actors` actors holding worker_cls(*worker_args)
     (__init__ loads the model once); worker(unit) is a generator of small messages, and
     this yields (unit, message) as they arrive, units in no fixed order. What the worker
-    makes (a shard) it writes itself: only its messages come to this process.
+    makes (a shard) it writes itself: only its messages come to this process. When every
+    unit is done, worker.close() is called if it has one.
 
     The worker reads its unit's input with `read_ahead` (tasks it owns). Any failure stops
     the run: the actors are killed, their tasks with them, and the error is raised as the
@@ -241,6 +242,7 @@ def inference_units(units: list, worker_cls: type, worker_args: tuple, plan: Inf
                     load[which] -= 1
                     continue
                 yield unit, _get(ray, ref)
+        ray.get([actor.close.remote() for actor in actors])   # all done: let go of what they hold
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -254,6 +256,10 @@ class _UnitActor:
 
     def run(self, unit):
         yield from self.worker(unit)
+
+    def close(self) -> None:
+        if hasattr(self.worker, "close"):
+            self.worker.close()
 
 
 def read_ahead(read: Callable, items: Iterable, plan: InferencePlan) -> Iterator:

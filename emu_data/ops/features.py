@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -47,7 +49,7 @@ from emu_data.ops import encoder
 from emu_data.core import errors, files, images, manifest, schema
 from emu_data.engine import runlock, runtime
 from emu_data.core.options import option, positive_int
-from emu_data.core.corpus import CONFIG_NAME, DATA_DIR, LayoutChanged
+from emu_data.core.corpus import CONFIG_NAME, DATA_DIR, LayoutChanged, unit_writing, writers_lock
 from emu_data.core.shards import SHARD_SUFFIX, TMP_PREFIX, OneShard, ShardError, ShardInfo, file_sha256, read_schema, read_shard
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,10 @@ class FeatureError(errors.UsageError):
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How fast, not what: changing these never changes the features (fp32) or the layout."""
+    """How fast, not what: never the layout, so a rerun with others keeps what is made. The
+    values only up to float rounding: a batch of another size may round the last bits of an
+    fp32 matmul differently (measured: 1e-6 relative, EVA02-B-16 on CPU); images_per_read
+    sets the record batches (one per decode chunk), so bytes, not values."""
 
     batch_size: int = option(256, parse=positive_int, help="images per encoder call")
     gpus: int | None = option(None, parse=int,
@@ -166,10 +171,10 @@ def make_features(corpus: Path, out: Path, spec: encoder.ModelSpec, run: RunOpti
     config = {"features": fixed, "model": asdict(spec), "run": asdict(run), "ray": asdict(ray),
               "corpus": str(corpus.resolve()), "corpus_fingerprint": built["fingerprint"]}
     with runlock.held(out):   # one live run per --out
-        _prepare(out, fingerprint, config, overwrite)
+        run_id = _prepare(out, fingerprint, config, overwrite)
         done, pending = _split_done(out, built["shards"], fingerprint)
         if pending:
-            done.update(_compute(corpus, out, pending, spec, preprocess, run, ray, fingerprint))
+            done.update(_compute(corpus, out, pending, spec, preprocess, run, ray, fingerprint, run_id))
         parts = [{"shards": [done[s["path"]].to_dict()], "status_shards": [],
                   "status_counts": {"ok": done[s["path"]].rows}, "source_counts": {}} for s in built["shards"]]
         result = manifest.build(record="features", stage=STAGE, config=config, fingerprint=fingerprint, parts=parts)
@@ -197,12 +202,23 @@ def _check_shard_path(corpus: Path, rel: str) -> None:
                            f"{DATA_DIR}/...{SHARD_SUFFIX} path inside the corpus")
 
 
-def _prepare(out: Path, fingerprint: str, config: dict, overwrite: bool) -> None:
+def _prepare(out: Path, fingerprint: str, config: dict, overwrite: bool) -> str:
+    """Make `out` ready for a run; returns the run's id. The encoder actors write the shards,
+    so this waits for any a killed run left writing (the writers' lock, corpus.py), then
+    claims `out` for this run: an actor of another run refuses to start writing."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex
+    with writers_lock(out, exclusive=True) as lock:
+        lock.claim(run_id)
+        _prepare_locked(out, fingerprint, config, overwrite)
+    return run_id
+
+
+def _prepare_locked(out: Path, fingerprint: str, config: dict, overwrite: bool) -> None:
     if overwrite:
         shutil.rmtree(out / DATA_DIR, ignore_errors=True)
         for name in (manifest.MANIFEST_NAME, CONFIG_NAME):
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     previous = out / CONFIG_NAME
     if previous.exists():
         try:
@@ -290,7 +306,7 @@ class Unit:
 
 
 def _compute(corpus: Path, out: Path, pending: list[dict], spec, preprocess, run: RunOptions, ray,
-             fingerprint: str) -> dict[str, ShardInfo]:
+             fingerprint: str, run_id: str) -> dict[str, ShardInfo]:
     """The pending shards, each made by the actor that encodes it: this process sees only
     what the actors say (rows written, then the shard's path, rows, bytes and sha256)."""
     plan = plan_inference(run, ray)
@@ -299,7 +315,7 @@ def _compute(corpus: Path, out: Path, pending: list[dict], spec, preprocess, run
                     plan.cpus_per_actor)
     units = [_unit(corpus, entry, run.images_per_read) for entry in pending]
     threads = None if plan.gpus_per_actor else int(plan.cpus_per_actor)
-    args = (str(corpus), str(out), spec, preprocess, fingerprint, plan, threads)
+    args = (str(corpus), str(out), spec, preprocess, fingerprint, plan, threads, run_id)
     done = {}
     with tqdm(total=sum(u.images for u in units), desc="features", unit="img", disable=None) as bar:
         for unit, said in runtime.inference_units(units, ShardEncoder, args, plan, ray):
@@ -324,16 +340,25 @@ def _made(unit: Unit, info: ShardInfo) -> ShardInfo:
 
 
 class ShardEncoder:
-    """Worker of an encoder actor: __init__ loads the model once; __call__(unit) decodes one
-    corpus shard in CPU tasks, encodes its images in batches of batch_size and writes its
-    feature shard (tmp + rename), yielding small messages only: {"images": n} per record
-    batch written, then {"shard": ShardInfo dict}. The embeddings never leave this process
-    but into the shard. An actor runs a few units at once, taking turns on the model."""
+    """Worker of an encoder actor: __init__ loads the model once (in the background);
+    __call__(unit) decodes one corpus shard in CPU tasks, encodes its images in batches of
+    batch_size and writes its feature shard (tmp + rename), yielding small messages only:
+    {"images": n} per record batch written, then {"shard": ShardInfo dict}. The embeddings
+    never leave this process but into the shard. An actor runs plan.units_per_actor units at
+    once, taking turns on the model (Encoder holds a lock).
+
+    From __init__ to close() (or its death) it holds the writers' lock of `out` (shared),
+    for run `run_id` only (StaleRun otherwise), as a corpus stage's unit writer does: held
+    by the actor rather than by each unit, since closing any descriptor of the lock file
+    drops every POSIX lock its process holds on it, the other unit's too."""
 
     def __init__(self, corpus: str, out: str, spec: encoder.ModelSpec, preprocess: encoder.Preprocess,
-                 fingerprint: str, plan: runtime.InferencePlan, threads: int | None = None):
+                 fingerprint: str, plan: runtime.InferencePlan, threads: int | None = None,
+                 run_id: str | None = None):
         self.reader, self.out, self.plan = ChunkReader(corpus, preprocess), Path(out), plan
         self.spec, self.preprocess, self.fingerprint = spec, preprocess, fingerprint
+        self._writing = contextlib.ExitStack()
+        self._writing.enter_context(unit_writing(self.out, run_id))
         # Loaded in the background: the first unit's decode tasks start meanwhile (each side
         # spends seconds importing torch; in turn, they doubled the time of a small run).
         self._loading = concurrent.futures.ThreadPoolExecutor(1).submit(self._load, spec, preprocess, threads)
@@ -357,6 +382,9 @@ class ShardEncoder:
             if shard is not None:
                 shard.abort()
             raise
+
+    def close(self) -> None:
+        self._writing.close()
 
     def schema(self, unit: Unit, shape: list[int]) -> pa.Schema:
         spec = self.spec
