@@ -249,7 +249,8 @@ def inference_units(units: list, worker_cls: type, worker_args: tuple, plan: Inf
 
 
 class _UnitActor:
-    """An inference actor: the worker, and a streaming method Ray can call (not __call__)."""
+    """An inference actor: holds the worker; `run` (a streaming generator method, called by
+    name) hands it a unit."""
 
     def __init__(self, worker_cls: type, worker_args: tuple):
         self.worker = worker_cls(*worker_args)

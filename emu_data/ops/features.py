@@ -359,8 +359,9 @@ class ShardEncoder:
         self.spec, self.preprocess, self.fingerprint = spec, preprocess, fingerprint
         self._writing = contextlib.ExitStack()
         self._writing.enter_context(unit_writing(self.out, run_id))
-        # Loaded in the background: the first unit's decode tasks start meanwhile (each side
-        # spends seconds importing torch; in turn, they doubled the time of a small run).
+        # Loaded in the background, so that the first unit's decode tasks start meanwhile:
+        # each side spends seconds importing torch, and one after the other they added up
+        # on every run (Ray Data had started both at once).
         self._loading = concurrent.futures.ThreadPoolExecutor(1).submit(self._load, spec, preprocess, threads)
 
     @staticmethod
