@@ -195,6 +195,7 @@ class Encoder:
     def __init__(self, spec: ModelSpec, preprocess: Preprocess, device: str | None = None, threads: int | None = None):
         import torch
 
+        self.threads = threads
         if threads:
             torch.set_num_threads(threads)
         self.spec, self.size = spec, tuple(preprocess.size)
@@ -231,6 +232,10 @@ class Encoder:
 
     def __call__(self, batch: dict) -> dict:
         with self._lock:
+            if self.threads:   # in the calling thread too: OpenMP keeps the count per thread (set
+                import torch   # in another thread only, torch ran 2 threads for 1 in this one)
+
+                torch.set_num_threads(self.threads)
             batch["embedding"] = stored(self.encode(batch.pop("pixels")), self.spec.precision)
         return batch
 
