@@ -151,7 +151,12 @@ def _prepare_once(corpus: Path, features: Path, out: Path, config: TrainConfig, 
 
         dist.barrier(group=waiting)
     if not ranks.main:
-        run = load(out, corpus, features)
+        try:
+            run = load(out, corpus, features)
+        except FileNotFoundError as e:
+            raise errors.UsageError(f"{e}: rank {ranks.rank} does not see what rank 0 prepared; on several "
+                                    "nodes, --out, the corpus and the features must be on storage every node "
+                                    "sees") from None
         run.config = config   # rank 0 checked it against the saved one; speed-only settings are ours
     return run
 
