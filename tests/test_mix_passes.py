@@ -118,10 +118,34 @@ def test_a_run_stopped_after_its_passes_resumes_them_and_ends_the_same(inputs, m
         patch.setattr(stage, "run_held", stop)
         with pytest.raises(KeyboardInterrupt):
             _mix(inputs, out, ray_session)
-    assert list((out / mixpasses.WORK / "scan").glob("*.npz")) and (out / mixpasses.WORK / "order").is_dir()
+    assert list((out / mixpasses.WORK / "scan").glob("*.npz")) and (out / mixpasses.WORK / "rows").is_dir()
     _mix(inputs, out, ray_session)
     assert _digest(out) == _digest(mixed)
     assert not (out / mixpasses.WORK).exists()
+
+
+def test_units_read_only_the_gather_files_however_the_inputs_are_grouped(inputs, mixed, tmp_path, ray_session,
+                                                                        monkeypatch):
+    """One gather group per input shard (the memory bound at its smallest) gives the same bytes;
+    the units never open an input shard: they run with every input's data/ moved away (each
+    input is read once, by its gather task, not once per unit)."""
+    monkeypatch.setattr(mixpasses, "GATHER_BYTES", 1)
+    run_held = stage.run_held
+
+    def without_inputs(*args, **kwargs):
+        moved = [d.rename(d.with_name("data-away")) for d in (i / "data" for i in inputs)]
+        try:
+            return run_held(*args, **kwargs)
+        finally:
+            for d in moved:
+                d.rename(d.with_name("data"))
+
+    monkeypatch.setattr(stage, "run_held", without_inputs)
+    out = tmp_path / "groups"
+    _mix(inputs, out, ray_session)
+    sizes = [s["bytes"] for i in inputs for s in manifest.read(i)["shards"]]
+    assert mixpasses.gather_groups(sizes) == list(range(len(sizes)))
+    assert _digest(out) == _digest(mixed)
 
 
 def test_a_rerun_of_a_finished_mix_plans_nothing(inputs, mixed, ray_session, monkeypatch):

@@ -305,32 +305,6 @@ def read_shard(path: Path, record: str | None = None) -> pa.Table:
     return table
 
 
-def take_rows(path: Path, rows: list[int]) -> list[dict]:
-    """These rows of a shard as dicts, in the order given, validating only the record batches
-    they sit in (a shuffle reads a few rows of many shards: validating whole shards each time
-    cost more than the rows)."""
-    reader = _open(path)
-    try:
-        ends = np.cumsum([reader.get_batch(i).num_rows for i in range(reader.num_record_batches)])
-    except _ARROW_ERRORS as e:
-        raise ShardError(path, f"record batches unreadable: {e}") from None
-    where = np.searchsorted(ends, rows, side="right")
-    taken: dict[int, dict] = {}
-    for b in sorted(set(where.tolist())):
-        try:
-            batch = reader.get_batch(b)
-            batch.validate(full=True)
-        except _ARROW_ERRORS as e:
-            raise ShardError(path, f"record batch {b} is corrupt: {e}") from None
-        first = int(ends[b - 1]) if b else 0
-        local = sorted({r for r, w in zip(rows, where.tolist()) if w == b})
-        taken.update(zip(local, batch.take(pa.array([r - first for r in local], pa.int64())).to_pylist()))
-    try:
-        return [taken[r] for r in rows]
-    except KeyError as e:
-        raise ShardError(path, f"row {e} is past the end ({int(ends[-1]) if len(ends) else 0} rows)") from None
-
-
 def _check_columns(path: Path, actual: pa.Schema, record: str) -> None:
     for want in schema.arrow_schema(record):
         if want.name not in actual.names or not schema.field_matches(want, actual.field(want.name)):

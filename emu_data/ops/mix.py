@@ -13,8 +13,10 @@ with the corpus and the work divides by the workers of a cluster.
 3. take from each source so the output matches the weights: the scarcest source (relative to
    its weight) sets the total, and each source keeps that many of its samples, those with the
    lowest seeded hash of source and key -- nothing is repeated, so no sample appears twice;
-4. order by a seeded hash of the key (a shuffle) and cut into output shards, each a unit
-   that copies its rows.
+4. order by a seeded hash of the key (a shuffle) and cut into output shards, each a unit;
+5. gather: each run of input shards (GATHER_BYTES) is read once and its selected rows sorted
+   by output unit, so that a unit then reads one contiguous run of each gather file (a unit
+   reading its rows from the inputs would read every input shard: quadratic).
 Every input sample gets a status row: ok, duplicate_key, dedup_image, dedup_url or
 over_quota (left out to keep the proportions). Deterministic by --seed and independent of
 how the inputs are sharded or how many nodes run it: the same inputs give the same bytes.
@@ -159,7 +161,7 @@ def _work(out: Path, inputs: list[Path], layout: dict, output: stage.OutputOptio
     shards = [(str(d / s["path"]), s) for d in inputs for s in manifest.read(d)["shards"]]
     parts = partitions.partitions_for(sum(s["rows"] for _, s in shards))
     where = mixpasses.Pass(str(out / mixpasses.WORK), parts)
-    made_for = {"layout": layout, "limits": asdict(output.limits), "parts": parts}
+    made_for = {"layout": layout, "limits": asdict(output.limits), "parts": parts, "passes": mixpasses.VERSION}
     work = Path(where.work)
     try:
         same = files.read_json(work / "layout.json") == json.loads(json.dumps(made_for))
@@ -196,12 +198,18 @@ def _plan(where: mixpasses.Pass, shards: list, config: MixConfig, output: stage.
         previous = (kind, where.parts)
     cuts, wanted = _cuts(hists, config, where, ray)
     left_out["over_quota"] = sum(int(h.sum()) for h in hists.values()) - sum(wanted.values())
+    groups = mixpasses.gather_groups([s["bytes"] for _, s in shards])
     jobs = [mixpasses.SplitJob(where, p, cuts, {s: config.weights.get(s, 0.0) for s in hists},
-                               output.shard_rows, output.shard_bytes) for p in range(where.parts)]
+                               output.shard_rows, output.shard_bytes, tuple(groups)) for p in range(where.parts)]
     splits = dict(zip(range(where.parts), _results(mixpasses.split, jobs, "mix: order", ray)))
+    bases = np.cumsum([0] + [len(splits[p]["starts"]) for p in range(where.parts)]).tolist()
+    ends = groups[1:] + [len(shards)]
+    jobs = [mixpasses.GatherJob(where, g, {i: shards[i][0] for i in range(first, end)}, tuple(bases[:-1]), bases[-1])
+            for g, (first, end) in enumerate(zip(groups, ends))]
+    _results(mixpasses.gather, jobs, "mix: gather", ray)
     counts = {"selected": dict(sorted(wanted.items())), "left_out": {k: v for k, v in left_out.items() if v},
               "inputs": sum(s["rows"] for _, s in shards)}
-    return _units(where, splits), counts
+    return _units(where, splits, bases, len(groups)), counts
 
 
 def _results(fn, jobs: list, desc: str, ray: runtime.RayOptions) -> list:
@@ -271,7 +279,7 @@ def _cuts_inside(inside: dict[str, tuple[int, int]], where: mixpasses.Pass, ray:
     return cuts
 
 
-def _units(where: mixpasses.Pass, splits: dict[int, dict]) -> list[Unit]:
+def _units(where: mixpasses.Pass, splits: dict[int, dict], bases: list[int], groups: int) -> list[Unit]:
     """Each output partition's units: runs of its ordered rows, its status rows spread evenly."""
     units = []
     for p, split in splits.items():
@@ -282,6 +290,5 @@ def _units(where: mixpasses.Pass, splits: dict[int, dict]) -> list[Unit]:
             status_span = (min(statuses, j * per), min(statuses, (j + 1) * per))
             if starts[j] == starts[j + 1] and status_span[0] == status_span[1]:
                 continue
-            units.append(Unit(f"mix-{p:06d}-{j:06d}", mixpasses.MixUnit(where, p, (starts[j], starts[j + 1]),
-                                                                        status_span)))
-    return units or [Unit("mix-000000-000000", mixpasses.MixUnit(where, 0, (0, 0), (0, 0)))]
+            units.append(Unit(f"mix-{p:06d}-{j:06d}", mixpasses.MixUnit(where, p, bases[p] + j, groups, status_span)))
+    return units or [Unit("mix-000000-000000", mixpasses.MixUnit(where, 0, 0, groups, (0, 0)))]

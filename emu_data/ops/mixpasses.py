@@ -8,8 +8,11 @@ spilling under OUT/_work so that the driver holds counts and file lists, never s
     _work/image/NNNNNN.arrow  per image partition: entries with a first-seen image, by URL
     _work/url/NNNNNN.arrow    per URL partition: the unique entries, by output-order hash range
     _work/dropped/KIND-NNNNNN.arrow  duplicates found by that pass in its partition
-    _work/order/NNNNNN.arrow  per output partition: its selected entries in output order
+    _work/route/NNNNNN.arrow  per output partition: its selected entries' unit and rank, by the
+                              gather group of their input shard
     _work/status/NNNNNN.arrow per output partition: its left-out entries' status rows
+    _work/rows/NNNNNN.arrow   per gather group (input shards in order, GATHER_BYTES at most):
+                              their selected samples sorted by output unit (.npy: unit starts)
     *.npz beside a pass file  the task's small result, so a resumed pass skips the task
 
 An entry is one input sample: its position (shard ordinal << 32 | row: input order), key,
@@ -20,6 +23,7 @@ partition by position, so it is the same whichever worker or node ran what.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -28,20 +32,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from emu_data.core import files, partitions, records
+from emu_data.core import files, partitions, records, schema
 from emu_data.core.corpus import UnitWriter
-from emu_data.core.shards import read_shard, take_rows
+from emu_data.core.shards import read_shard, writing
 from emu_data.inspect import validate
 
 WORK = "_work"
+VERSION = 2   # of the files under _work: 2 added route/ and rows/ (a rerun of another version starts over)
 ENTRY = pa.schema([("pos", pa.int64()), ("key", pa.string()), ("source", pa.string()),
                    ("url", pa.string()), ("image", pa.binary(32)), ("size", pa.int64())])
-ORDERED = pa.schema([ENTRY.field(n) for n in ("pos", "key", "source", "size")])
+ROUTE = pa.schema([("pos", pa.int64()), ("part", pa.int64()), ("unit", pa.int64()), ("rank", pa.int64())])
+SAMPLE = schema.arrow_schema("interleaved")
+GATHERED = SAMPLE.append(pa.field("pos", pa.int64())).append(pa.field("rank", pa.int64()))
 UNIQUE = ENTRY.append(pa.field("select", pa.uint64())).append(pa.field("order", pa.uint64()))
 DROPPED = pa.schema([("pos", pa.int64()), ("key", pa.string()), ("source", pa.string()),
                      ("reason", pa.string()), ("message", pa.string())])
 BUCKET_BITS = 16   # selection histogram: 65,536 buckets of the selection hash per source
-READ_WINDOW = 4096   # output rows gathered from the inputs at a time
+GATHER_BYTES = 512 * 2**20   # input bytes per gather task: bounds what one holds in memory
+WRITE_BATCH = 1024           # output rows turned into Python objects at a time
 
 
 def position(ordinal: int, row: int) -> int:
@@ -105,27 +113,37 @@ def scan(job: ScanJob) -> dict:
 
 def _scan_into(out: Path, job: ScanJob) -> dict:
     table = read_shard(Path(job.path), "interleaved")
+    n = table.num_rows
     keys = table.column("key").to_pylist()
-    images = table.column("images")
-    urls, digests, sizes = [], [], []
+    metas = table.column("meta").to_pylist()
+    digests, image_bytes = _image_digests(table.column("images").combine_chunks(), n)
     texts = pc.list_value_length(table.column("texts")).to_numpy(zero_copy_only=False)
-    for row, meta in enumerate(table.column("meta").to_pylist()):
-        cells = pc.struct_field(images[row].values, "bytes").to_pylist() if images[row].values else []
-        cells = [c for c in cells if c]
-        urls.append(_url_key(meta))
-        digests.append(hashlib.sha256(b"".join(hashlib.sha256(c).digest() for c in cells)).digest()
-                       if cells else None)   # no images: nothing to compare (they are not all one)
-        sizes.append(sum(map(len, cells)) + len(meta or "") + int(texts[row]) * 16)
-    n = len(keys)
+    sizes = image_bytes + np.array([len(m or "") for m in metas], dtype=np.int64) + texts.astype(np.int64) * 16
     entries = pa.table({
-        "pos": pa.array([position(job.ordinal, r) for r in range(n)], pa.int64()),
+        "pos": pa.array(position(job.ordinal, 0) + np.arange(n, dtype=np.int64), pa.int64()),
         "key": table.column("key").combine_chunks() if n else pa.array([], pa.string()),
-        "source": pa.array(table.column("source").cast("string").to_pylist(), pa.string()),
-        "url": pa.array(urls, pa.string()), "image": pa.array(digests, pa.binary(32)),
+        "source": table.column("source").cast("string").combine_chunks() if n else pa.array([], pa.string()),
+        "url": pa.array([_url_key(m) for m in metas], pa.string()), "image": pa.array(digests, pa.binary(32)),
         "size": pa.array(sizes, pa.int64())}, schema=ENTRY)
     partitions.write(out, entries, partitions.partition_of(partitions.hash64(keys, "key"), job.where.parts),
                      job.where.parts)
     return {"rows": np.array([n])}
+
+
+def _image_digests(images: pa.ListArray, n: int) -> tuple[list, np.ndarray]:
+    """Per row: the sha256 of its images' sha256s (None for a row without images: those are
+    not all one image) and its image bytes. The cells are read as one flat column: per-row
+    Arrow calls cost more than the hashing."""
+    flat = pc.list_flatten(images)
+    cells = pc.struct_field(flat, "bytes").to_pylist() if len(flat) else []
+    parents = pc.list_parent_indices(images).to_numpy() if len(flat) else np.zeros(0, np.int64)
+    hashed: list[list[bytes]] = [[] for _ in range(n)]
+    sizes = np.zeros(n, dtype=np.int64)
+    for row, cell in zip(parents.tolist(), cells):
+        if cell:
+            hashed[row].append(hashlib.sha256(cell).digest())
+            sizes[row] += len(cell)
+    return [hashlib.sha256(b"".join(h)).digest() if h else None for h in hashed], sizes
 
 
 def normalize_url(url: str) -> str:
@@ -136,7 +154,7 @@ def normalize_url(url: str) -> str:
     if parts.port and (parts.scheme, parts.port) not in (("http", 80), ("https", 443)):
         host = f"{host}:{parts.port}"
     query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                   if not k.lower().startswith("utm_"))
+                   if not k.lower().startswith("utm_")) if parts.query else ()
     return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/") or "/", urlencode(query), ""))
 
 
@@ -295,13 +313,15 @@ class SplitJob:
     weights: dict         # source -> weight (for the over_quota message)
     shard_rows: int
     shard_bytes: int
+    groups: tuple         # the first input shard ordinal of each gather group
 
 
 def split(job: SplitJob) -> dict:
-    """Partition p's selected entries sorted by output order (order/PPPP.arrow), its status
-    rows for everything left out (status/PPPP.arrow), and where its units start: each unit
-    is at most one output shard's rows and bytes."""
-    out = job.where.file("order", job.p)
+    """Partition p's selected entries in output order, cut into units (each at most one output
+    shard's rows and bytes), routed to the gather group of their input shard
+    (route/PPPPPP.arrow: position, unit in p, rank in the unit); its status rows for
+    everything left out (status/PPPPPP.arrow)."""
+    out = job.where.file("route", job.p)
     return _cached(out, lambda: _split_into(out, job))
 
 
@@ -326,9 +346,21 @@ def _split_into(out: Path, job: SplitJob) -> dict:
     statuses += [partitions.read([where.file("dropped", job.p).with_name(f"{kind}-{job.p:06d}.arrow")], 0, DROPPED)
                  for kind in REASON]
     _write_one(where.file("status", job.p), pa.concat_tables(statuses))
-    _write_one(out, picked.select(["pos", "key", "source", "size"]))
-    return {"starts": unit_starts(picked.column("size").to_numpy(), job.shard_rows, job.shard_bytes),
-            "rows": np.array([picked.num_rows]), "statuses": np.array([sum(t.num_rows for t in statuses)])}
+    starts = unit_starts(picked.column("size").to_numpy(), job.shard_rows, job.shard_bytes)
+    _route(out, picked.column("pos").to_numpy(), starts, job)
+    return {"starts": starts, "rows": np.array([picked.num_rows]),
+            "statuses": np.array([sum(t.num_rows for t in statuses)])}
+
+
+def _route(out: Path, pos: np.ndarray, starts: np.ndarray, job: SplitJob) -> None:
+    """Each output row's unit and rank in it, partitioned by the gather group of its input."""
+    at = np.arange(len(pos), dtype=np.int64)
+    unit = np.searchsorted(starts, at, side="right") - 1
+    route = pa.table({"pos": pa.array(pos, pa.int64()), "part": pa.array(np.full(len(pos), job.p), pa.int64()),
+                      "unit": pa.array(unit, pa.int64()), "rank": pa.array(at - starts[unit], pa.int64())},
+                     schema=ROUTE)
+    group = np.searchsorted(np.array(job.groups, dtype=np.int64), pos >> 32, side="right") - 1
+    partitions.write(out, route, group, len(job.groups))
 
 
 def _write_one(path: Path, table: pa.Table) -> None:
@@ -347,45 +379,96 @@ def unit_starts(sizes: np.ndarray, rows: int, budget: int) -> np.ndarray:
     return np.array(starts, dtype=np.int64)
 
 
-# ---- 7. write: one unit = a run of output rows + its share of the status rows -----------
+# ---- 7. gather: each group of input shards read once, its rows sorted by output unit ----
+
+def gather_groups(sizes: list[int]) -> list[int]:
+    """The first ordinal of each run of input shards holding at most GATHER_BYTES (a shard
+    over it is a group alone): what one gather task holds in memory is bounded by it."""
+    budget, groups, used = GATHER_BYTES, [0], 0
+    for ordinal, size in enumerate(sizes):
+        if used and used + size > budget:
+            groups.append(ordinal)
+            used = 0
+        used += size
+    return groups
+
+
+@dataclass(frozen=True)
+class GatherJob:
+    where: Pass
+    g: int
+    inputs: dict          # ordinal -> input shard path, for this group's shards
+    bases: tuple          # per output partition: the global number of its first unit
+    units: int            # units over all partitions
+
+
+def gather(job: GatherJob) -> dict:
+    """The selected rows of group g's input shards (each read and validated once), sorted by
+    (unit, rank) into rows/GGGGGG.arrow; rows/GGGGGG.npy holds where each unit's rows start.
+    A shuffle in two steps, so the write reads every input once (a unit reading its rows
+    straight from the inputs would read every input shard per unit: quadratic)."""
+    out = job.where.file("rows", job.g)
+    return _cached(out, lambda: _gather_into(out, job))
+
+
+def _gather_into(out: Path, job: GatherJob) -> dict:
+    route = partitions.read(job.where.files("route", job.where.parts), job.g, ROUTE)
+    route = route.take(pc.sort_indices(route, [("pos", "ascending")]))
+    pos = route.column("pos").to_numpy()
+    unit = np.array(job.bases, dtype=np.int64)[route.column("part").to_numpy()] + route.column("unit").to_numpy()
+    rank = route.column("rank").to_numpy()
+    names = SAMPLE.names
+    tables, ordinals = [], pos >> 32
+    for ordinal in np.unique(ordinals).tolist():
+        here = np.flatnonzero(ordinals == ordinal)
+        shard = read_shard(Path(job.inputs[ordinal]), "interleaved").select(names)
+        tables.append(shard.take(pa.array(pos[here] & 0xFFFFFFFF, pa.int64())).cast(SAMPLE))
+    rows = pa.concat_tables(tables) if tables else SAMPLE.empty_table()
+    order = np.lexsort((rank, unit))
+    rows = rows.append_column("pos", pa.array(pos, pa.int64())).append_column(
+        "rank", pa.array(rank, pa.int64())).take(pa.array(order, pa.int64()))
+    starts, tmp = out.with_suffix(".npy"), out.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{out.stem}.npy")
+    with writing(starts):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.save(f, np.searchsorted(unit[order], np.arange(job.units + 1)))
+        tmp.replace(starts)
+    _write_one(out, rows)
+    return {"rows": np.array([rows.num_rows])}
+
+
+# ---- 8. write: one unit = its rows from every gather group + its share of the status rows
 
 @dataclass(frozen=True)
 class MixUnit:
     where: Pass
     p: int
-    rows: tuple[int, int]      # [start, end) of order/PPPP.arrow
+    u: int                     # the unit's number over all partitions (its rows in rows/*)
+    groups: int                # gather files
     statuses: tuple[int, int]  # [start, end) of status/PPPP.arrow
 
 
 def process(unit: MixUnit, writer: UnitWriter) -> None:
     inputs = files.read_json(Path(unit.where.work) / "shards.json")
-    order = partitions.read([unit.where.file("order", unit.p)], 0, ORDERED)
-    start, end = unit.rows
-    for at in range(start, end, READ_WINDOW):
-        window = order.slice(at, min(READ_WINDOW, end - at)).column("pos").to_numpy()
-        for (ordinal, row), sample in zip(_locate(window), _gather(inputs, window)):
-            sample["source"] = str(sample["source"])
+    rows = _unit_rows(unit)
+    for start in range(0, rows.num_rows, WRITE_BATCH):
+        batch = rows.slice(start, WRITE_BATCH)
+        for at, sample in zip(batch.column("pos").to_pylist(), batch.select(SAMPLE.names).to_pylist()):
             writer.add_sample(sample)
             writer.add_status(records.status(sample["key"], sample["source"], "ok",
-                                             input=f"{inputs[ordinal]}:{row}", samples=1))
+                                             input=f"{inputs[at >> 32]}:{at & 0xFFFFFFFF}", samples=1))
     statuses = partitions.read([unit.where.file("status", unit.p)], 0, DROPPED)
     left = statuses.slice(unit.statuses[0], unit.statuses[1] - unit.statuses[0])
     for row in left.to_pylist():
         writer.add_status(records.status(row["key"], row["source"], row["reason"], error=row["message"], samples=0))
 
 
-def _locate(positions: np.ndarray) -> list[tuple[int, int]]:
-    return [(int(p) >> 32, int(p) & 0xFFFFFFFF) for p in positions]
-
-
-def _gather(inputs: list[str], positions: np.ndarray) -> list[dict]:
-    """The samples at these positions, in this order; each input shard opened once per window
-    (a global shuffle reads rows from everywhere: grouping keeps it one map per shard)."""
-    located = _locate(positions)
-    wanted: dict[int, list[int]] = {}
-    for ordinal, row in located:
-        wanted.setdefault(ordinal, []).append(row)
-    rows = {}
-    for ordinal, picks in wanted.items():
-        rows.update(((ordinal, r), sample) for r, sample in zip(picks, take_rows(Path(inputs[ordinal]), picks)))
-    return [rows[place] for place in located]
+def _unit_rows(unit: MixUnit) -> pa.Table:
+    """The unit's rows from each gather file (a contiguous run there), in output order."""
+    pieces = []
+    for path in unit.where.files("rows", unit.groups):
+        start, end = np.load(path.with_suffix(".npy"), mmap_mode="r")[unit.u:unit.u + 2].tolist()
+        if end > start:
+            pieces.append(pa.ipc.open_file(pa.memory_map(str(path))).read_all().slice(start, end - start))
+    rows = pa.concat_tables(pieces) if pieces else GATHERED.empty_table()
+    return rows.take(pc.sort_indices(rows, [("rank", "ascending")]))
