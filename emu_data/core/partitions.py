@@ -14,6 +14,7 @@ value are independent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -59,16 +60,28 @@ def write(path: Path, table: pa.Table, partition: np.ndarray, parts: int) -> Non
     counts = np.bincount(partition, minlength=parts) if len(partition) else np.zeros(parts, dtype=np.int64)
     columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
                for c in table.take(pa.array(order, type=pa.int64())).columns]
+    with _atomic(path, table.schema) as out:
+        start = 0
+        for count in counts.tolist():
+            out.write_batch(pa.record_batch([c.slice(start, count) for c in columns], schema=table.schema))
+            start += count
+
+
+def write_table(path: Path, table: pa.Table, batch_rows: int = 4096) -> None:
+    """Write `table` as it is (no copy), in record batches of at most batch_rows; atomic."""
+    with _atomic(path, table.schema) as out:
+        out.write_table(table, max_chunksize=batch_rows)
+
+
+@contextlib.contextmanager
+def _atomic(path: Path, schema: pa.Schema):
     path = Path(path)
     # a unique temporary name: a worker a killed run left may write the same file meanwhile
     tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
-            start = 0
-            for count in counts.tolist():
-                out.write_batch(pa.record_batch([c.slice(start, count) for c in columns], schema=table.schema))
-                start += count
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as out:
+            yield out
         os.replace(tmp, path)
 
 

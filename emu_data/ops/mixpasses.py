@@ -48,7 +48,7 @@ UNIQUE = ENTRY.append(pa.field("select", pa.uint64())).append(pa.field("order", 
 DROPPED = pa.schema([("pos", pa.int64()), ("key", pa.string()), ("source", pa.string()),
                      ("reason", pa.string()), ("message", pa.string())])
 BUCKET_BITS = 16   # selection histogram: 65,536 buckets of the selection hash per source
-GATHER_BYTES = 512 * 2**20   # input bytes per gather task: bounds what one holds in memory
+GATHER_BYTES = 256 * 2**20   # input bytes per gather task: it holds about twice that at its peak
 WRITE_BATCH = 1024           # output rows turned into Python objects at a time
 
 
@@ -417,24 +417,29 @@ def _gather_into(out: Path, job: GatherJob) -> dict:
     pos = route.column("pos").to_numpy()
     unit = np.array(job.bases, dtype=np.int64)[route.column("part").to_numpy()] + route.column("unit").to_numpy()
     rank = route.column("rank").to_numpy()
-    names = SAMPLE.names
-    tables, ordinals = [], pos >> 32
-    for ordinal in np.unique(ordinals).tolist():
-        here = np.flatnonzero(ordinals == ordinal)
-        shard = read_shard(Path(job.inputs[ordinal]), "interleaved").select(names)
-        tables.append(shard.take(pa.array(pos[here] & 0xFFFFFFFF, pa.int64())).cast(SAMPLE))
-    rows = pa.concat_tables(tables) if tables else SAMPLE.empty_table()
+    rows = _selected_rows(job, pos).append_column("pos", pa.array(pos, pa.int64())).append_column(
+        "rank", pa.array(rank, pa.int64()))
     order = np.lexsort((rank, unit))
-    rows = rows.append_column("pos", pa.array(pos, pa.int64())).append_column(
-        "rank", pa.array(rank, pa.int64())).take(pa.array(order, pa.int64()))
+    rows = rows.take(pa.array(order, pa.int64()))   # the one copy besides the rows taken
     starts, tmp = out.with_suffix(".npy"), out.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{out.stem}.npy")
     with writing(starts):
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             np.save(f, np.searchsorted(unit[order], np.arange(job.units + 1)))
         tmp.replace(starts)
-    _write_one(out, rows)
+    partitions.write_table(out, rows)
     return {"rows": np.array([rows.num_rows])}
+
+
+def _selected_rows(job: GatherJob, pos: np.ndarray) -> pa.Table:
+    """The samples at these positions (sorted), each input shard read once."""
+    ordinals = pos >> 32
+    runs = np.split(np.arange(len(pos)), np.flatnonzero(np.diff(ordinals)) + 1) if len(pos) else []
+    tables = []
+    for run in runs:
+        shard = read_shard(Path(job.inputs[int(ordinals[run[0]])]), "interleaved").select(SAMPLE.names)
+        tables.append(shard.take(pa.array(pos[run] & 0xFFFFFFFF, pa.int64())).cast(SAMPLE))
+    return pa.concat_tables(tables) if tables else SAMPLE.empty_table()
 
 
 # ---- 8. write: one unit = its rows from every gather group + its share of the status rows
