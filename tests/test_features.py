@@ -313,3 +313,23 @@ def test_gpu_features_match_cpu_fp32(sample_dir, fp32, tiny, tmp_path, ray_sessi
     spec = encoder.ModelSpec(tiny, tokens="pooled", precision="fp32")
     features.make_features(sample_dir, out, spec, features.RunOptions(batch_size=64, gpus=1), ray_session)
     assert_same_rows(feature_rows(out), feature_rows(fp32[0]), close_fp32)
+
+
+@pytest.mark.parametrize("precision, tf32_inside", [("fp32", False), ("bf16", True)])
+def test_fp32_encodes_without_tf32_and_leaves_the_flags_as_they_were(tiny, precision, tf32_inside):
+    """cuDNN's TF32 convolutions made an H200's fp32 features differ from the CPU's by 4e-4:
+    fp32 turns TF32 off while it encodes (read here from inside the forward), and only then."""
+    spec = encoder.ModelSpec(tiny, tokens="pooled", precision=precision)
+    enc = encoder.Encoder(spec, encoder.preprocess_for(spec), device="cpu")
+    seen = []
+    enc.visual.register_forward_hook(
+        lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        size = encoder.preprocess_for(spec).size
+        enc({"pixels": np.zeros((2, *size, 3), np.uint8)})
+        assert seen == [(tf32_inside, tf32_inside)]
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -16,6 +16,7 @@ for them, and the stage must pickle without them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -223,7 +224,8 @@ class Encoder:
         x = x.sub(self.mean).div(self.std)
         autocast = self.spec.precision != "fp32"
         dtype = torch.bfloat16 if self.spec.precision == "bf16" else torch.float16
-        with torch.inference_mode(), torch.autocast(self.device.split(":")[0], dtype=dtype, enabled=autocast):
+        with torch.inference_mode(), torch.autocast(self.device.split(":")[0], dtype=dtype, enabled=autocast), \
+                _ieee_fp32(torch, exact=not autocast):
             pooled = self.visual(x)
         out = self._tokens if self.spec.tokens == "patch" else pooled
         if out.dim() == 3 and out.shape[0] != x.shape[0]:  # a sequence-first transformer
@@ -242,6 +244,22 @@ class Encoder:
     def embedding_shape(self) -> list[int]:
         """The per-image embedding shape: one forward pass on a blank image."""
         return list(self({"pixels": np.zeros((1, *self.size, 3), np.uint8)})["embedding"].shape[1:])
+
+
+@contextlib.contextmanager
+def _ieee_fp32(torch, exact: bool):
+    """fp32 that is fp32 on a GPU too: cuDNN convolutions (the patch embedding) default to
+    TF32 on Ampere and later, 10-bit mantissas that moved an H200's "fp32" features 4e-4
+    off the CPU's. The flags are per process; the caller holds the encoder's lock."""
+    if not exact:
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def stored(embedding, precision: str) -> np.ndarray:
