@@ -197,6 +197,29 @@ def _features(values: dict) -> int:
     return 0
 
 
+# ---- export ------------------------------------------------------------------------------------------
+
+def _export_params():
+    from emu_data.ops import export
+
+    return (Params("corpus", FeaturesCorpus), Params("options", export.ExportOptions, "format"),
+            _output_params(), _ray_params())
+
+
+def _export(values: dict) -> int:
+    from emu_data.ops import export
+
+    corpus, output = values["corpus"].corpus, values["output"]
+    result = export.export(corpus, output, values["options"], values["ray"])
+    built = result.manifest
+    print(f"wrote {output.out}: {built['rows']} samples of {corpus} in {len(built['shards'])} "
+          f"{values['options'].format} shard(s)")
+    unwritable = {k: n for k, n in built["status_counts"].items() if k != "ok"}
+    if unwritable:
+        print(f"  not written: {', '.join(f'{k} {n}' for k, n in unwritable.items())} (status/)")
+    return 0
+
+
 # ---- train and eval ----------------------------------------------------------------------------------
 
 def _train_params():
@@ -403,6 +426,16 @@ def _after_sources() -> list[Command]:
                        "  emu-data features runs/mix --out runs/mix-eva --model EVA01-g-14 --pretrained ~/eva01_g14.bin --tokens patch\n"
                        "  emu-data features runs/sample --out runs/sample-feat --model tiny.json --pretrained none  # random init\n"
                        "then: emu-data validate runs/mix-eva   (checked against the corpus its manifest names)"),
+        Command("export", "a finished corpus as WebDataset tar shards, for trainers that read those",
+                _export_params, _export,
+                description="Write every sample of CORPUS as WebDataset members: KEY.json (texts, times, "
+                            "meta, and per position the member holding its image), KEY.000.jpg ... in position "
+                            "order (image bytes as stored), and for pair-like sources KEY.jpg + KEY.txt, which "
+                            "open_clip-style loaders read as they are. Tar shards of bounded size, named after "
+                            "the corpus shards, in corpus order; a status row per sample; resumable per corpus "
+                            "shard. README.md in OUT has a 10-line reader.",
+                epilog="examples:\n  emu-data export runs/mix --out runs/mix-wds\n"
+                       "  emu-data export runs/mix --out runs/mix-wds --shard-bytes 1GB"),
         Command("train", "train the bundled small Emu on a corpus and its patch features (resumable)",
                 _train_params, _train,
                 description="Smoke-scale Emu pretraining: a causal transformer (learned queries over the EVA-CLIP "

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 DATA_DIR, STATUS_DIR, PARTS_DIR = "data", "status", "_parts"
 CONFIG_NAME, CARD_NAME, LOCK_NAME = "_config.json", "README.md", ".lock"
+DATA_SUFFIXES = (SHARD_SUFFIX, ".tar")   # what a stage writes under data/ (export: tar shards)
 
 
 class StaleRun(RuntimeError):
@@ -73,11 +74,16 @@ class Unit:
 class UnitWriter:
     """Everything one unit writes: samples, status rows, then its commit marker."""
 
-    def __init__(self, out: Path, unit_id: str, limits: ShardLimits):
+    def __init__(self, out: Path, unit_id: str, limits: ShardLimits, samples=None):
+        """samples(directory, prefix, limits, root) -> the samples' writer (ShardWriter's
+        contract; default: interleaved Arrow shards): export writes tar shards."""
         self.out = Path(out)
         self.unit_id = unit_id
-        self.samples = ShardWriter(self.out / DATA_DIR, unit_id,
-                                   schema.arrow_schema("interleaved"), limits, root=self.out)
+        if samples is None:
+            self.samples = ShardWriter(self.out / DATA_DIR, unit_id,
+                                       schema.arrow_schema("interleaved"), limits, root=self.out)
+        else:
+            self.samples = samples(self.out / DATA_DIR, unit_id, limits, root=self.out)
         self.status_rows = ShardWriter(self.out / STATUS_DIR, unit_id,
                                        schema.arrow_schema("status"), limits, root=self.out)
         self.status_counts: Counter[str] = Counter()
@@ -258,7 +264,7 @@ def _remove_uncommitted(out: Path, parts: dict[str, dict]) -> None:
     for sub in (DATA_DIR, STATUS_DIR):
         for path in (out / sub).glob("*"):
             rel = path.relative_to(out).as_posix()
-            if path.name.startswith(TMP_PREFIX) or (path.suffix == SHARD_SUFFIX and rel not in claimed):
+            if path.name.startswith(TMP_PREFIX) or (path.suffix in DATA_SUFFIXES and rel not in claimed):
                 path.unlink(missing_ok=True)
     for path in (out / PARTS_DIR).glob("*.json"):
         if path.stem not in parts:
@@ -277,13 +283,15 @@ def clear(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def finalize(out: Path, *, stage: str, config: dict, fingerprint: str, parts: list[dict]) -> dict:
-    """Write the dataset card, then the manifest: the run is complete once it exists."""
+def finalize(out: Path, *, stage: str, config: dict, fingerprint: str, parts: list[dict],
+             card: str | None = None) -> dict:
+    """Write the dataset card (default: the Arrow corpus's), then the manifest: the run is
+    complete once it exists."""
     out = Path(out)
     parts = sorted(parts, key=lambda p: p["unit"])
     with writing(out):   # what attempts that died on a worker left: nothing unlisted stays
         _remove_uncommitted(out, {p["unit"]: p for p in parts})
-    manifest.write_text_atomic(out / CARD_NAME, dataset_card(stage))
+    manifest.write_text_atomic(out / CARD_NAME, card if card is not None else dataset_card(stage))
     built = manifest.build(record="interleaved", stage=stage, config=config,
                            fingerprint=fingerprint, parts=parts)
     manifest.write(out, built)
@@ -313,8 +321,26 @@ def dataset_card(stage: str) -> str:
     )
 
 
+EXPORT_STAGE = "export"
+
+
+class AnExport(errors.UsageError):
+    """A directory `emu-data export` wrote (tar shards): what reads corpora cannot read it."""
+
+    def __init__(self, out: Path):
+        super().__init__(f"{out} is an export (WebDataset tar shards), not a corpus of Arrow shards: "
+                         "run this on the corpus it was made from, or read it with webdataset "
+                         "(README, 'emu-data export')")
+
+
+def refuse_export(out: Path, built: dict) -> None:
+    if built.get("stage") == EXPORT_STAGE:
+        raise AnExport(out)
+
+
 def shard_paths(out: Path, kind: str = DATA_DIR) -> list[Path]:
     """Shards of a finished directory, as its manifest lists them."""
     built = manifest.read(out)
+    refuse_export(out, built)
     listed = built["shards"] if kind == DATA_DIR else built["status_shards"]
     return [Path(out) / s["path"] for s in listed]

@@ -130,6 +130,7 @@ def validate(paths: list[Path], *, deep: bool = False, corpus: Path | None = Non
     found = _Found(KEEP_PER_RULE if keep_per_rule is None else keep_per_rule)
     corpora = []
     for number, directory in enumerate(find_output_dirs(paths)):
+        _refuse_export(directory)
         if record_name(directory) == "features":
             _FeaturesCheck(directory, found, corpus).run()
         else:
@@ -137,6 +138,15 @@ def validate(paths: list[Path], *, deep: bool = False, corpus: Path | None = Non
     if corpora:
         _check_corpora(corpora, found, deep, spread)
     return found.report()
+
+
+def _refuse_export(directory: Path) -> None:
+    try:
+        built = files.read_json(directory / manifest.MANIFEST_NAME)
+    except files.UnreadableFile:
+        return
+    if isinstance(built, dict):
+        corpus.refuse_export(directory, built)
 
 
 def record_name(directory: Path) -> str | None:

@@ -49,7 +49,7 @@ from emu_data.ops import encoder
 from emu_data.core import errors, files, images, manifest, schema
 from emu_data.engine import runlock, runtime
 from emu_data.core.options import option, positive_int
-from emu_data.core.corpus import CONFIG_NAME, DATA_DIR, LayoutChanged, unit_writing, writers_lock
+from emu_data.core.corpus import CONFIG_NAME, DATA_DIR, LayoutChanged, refuse_export, unit_writing, writers_lock
 from emu_data.core.shards import SHARD_SUFFIX, TMP_PREFIX, OneShard, ShardError, ShardInfo, file_sha256, read_schema, read_shard
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,7 @@ def make_features(corpus: Path, out: Path, spec: encoder.ModelSpec, run: RunOpti
 
 def _corpus_manifest(corpus: Path) -> dict:
     built = manifest.read(corpus)
+    refuse_export(corpus, built)
     if built["schema"]["name"] != "interleaved":
         raise FeatureError(f"{corpus} holds {built['schema']['name']} records, not a corpus of interleaved samples")
     for entry in built["shards"]:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emu_data.core import errors, files, manifest, partitions
+from emu_data.core import corpus, errors, files, manifest, partitions
 from emu_data.engine import runlock, runtime, stage
 from emu_data.inspect import validate
 from emu_data.ops import mixpasses
@@ -118,7 +118,9 @@ def _refuse_corrupted(problems: list[validate.Violation]) -> None:
 def _identity(directory: Path) -> dict:
     """What an input is: its path and a digest of the shards its manifest lists, so a
     rebuilt input (same config, other content) is seen as changed."""
-    shards = manifest.read(directory)["shards"]
+    built = manifest.read(directory)
+    corpus.refuse_export(directory, built)
+    shards = built["shards"]
     digest = hashlib.sha256(json.dumps([s["sha256"] for s in shards]).encode()).hexdigest()
     return {"path": str(directory.resolve()), "shards": digest}
 

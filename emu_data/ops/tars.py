@@ -1,0 +1,151 @@
+"""A corpus sample as WebDataset tar members, and tar shards of bounded size.
+
+One sample is the members that share its tar key (`KEY.<ext>`; WebDataset groups members by
+the name up to the first dot of the base name):
+
+    KEY.json       {"key": the corpus key, "source", "texts", "times", "meta" (an object),
+                    "images": per position the member extension of its image or null}
+    KEY.000.jpg    the image at position 0 (png, webp: the bytes as stored, never re-encoded)
+    KEY.jpg        a pair-like source's one image (LAION-style: open_clip's loaders read
+    KEY.txt        `jpg;png;webp` + `txt` as they are); "images" in the JSON names it "jpg"
+
+KEY is the corpus key when that is already safe for a tar path and a WebDataset key (letters,
+digits, `_`, `-`; at most 100 characters), else a readable prefix of it, `~`, and 20 hex
+digits of its sha256: `~` never occurs in a safe key, so the mapping is one-to-one (the
+corpus key stays in the JSON). Members carry no time, owner or mode of this machine: the same
+corpus shard gives the same tar bytes, which is what lets a resumed export equal a whole one.
+
+Written with the standard library's tarfile, not webdataset's TarWriter: that one stamps
+each member with the current time, and the bytes must depend on the corpus alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+
+from emu_data.core.shards import TMP_PREFIX, ShardInfo, ShardLimits, file_sha256, fsync_dir, writing
+
+SUFFIX = ".tar"
+_SAFE = re.compile(r"[A-Za-z0-9_-]{1,100}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
+
+
+class Unwritable(ValueError):
+    """A sample that cannot become tar members (the message says why): a status row."""
+
+
+def tar_key(key: str) -> str:
+    """The corpus key as a tar/WebDataset key: itself when safe, else prefix~sha256[:20]."""
+    if _SAFE.fullmatch(key):
+        return key
+    prefix = _UNSAFE.sub("_", key)[:60]
+    return f"{prefix}~{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:20]}"
+
+
+def image_extension(data: bytes) -> str:
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    raise Unwritable("an image that is not JPEG, PNG or WebP (the interleaved record stores no other)")
+
+
+def members(row: dict, pair_like: bool) -> list[tuple[str, bytes]]:
+    """(member name, bytes) of one corpus row, the JSON first, images in position order."""
+    key = tar_key(row["key"])
+    texts, images = row["texts"], row["images"]
+    placed = [(i, image["bytes"]) for i, image in enumerate(images) if image is not None]
+    is_pair = pair_like and len(placed) == 1 and sum(t is not None for t in texts) == 1
+    width = max(3, len(str(len(images) - 1)))
+    names, files = [None] * len(images), []
+    for position, data in placed:
+        ext = image_extension(data)
+        names[position] = ext if is_pair else f"{position:0{width}d}.{ext}"
+        files.append((f"{key}.{names[position]}", data))
+    doc = {"key": row["key"], "source": row["source"], "texts": texts, "images": names,
+           "times": row["times"], "meta": json.loads(row["meta"]) if row["meta"] else {}}
+    head = [(f"{key}.json", json.dumps(doc, ensure_ascii=False, sort_keys=True).encode("utf-8", "surrogatepass"))]
+    if is_pair:
+        head.append((f"{key}.txt", next(t for t in texts if t is not None).encode("utf-8", "surrogatepass")))
+    return head + files
+
+
+class TarShardWriter:
+    """Samples into `DIR/PREFIX-NNNNN.tar`, a new tar before one would pass the limits (rows,
+    or bytes counting tar headers and padding), each written under a temporary name and
+    renamed when complete: ShardWriter's contract (write(row), close() -> [ShardInfo],
+    abort()), and like it, the names depend on the prefix and the rows alone."""
+
+    def __init__(self, directory: Path, prefix: str, limits: ShardLimits, *, root: Path,
+                 pair_like=lambda source: False):
+        self.directory, self.prefix, self.limits, self.root = Path(directory), prefix, limits, Path(root)
+        self.pair_like = pair_like
+        self.finished: list[ShardInfo] = []
+        self._tar: tarfile.TarFile | None = None
+        self._rows = self._bytes = 0
+
+    def write(self, row: dict) -> None:
+        parts = members(row, self.pair_like(row["source"]))   # Unwritable before any byte
+        size = sum(_HEADER + _padded(len(data)) for _, data in parts)
+        if self._rows and (self._rows + 1 > self.limits.max_rows or self._bytes + size > self.limits.max_bytes):
+            self._finish()
+        with writing(self._tmp_path()):
+            if self._tar is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._tar = tarfile.open(self._tmp_path(), "w", format=tarfile.PAX_FORMAT)
+            for name, data in parts:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o444, 0
+                self._tar.addfile(info, io.BytesIO(data))
+        self._rows += 1
+        self._bytes += size
+
+    def close(self) -> list[ShardInfo]:
+        """Finish the last tar; returns every tar written, in order."""
+        if self._tar is not None:
+            self._finish()
+        return list(self.finished)
+
+    def abort(self) -> None:
+        """Drop the tar in progress, keeping finished ones; never raises (another error is
+        on its way out)."""
+        if self._tar is not None:
+            with contextlib.suppress(Exception):
+                self._tar.close()
+            with contextlib.suppress(OSError):
+                self._tmp_path().unlink(missing_ok=True)
+        self._tar, self._rows, self._bytes = None, 0, 0
+
+    def _final_path(self) -> Path:
+        return self.directory / f"{self.prefix}-{len(self.finished):05d}{SUFFIX}"
+
+    def _tmp_path(self) -> Path:
+        return self.directory / f"{TMP_PREFIX}{self._final_path().name}"
+
+    def _finish(self) -> None:
+        tmp, final = self._tmp_path(), self._final_path()
+        with writing(final):
+            self._tar.close()
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        fsync_dir(final.parent)
+        self.finished.append(ShardInfo(final.relative_to(self.root).as_posix(), self._rows,
+                                       final.stat().st_size, file_sha256(final)))
+        self._tar, self._rows, self._bytes = None, 0, 0
+
+
+_HEADER = 512   # a ustar header block; PAX adds one more only for long or non-ASCII names
+
+
+def _padded(size: int) -> int:
+    return -(-size // 512) * 512

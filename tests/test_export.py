@@ -1,0 +1,160 @@
+"""emu-data export --format webdataset: every sample read back exactly, by webdataset and by tarfile."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emu_data import sources
+from emu_data.cli import main
+from emu_data.core import manifest
+from emu_data.core.corpus import shard_paths
+from emu_data.core.shards import read_shard, write_table
+from emu_data.engine.stage import OutputOptions
+from emu_data.ops import export, tars
+
+from conftest import TINY_PIXEL_VIT_PATH
+
+
+def corpus_samples(corpus: Path) -> dict[str, dict]:
+    return {row["key"]: row for path in shard_paths(corpus) for row in read_shard(path).to_pylist()}
+
+
+def rebuilt(doc: dict, members: dict) -> dict:
+    """The corpus row a sample's members stand for (the 10-line reader of the card, checked)."""
+    images = [None if ext is None else {"bytes": members[ext], "path": None} for ext in doc["images"]]
+    return {"key": doc["key"], "source": doc["source"], "texts": doc["texts"], "images": images,
+            "times": doc["times"], "meta": doc["meta"]}
+
+
+def comparable(row: dict) -> dict:
+    """A corpus row with its image bytes as sha256 and its meta parsed, for equality."""
+    return {**row, "meta": json.loads(row["meta"]) if isinstance(row["meta"], str) else row["meta"],
+            "images": [None if i is None else hashlib.sha256(i["bytes"]).hexdigest() for i in row["images"]]}
+
+
+def read_with_webdataset(out: Path) -> dict[str, dict]:
+    urls = [str(out / s["path"]) for s in manifest.read(out)["shards"]]
+    samples = {}
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        doc = json.loads(sample["json"])
+        assert sample["__key__"] == tars.tar_key(doc["key"])
+        samples[doc["key"]] = rebuilt(doc, sample)
+    return samples
+
+
+def read_with_tarfile(out: Path) -> dict[str, dict]:
+    """No library: a sample is the members up to the first dot of their name."""
+    grouped: dict[str, dict] = {}
+    for path in sorted((out / "data").glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for member in tar:
+                key, ext = member.name.split(".", 1)
+                grouped.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return {doc["key"]: rebuilt(doc, members) for doc, members in
+            ((json.loads(m["json"]), m) for m in grouped.values())}
+
+
+@pytest.fixture(scope="module")
+def exported(sample_dir, tmp_path_factory, ray_session):
+    out = tmp_path_factory.mktemp("export") / "wds"
+    export.export(sample_dir, OutputOptions(out, shard_rows=3), ray=ray_session)
+    return out
+
+
+def test_every_sample_of_every_source_is_rebuilt_exactly_by_webdataset_and_by_tarfile(sample_dir, exported):
+    corpus = corpus_samples(sample_dir)
+    assert {row["source"] for row in corpus.values()} >= {k.name for k in sources.kinds() if k.sample}
+    for read in (read_with_webdataset, read_with_tarfile):
+        back = read(exported)
+        assert back.keys() == corpus.keys()
+        for key, row in corpus.items():
+            assert comparable(back[key]) == comparable(row), key
+    built = manifest.read(exported)
+    assert built["rows"] == len(corpus) and built["status_counts"] == {"ok": len(corpus)}
+    assert all(s["rows"] <= 3 for s in built["shards"])
+
+
+def test_pair_like_sources_read_as_open_clip_reads_them_jpg_and_txt(sample_dir, exported):
+    pair_like = {k.name for k in sources.kinds() if k.pair_rank is not None}
+    seen = 0
+    has_pair = lambda s: "txt" in s and any(ext in s for ext in ("jpg", "png", "webp"))  # noqa: E731 - open_clip's filter
+    for sample in (wds.WebDataset(sorted(map(str, (exported / "data").glob("*.tar"))), shardshuffle=False,
+                                  empty_check=False)
+                   .select(has_pair).decode("pil").to_tuple("jpg;png;webp", "txt", "json")):
+        image, caption, doc = sample
+        assert doc["source"] in pair_like and caption in doc["texts"] and image.size[0] > 0
+        seen += 1
+    pairs = [row for row in corpus_samples(sample_dir).values() if row["source"] in pair_like
+             and sum(map(bool, row["images"])) == 1 and sum(t is not None for t in row["texts"]) == 1]
+    assert seen == len(pairs) > 0
+
+
+def test_the_same_corpus_gives_the_same_bytes_and_a_resume_redoes_only_what_is_missing(sample_dir, exported,
+                                                                                       tmp_path, ray_session):
+    again = tmp_path / "again"
+    shutil.copytree(exported, again)
+    removed = manifest.read(again)["shards"][1]["path"]
+    (again / removed).unlink()
+    (again / "_manifest.json").unlink()
+    result = export.export(sample_dir, OutputOptions(again, shard_rows=3), ray=ray_session)
+    assert result.ran_units == 1
+    assert [s["sha256"] for s in manifest.read(again)["shards"]] == \
+           [s["sha256"] for s in manifest.read(exported)["shards"]]
+
+
+def test_a_sample_that_cannot_become_members_gets_a_status_row_and_the_rest_are_written(corpus_copy, tmp_path,
+                                                                                         ray_session):
+    path = shard_paths(corpus_copy)[0]
+    table = read_shard(path)
+    rows = table.to_pylist()
+    bad = next(i for i, row in enumerate(rows) if any(row["images"]))
+    first = next(j for j, image in enumerate(rows[bad]["images"]) if image)
+    rows[bad]["images"][first] = {"bytes": b"GIF89a not a stored format", "path": None}
+    write_table(path, table.from_pylist(rows, schema=table.schema), corpus_copy)
+    out = tmp_path / "wds"
+    built = export.export(corpus_copy, OutputOptions(out), ray=ray_session).manifest
+    total = len(corpus_samples(corpus_copy))
+    assert built["rows"] == total - 1 and built["status_counts"] == {"ok": total - 1, "unwritable": 1}
+    status = [r for p in manifest.read(out)["status_shards"] for r in read_shard(out / p["path"]).to_pylist()
+              if r["status"] != "ok"]
+    assert [(r["key"], r["samples"]) for r in status] == [(rows[bad]["key"], 0)]
+    assert "not JPEG, PNG or WebP" in status[0]["error"]
+    assert rows[bad]["key"] not in read_with_tarfile(out)
+
+
+def test_cli_exports_and_refuses_what_is_not_a_corpus(sample_dir, tmp_path, capsys, ray_session):
+    assert main(["export", str(sample_dir), "--out", str(tmp_path / "wds"), "--num-cpus", "2"]) == 0
+    assert "webdataset shard(s)" in capsys.readouterr().out
+    assert "WebDataset" in (tmp_path / "wds" / "README.md").read_text()
+    assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a finished corpus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [
+    ["validate", "{wds}"], ["stats", "{wds}"], ["export", "{wds}", "--out", "{tmp}/again"],
+    ["mix", "{wds}", "--out", "{tmp}/mixed"], ["preview", "{wds}", "--out", "{tmp}/p.html"],
+    ["features", "{wds}", "--out", "{tmp}/f", "--model", str(TINY_PIXEL_VIT_PATH), "--pretrained", "none"]])
+def test_what_reads_corpora_says_an_export_is_not_one(exported, tmp_path, capsys, command):
+    argv = [part.format(wds=exported, tmp=tmp_path) for part in command]
+    assert main(argv) == 2
+    assert "is an export (WebDataset tar shards), not a corpus" in capsys.readouterr().err
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=150), min_size=2, max_size=6, unique=True))
+def test_tar_keys_are_one_to_one_and_what_webdataset_groups_by(keys):
+    made = [tars.tar_key(k) for k in keys]
+    assert len(set(made)) == len(made)
+    for key, safe in zip(keys, made):
+        assert re.fullmatch(r"[A-Za-z0-9_~-]{1,100}", safe)
+        assert (safe == key) == bool(re.fullmatch(r"[A-Za-z0-9_-]{1,100}", key))
