@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import signal
+import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -110,9 +111,16 @@ def map_tasks(fn: Callable, items: Iterable, *, options: RayOptions = RayOptions
 
     At most `max_in_flight` tasks are submitted at once, so a list of millions of items
     never floods the object store; a failing task is reported, never stops the others.
-    A caller that stops early (closes the generator, or an exception leaves its loop) has
-    the tasks still pending cancelled, so none of them goes on writing behind its back and
-    their errors are not printed later as "unhandled".
+    A caller that stops early (closes the generator, or an exception leaves its loop) stops
+    the submitting; the tasks already submitted are never cancelled (see `_stop`):
+    - if it was interrupted (Ctrl-C, or SIGTERM as the CLI turns it into an interrupt) they
+      are left at once, to stop with the process: ray.shutdown kills an embedded Ray's
+      workers, and a cluster kills the tasks of a driver that is gone. One may finish its
+      unit meanwhile; a unit's commit is atomic, and a rerun waits for the writers a run
+      left behind and refuses any that starts after it has prepared (corpus.prepare).
+    - otherwise they are waited for (up to _DRAIN_S) and what they ended with dropped, so
+      none goes on writing behind its back and their errors are not printed later as
+      "unhandled"; one still running after that is left, with a warning, as above.
     A task whose worker dies (killed, out of memory) is retried once by Ray.
     postfix() -> a few words the progress bar shows after its counts, asked every few seconds.
     """
@@ -140,7 +148,7 @@ def map_tasks(fn: Callable, items: Iterable, *, options: RayOptions = RayOptions
                     yield item, _result(ray, ref, item)
     finally:
         if pending:
-            _cancel(ray, list(pending))
+            _stop(ray, list(pending))
 
 
 _END = object()
@@ -155,22 +163,45 @@ def _show_postfix(bar, postfix: Callable[[], str]) -> None:
         log.debug("progress postfix failed: %s", e)
 
 
-def _cancel(ray, refs: list, drain_s: float = _DRAIN_S) -> None:
-    """Cancel tasks and wait for them to stop. Force: the worker of a running one is killed.
-    A KeyboardInterrupt instead can leave code that does not expect it stuck for good (a
-    ThreadPool whose task feeder waits on a semaphore never finishes terminate()); a killed
-    worker is the case every stage already survives."""
-    for ref in refs:
-        try:
-            ray.cancel(ref, force=True)
-        except Exception as e:  # noqa: BLE001 - one that just finished cannot be cancelled
-            log.debug("cancelling a task: %s", e)
-    done, _ = ray.wait(refs, num_returns=len(refs), timeout=drain_s)
+def _stop(ray, refs: list, drain_s: float = _DRAIN_S) -> None:
+    """What becomes of the tasks a caller stopped waiting for (it closed the generator, or
+    an exception left its loop): never ray.cancel. Ray (2.60) aborts the whole process
+    ("Check failed: it != submissible_tasks_.end() Tried to complete task that was not
+    pending") when a task is cancelled while its reply is being handled: the reply handler
+    takes the task off the executing list before it completes it, a cancel in between fails
+    it as not yet started, and the completion finds it gone. force=False has the same window
+    and would raise KeyboardInterrupt inside the task besides, which can leave code that does
+    not expect it stuck for good (a ThreadPool never finishing terminate()).
+
+    Interrupted (a KeyboardInterrupt, SIGTERM's Terminated included, is in flight or is what
+    the closing happens in): leave them at once, the process is on its way out and Ray stops
+    them with it. Otherwise: wait for them, up to drain_s, and fetch what they ended with,
+    so that nothing is left for Ray to report as unhandled; an interrupt while waiting is
+    raised as usual. Those still running after drain_s are left, as if interrupted."""
+    if _interrupted():
+        log.debug("interrupted: %d task(s) left to stop with this process", len(refs))
+        return
+    done, left = ray.wait(refs, num_returns=len(refs), timeout=drain_s)
     for ref in done:   # fetch what they ended with: nothing left for Ray to report as unhandled
         try:
             ray.get(ref)
-        except Exception as e:  # noqa: BLE001 - cancelled or failed: the caller has stopped anyway
-            log.debug("a cancelled task ended with %s", type(e).__name__)
+        except Exception as e:  # noqa: BLE001 - failed: the caller has stopped anyway
+            log.debug("a task the caller stopped waiting for ended with %s", type(e).__name__)
+    if left:
+        log.warning("%d task(s) still running %.0f s after their caller stopped are left to finish",
+                    len(left), drain_s)
+
+
+def _interrupted() -> bool:
+    """A KeyboardInterrupt is being handled here, or is what the exception being handled
+    (GeneratorExit of a close() in the caller's `finally`) happened during."""
+    seen, e = set(), sys.exc_info()[1]
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__context__
+    return False
 
 
 def _describe(item) -> str:
@@ -268,7 +299,7 @@ def read_ahead(read: Callable, items: Iterable, plan: InferencePlan) -> Iterator
     plan.reads_per_unit in flight, the first ones submitted now; the iterator returned yields
     the results in the order of `items`. Meant for the worker of `inference_units`: the tasks
     are its actor's and die with it. A task's error is raised as the task raised it; the
-    tasks still in flight are then cancelled."""
+    tasks still in flight are then waited for, not cancelled (`_stop`)."""
     import ray
 
     remote = ray.remote(_call).options(num_cpus=plan.cpus_per_read, memory=plan.memory_per_read, max_retries=1)
@@ -286,7 +317,7 @@ def _in_order(ray, window: collections.deque, more: Iterator) -> Iterator:
             yield result
     finally:
         if window:
-            _cancel(ray, list(window))
+            _stop(ray, list(window))
 
 
 def _get(ray, ref):
