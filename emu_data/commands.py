@@ -426,16 +426,18 @@ def _after_sources() -> list[Command]:
                        "  emu-data features runs/mix --out runs/mix-eva --model EVA01-g-14 --pretrained ~/eva01_g14.bin --tokens patch\n"
                        "  emu-data features runs/sample --out runs/sample-feat --model tiny.json --pretrained none  # random init\n"
                        "then: emu-data validate runs/mix-eva   (checked against the corpus its manifest names)"),
-        Command("export", "a finished corpus as WebDataset tar shards, for trainers that read those",
+        Command("export", "a finished corpus as WebDataset tar shards or Hub-ready Parquet",
                 _export_params, _export,
-                description="Write every sample of CORPUS as WebDataset members: KEY.json (texts, times, "
-                            "meta, and per position the member holding its image), KEY.000.jpg ... in position "
-                            "order (image bytes as stored), and for pair-like sources KEY.jpg + KEY.txt, which "
-                            "open_clip-style loaders read as they are. Tar shards of bounded size, named after "
-                            "the corpus shards, in corpus order; a status row per sample; resumable per corpus "
-                            "shard. README.md in OUT has a 10-line reader.",
+                description="Write every sample of CORPUS in a format trainers read. webdataset: KEY.json "
+                            "(texts, times, meta, and per position the member holding its image), "
+                            "KEY.000.jpg ... in position order (image bytes as stored), and for pair-like "
+                            "sources KEY.jpg + KEY.txt, which open_clip-style loaders read as they are. "
+                            "parquet: the corpus's columns with images as datasets Image features, row groups "
+                            "sized for streaming, a dataset card (configs, dataset_info) the Hub reads. Shards "
+                            "of bounded size named after the corpus shards, in corpus order; a status row per "
+                            "sample; resumable per corpus shard. OUT/README.md says how to read it.",
                 epilog="examples:\n  emu-data export runs/mix --out runs/mix-wds\n"
-                       "  emu-data export runs/mix --out runs/mix-wds --shard-bytes 1GB"),
+                       "  emu-data export runs/mix --out runs/mix-hub --format parquet --shard-bytes 512MB"),
         Command("train", "train the bundled small Emu on a corpus and its patch features (resumable)",
                 _train_params, _train,
                 description="Smoke-scale Emu pretraining: a causal transformer (learned queries over the EVA-CLIP "

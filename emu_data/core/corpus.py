@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 DATA_DIR, STATUS_DIR, PARTS_DIR = "data", "status", "_parts"
 CONFIG_NAME, CARD_NAME, LOCK_NAME = "_config.json", "README.md", ".lock"
-DATA_SUFFIXES = (SHARD_SUFFIX, ".tar")   # what a stage writes under data/ (export: tar shards)
+DATA_SUFFIXES = (SHARD_SUFFIX, ".tar", ".parquet")   # what a stage writes under data/ (export's too)
 
 
 class StaleRun(RuntimeError):
@@ -74,18 +74,14 @@ class Unit:
 class UnitWriter:
     """Everything one unit writes: samples, status rows, then its commit marker."""
 
-    def __init__(self, out: Path, unit_id: str, limits: ShardLimits, samples=None):
-        """samples(directory, prefix, limits, root) -> the samples' writer (ShardWriter's
-        contract; default: interleaved Arrow shards): export writes tar shards."""
+    def __init__(self, out: Path, unit_id: str, limits: ShardLimits, writer=None):
+        """writer(directory, prefix, record, limits, root) -> a writer of that record's rows
+        with ShardWriter's contract (default: arrow_writer; export writes tar or Parquet)."""
         self.out = Path(out)
         self.unit_id = unit_id
-        if samples is None:
-            self.samples = ShardWriter(self.out / DATA_DIR, unit_id,
-                                       schema.arrow_schema("interleaved"), limits, root=self.out)
-        else:
-            self.samples = samples(self.out / DATA_DIR, unit_id, limits, root=self.out)
-        self.status_rows = ShardWriter(self.out / STATUS_DIR, unit_id,
-                                       schema.arrow_schema("status"), limits, root=self.out)
+        writer = writer or arrow_writer
+        self.samples = writer(self.out / DATA_DIR, unit_id, "interleaved", limits, self.out)
+        self.status_rows = writer(self.out / STATUS_DIR, unit_id, "status", limits, self.out)
         self.status_counts: Counter[str] = Counter()
         self.source_counts: Counter[str] = Counter()
 
@@ -113,6 +109,11 @@ class UnitWriter:
             parts_dir.mkdir(parents=True, exist_ok=True)
         manifest.write_json_atomic(parts_dir / f"{self.unit_id}.json", part)
         return part
+
+
+def arrow_writer(directory: Path, prefix: str, record: str, limits: ShardLimits, root: Path) -> ShardWriter:
+    """A corpus's own shards: Arrow IPC files of the record's schema."""
+    return ShardWriter(directory, prefix, schema.arrow_schema(record), limits, root=root)
 
 
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -284,16 +285,16 @@ def clear(out: Path) -> None:
 
 
 def finalize(out: Path, *, stage: str, config: dict, fingerprint: str, parts: list[dict],
-             card: str | None = None) -> dict:
-    """Write the dataset card (default: the Arrow corpus's), then the manifest: the run is
-    complete once it exists."""
+             card=None) -> dict:
+    """Write the dataset card, then the manifest: the run is complete once it exists.
+    card(manifest) -> the card's text (default: the Arrow corpus's)."""
     out = Path(out)
     parts = sorted(parts, key=lambda p: p["unit"])
     with writing(out):   # what attempts that died on a worker left: nothing unlisted stays
         _remove_uncommitted(out, {p["unit"]: p for p in parts})
-    manifest.write_text_atomic(out / CARD_NAME, card if card is not None else dataset_card(stage))
     built = manifest.build(record="interleaved", stage=stage, config=config,
                            fingerprint=fingerprint, parts=parts)
+    manifest.write_text_atomic(out / CARD_NAME, card(built) if card is not None else dataset_card(stage))
     manifest.write(out, built)
     return built
 
@@ -325,17 +326,19 @@ EXPORT_STAGE = "export"
 
 
 class AnExport(errors.UsageError):
-    """A directory `emu-data export` wrote (tar shards): what reads corpora cannot read it."""
+    """A directory `emu-data export` wrote (tar or Parquet shards): what reads corpora
+    cannot read it."""
 
-    def __init__(self, out: Path):
-        super().__init__(f"{out} is an export (WebDataset tar shards), not a corpus of Arrow shards: "
-                         "run this on the corpus it was made from, or read it with webdataset "
-                         "(README, 'emu-data export')")
+    def __init__(self, out: Path, form: str):
+        super().__init__(f"{out} is an export ({form}), not a corpus of Arrow shards: run this on the "
+                         "corpus it was made from, or read it as README's 'emu-data export' shows")
 
 
 def refuse_export(out: Path, built: dict) -> None:
     if built.get("stage") == EXPORT_STAGE:
-        raise AnExport(out)
+        config = built.get("config")
+        form = config.get("export", {}).get("format") if isinstance(config, dict) else None
+        raise AnExport(out, form if isinstance(form, str) else "unknown format")
 
 
 def shard_paths(out: Path, kind: str = DATA_DIR) -> list[Path]:

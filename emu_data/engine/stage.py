@@ -56,13 +56,13 @@ class UnitTask:
     fingerprint: str
     process: Callable[[object, UnitWriter], None]
     run_id: str | None = None
-    samples: Callable | None = None   # the samples' writer (UnitWriter's default: Arrow shards)
+    writer: Callable | None = None   # the shards' writer (UnitWriter's default: Arrow)
 
     def __call__(self, unit: Unit) -> dict:
         # a rerun that starts while this worker still writes (its driver was killed) waits for
         # it before it looks at what is committed; one that has started refuses this worker
         with corpus.unit_writing(self.out, self.run_id):
-            writer = UnitWriter(self.out, unit.id, self.limits, self.samples)
+            writer = UnitWriter(self.out, unit.id, self.limits, self.writer)
             try:
                 self.process(unit.payload, writer)
                 return writer.commit(self.fingerprint, unit.digest)
@@ -83,18 +83,18 @@ class StageResult:
 def run_stage(stage: str, units: list[Unit], process: Callable[[object, UnitWriter], None], *,
               output: OutputOptions, layout: dict, config: dict,
               ray: runtime.RayOptions = runtime.RayOptions(), redo=None,
-              progress: Callable[[], str] | None = None, samples: Callable | None = None,
-              card: str | None = None) -> StageResult:
+              progress: Callable[[], str] | None = None, writer: Callable | None = None,
+              card: Callable[[dict], str] | None = None) -> StageResult:
     """Run every unit not yet committed in output.out, then write the manifest.
 
     redo(part) -> bool picks committed units to run again (e.g. --retry-failed). The whole
     run holds OUT's run lock: a second live run on the same OUT stops at once (RunInProgress).
     progress() -> a few words for the progress bar (the youtube identities' rates).
-    samples: the samples' writer (UnitWriter); card: the dataset card (corpus.finalize).
+    writer: the shards' writer (UnitWriter); card: the dataset card (corpus.finalize).
     """
     with runlock.held(Path(output.out)):
         return run_held(stage, units, process, output=output, layout=layout, config=config, ray=ray, redo=redo,
-                        progress=progress, samples=samples, card=card)
+                        progress=progress, writer=writer, card=card)
 
 
 def finished(stage: str, output: OutputOptions, layout: dict) -> StageResult | None:
@@ -112,7 +112,7 @@ def _fingerprint(stage: str, output: OutputOptions, layout: dict) -> str:
 
 def run_held(stage: str, units: list[Unit], process: Callable[[object, UnitWriter], None], *,
              output: OutputOptions, layout: dict, config: dict, ray: runtime.RayOptions = runtime.RayOptions(),
-             redo=None, progress=None, samples=None, card=None) -> StageResult:
+             redo=None, progress=None, writer=None, card=None) -> StageResult:
     """run_stage for a caller that already holds OUT's run lock (it wrote under OUT first)."""
     out = Path(output.out)
     fingerprint = _fingerprint(stage, output, layout)
@@ -125,7 +125,7 @@ def run_held(stage: str, units: list[Unit], process: Callable[[object, UnitWrite
     todo = [u for u in units if u.id not in kept]
     if kept:
         log.info("resuming %s: %d unit(s) already committed, %d to run", out, len(kept), len(todo))
-    task = UnitTask(out, output.limits, fingerprint, process, run_id, samples)
+    task = UnitTask(out, output.limits, fingerprint, process, run_id, writer)
     failures = []
     results = runtime.map_tasks(task, todo, options=ray, desc=stage, total=len(todo), postfix=progress)
     try:

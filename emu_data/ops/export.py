@@ -2,10 +2,13 @@
 
     OUT/
       _config.json             resolved config (format, corpus, its fingerprint)
-      data/SHARD-NNNNN.tar     WebDataset tar shards (tars.py), at most --shard-rows samples
-                               and about --shard-bytes each, named after the corpus shard
-      status/SHARD-NNNNN.arrow one row per corpus sample: ok, or why it could not be written
-      README.md                how to read it (the 10-line reader below)
+      data/SHARD-NNNNN.tar     --format webdataset: WebDataset tar shards (tars.py)
+      data/SHARD-NNNNN.parquet --format parquet: Hub-ready Parquet (parquets.py)
+                               at most --shard-rows samples and about --shard-bytes each,
+                               named after the corpus shard
+      status/SHARD-NNNNN.*     one row per corpus sample: ok, or why it could not be written
+                               (Arrow beside tars, Parquet beside Parquet)
+      README.md                the dataset card: how to read it, what it holds
       _manifest.json           written last
 
 A corpus shard is a unit of work: a Ray task reads it (memory-mapped, a record batch at a
@@ -27,16 +30,17 @@ from emu_data.core.options import option
 from emu_data.core.shards import iter_batches
 from emu_data.engine import runtime
 from emu_data.engine.stage import OutputOptions, StageResult, run_stage
-from emu_data.ops import tars
+from emu_data.ops import parquets, tars
 
 STAGE = corpus_mod.EXPORT_STAGE
-FORMATS = ("webdataset",)
+FORMATS = ("webdataset", "parquet")
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     format: str = option("webdataset", choices=FORMATS,
-                         help="webdataset: tar shards, one sample per key (README, 'Export')")
+                         help="webdataset: tar shards, one sample per key; parquet: Hub-ready Parquet with "
+                              "a dataset card (README, 'emu-data export')")
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,15 @@ def export(corpus: Path, output: OutputOptions, options: ExportOptions = ExportO
     config = {"export": asdict(options), "corpus": str(corpus.resolve()),
               "corpus_fingerprint": built["fingerprint"],
               "output": {**asdict(output), "out": str(output.out)}, "ray": asdict(ray)}
-    layout = {"format": options.format, "tar_layout": 1, "corpus_fingerprint": built["fingerprint"]}
-    pair_like = frozenset(k.name for k in sources.kinds() if k.pair_rank is not None)
+    layout = {"format": options.format, "layout": 1, "corpus_fingerprint": built["fingerprint"]}
     return run_stage(STAGE, units, write_shard, output=output, layout=layout, config=config, ray=ray,
-                     samples=partial(tars.TarShardWriter, pair_like=pair_like.__contains__),
-                     card=card(built, options))
+                     writer=_writer(options.format), card=partial(card, built, options.format))
+
+
+def _writer(form: str):
+    if form == "parquet":
+        return parquets.ParquetShardWriter   # status rows too: the Hub reads one format per dataset
+    return tars.Writers(frozenset(k.name for k in sources.kinds() if k.pair_rank is not None))
 
 
 def write_shard(job: ShardJob, writer: UnitWriter) -> None:
@@ -98,30 +106,49 @@ def _corpus_manifest(corpus: Path) -> dict:
     return built
 
 
-def card(built: dict, options: ExportOptions) -> str:
-    counts = ", ".join(f"{name} {n}" for name, n in built["source_counts"].items())
-    return (
-        "---\n"
-        "configs:\n"
-        "- config_name: default\n"
-        "  data_files: \"data/*.tar\"\n"
-        "  default: true\n"
-        "- config_name: status\n"
-        "  data_files: \"status/*.arrow\"\n"
-        "---\n"
-        f"# emu-data export ({options.format})\n\n"
-        f"Samples: {built['rows']} ({counts}), from a corpus made by emu-data "
-        f"{built['tool']['version']} (fingerprint {built['fingerprint'][:16]}).\n\n"
-        "WebDataset tar shards: each sample is the members that share its key. `KEY.json` holds\n"
-        "`key` (the corpus key), `source`, `texts`, `times`, `meta` and `images`: per position,\n"
-        "the member extension of its image (`000.jpg`, ...) or null. Pair-like sources (one\n"
-        "image, one caption) store them as `KEY.jpg|png|webp` + `KEY.txt`, as open_clip reads.\n\n"
-        "```python\n"
-        "import glob, io, json, webdataset as wds\n"
-        "from PIL import Image\n\n"
-        "for sample in wds.WebDataset(sorted(glob.glob(\"data/*.tar\")), shardshuffle=False):\n"
-        "    doc = json.loads(sample[\"json\"])\n"
-        "    sequence = [Image.open(io.BytesIO(sample[ext])) if ext else text\n"
-        "                for text, ext in zip(doc[\"texts\"], doc[\"images\"])]\n"
-        "```\n"
-    )
+def card(corpus: dict, form: str, exported: dict) -> str:
+    """The export's README.md: how to read it, and what it holds (corpus: the corpus's
+    manifest; exported: the export's)."""
+    counts = ", ".join(f"{name} {n}" for name, n in exported["source_counts"].items())
+    left = {k: n for k, n in exported["status_counts"].items() if k != "ok"}
+    about = (f"# emu-data export ({form})\n\n"
+             f"Samples: {exported['rows']} ({counts}) of a corpus of {corpus['rows']} made by emu-data "
+             f"{corpus['tool']['version']} (fingerprint {corpus['fingerprint'][:16]}); exported by emu-data "
+             f"{exported['tool']['version']}. Not written: {left or 'none'} (the status config says why).\n"
+             "Sources and filters: the corpus's `_config.json` and status table (`emu-data stats` on it).\n\n")
+    if form == "parquet":
+        return parquets.card(exported, about + PARQUET_READER)
+    return tars.card(about + WEBDATASET_READER)
+
+
+WEBDATASET_READER = """WebDataset tar shards: each sample is the members that share its key. `KEY.json` holds
+`key` (the corpus key), `source`, `texts`, `times`, `meta` and `images`: per position,
+the member extension of its image (`000.jpg`, ...) or null. Pair-like sources (one
+image, one caption) store them as `KEY.jpg|png|webp` + `KEY.txt`, as open_clip reads.
+
+```python
+import glob, io, json, webdataset as wds
+from PIL import Image
+
+for sample in wds.WebDataset(sorted(glob.glob("data/*.tar")), shardshuffle=False):
+    doc = json.loads(sample["json"])
+    sequence = [Image.open(io.BytesIO(sample[ext])) if ext else text
+                for text, ext in zip(doc["texts"], doc["images"])]
+```
+
+The status table (a row per corpus sample): `datasets.load_dataset("arrow", data_files="status/*.arrow")`.
+"""
+
+PARQUET_READER = """Parquet with the corpus's columns: `key`, `source`, `texts` and `images` (parallel lists,
+one non-null entry per position; images as `datasets` Image features), `times` (seconds,
+or null), `meta` (a JSON string).
+
+```python
+from datasets import load_dataset
+
+samples = load_dataset("DIR", split="train", streaming=True)   # or without streaming
+for sample in samples:
+    sequence = [image if image is not None else text
+                for text, image in zip(sample["texts"], sample["images"])]   # PIL images
+```
+"""

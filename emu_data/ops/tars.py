@@ -28,8 +28,10 @@ import json
 import os
 import re
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from emu_data.core.corpus import arrow_writer
 from emu_data.core.shards import TMP_PREFIX, ShardInfo, ShardLimits, file_sha256, fsync_dir, writing
 
 SUFFIX = ".tar"
@@ -85,7 +87,7 @@ class TarShardWriter:
     renamed when complete: ShardWriter's contract (write(row), close() -> [ShardInfo],
     abort()), and like it, the names depend on the prefix and the rows alone."""
 
-    def __init__(self, directory: Path, prefix: str, limits: ShardLimits, *, root: Path,
+    def __init__(self, directory: Path, prefix: str, limits: ShardLimits, root: Path,
                  pair_like=lambda source: False):
         self.directory, self.prefix, self.limits, self.root = Path(directory), prefix, limits, Path(root)
         self.pair_like = pair_like
@@ -149,3 +151,22 @@ _HEADER = 512   # a ustar header block; PAX adds one more only for long or non-A
 
 def _padded(size: int) -> int:
     return -(-size // 512) * 512
+
+
+@dataclass(frozen=True)
+class Writers:
+    """UnitWriter's writer for a WebDataset export: samples as tars, status rows as Arrow
+    (a table: `datasets.load_dataset("arrow", data_files="status/*.arrow")`)."""
+
+    pair_like: frozenset
+
+    def __call__(self, directory: Path, prefix: str, record: str, limits: ShardLimits, root: Path):
+        if record == "status":
+            return arrow_writer(directory, prefix, record, limits, root)
+        return TarShardWriter(directory, prefix, limits, root, pair_like=self.pair_like.__contains__)
+
+
+def card(body: str) -> str:
+    """The dataset card: `datasets` reads the tars with its webdataset builder (one builder
+    per directory, so the Arrow status table is not a config of it); then `body`."""
+    return "---\nconfigs:\n- config_name: default\n  data_files: \"data/*.tar\"\n  default: true\n---\n" + body
