@@ -206,12 +206,16 @@ def test_the_parquet_card_names_the_configs_the_hub_reads_and_the_status_loads_a
     assert all(s["rows"] <= 4 for s in built["shards"]) and f"Samples: {total}" in card
 
 
+@pytest.fixture(scope="module")
+def mixed(sample_dir, tmp_path_factory, ray_session):
+    out = tmp_path_factory.mktemp("mixed") / "mix"
+    assert main(["mix", str(sample_dir), "--out", str(out), "--shard-rows", "5", "--seed", "3", "--num-cpus", "2"]) == 0
+    return out
+
+
 @pytest.mark.parametrize("form", ["webdataset", "parquet"])
-def test_a_mixed_corpus_round_trips_in_both_formats(sample_dir, tmp_path, ray_session, form):
+def test_a_mixed_corpus_round_trips_in_both_formats(mixed, tmp_path, ray_session, form):
     """A mix's shards interleave every source: each sample comes back whole, whatever its kind."""
-    mixed = tmp_path / "mixed"
-    assert main(["mix", str(sample_dir), "--out", str(mixed), "--shard-rows", "5", "--seed", "3",
-                 "--num-cpus", "2"]) == 0
     out = tmp_path / form
     export.export(mixed, OutputOptions(out), export.ExportOptions(format=form), ray_session)
     corpus = corpus_samples(mixed)

@@ -142,6 +142,8 @@ def test_the_smoke_recipe_runs_the_whole_chain_and_a_rerun_skips_it(tmp_path, ra
     report = json.loads((out / "train" / "eval" / "report.json").read_text())
     assert {"trained", "untrained"} <= set(report["models"]) and (out / "train" / "eval" / "report.md").exists()
     assert (out / "preview.html").stat().st_size > 0
+    exported = manifest.read(out / "export")   # the recipe's last stage: the mix as WebDataset
+    assert exported["rows"] == manifest.read(out / "mix")["rows"] and exported["shards"][0]["path"].endswith(".tar")
     assert json.loads((out / "recipe.json").read_text())["site"]["pairs"] == 40   # the resolved recipe
     for heading in ("samples per source", "status of every input", "[37, 192] bfloat16", "validated",
                     "text CE", "CIDEr-D 0-shot", "text-to-image R@5", str(out / "preview.html"), "report.md"):
@@ -149,7 +151,7 @@ def test_the_smoke_recipe_runs_the_whole_chain_and_a_rerun_skips_it(tmp_path, ra
 
     assert cli.main(args) == 0   # the second run: everything is done
     again = capsys.readouterr().out
-    assert again.count("done earlier, skipped") == 12
+    assert again.count("done earlier, skipped") == 13
     assert "samples per source" in again and "CIDEr-D 0-shot" in again
 
 
