@@ -95,7 +95,7 @@ def test_cli_errors_are_clear(sample_dir, sample_features, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # ~8-10 min on CI's two cores: setup.cfg's 600 s is too close
+@pytest.mark.timeout(1800)  # ~6-8 min on CI's two cores: setup.cfg's 600 s is too close
 def test_a_few_minutes_of_cpu_training_learns_to_caption_and_retrieve(tmp_path_factory, tiny_vit, ray_session):
     """The issue's proof: on a sample corpus (captions name what is drawn) a short CPU run
     captions held-out images and finds them from their captions (text-to-image retrieval with
@@ -116,7 +116,9 @@ def test_a_few_minutes_of_cpu_training_learns_to_caption_and_retrieve(tmp_path_f
         model={"width": 192, "depth": 3, "heads": 4, "ct_width": 128},
         # workers 0: the same batches (seeded), ~12% faster on 2 cores than a loader process
         # competing with the two torch threads
-        data={"holdout": 0.15, "workers": 0}, run={"steps": 1000, "checkpoint_every": 1000})
+        # 800 steps: R@1 0.25 (asserted >= 0.089), CIDEr-D 2.72 (> 1.61), text CE 0.60 (< 1.28);
+        # 1,000 gave more margin for 25% more time (BENCHMARKS.md); 600 is not enough (R@1 0.054)
+        data={"holdout": 0.15, "workers": 0}, run={"steps": 800, "checkpoint_every": 800})
     train.train(corpus, feats, work / "run", config, progress=False)
     report = evaluate.evaluate(work / "run", corpus, feats, evaluate.EvalOptions(shots=(0, 2)))
     trained, untrained, prior = (report["models"][m] for m in ("trained", "untrained", "prior"))
