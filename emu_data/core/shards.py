@@ -195,18 +195,22 @@ class ShardWriter:
 
     def _finish_shard(self) -> None:
         self._flush_batch()
-        tmp, final = self._tmp_path, self._final_path
-        with writing(final):
+        with writing(self._final_path):
             self._writer.close()
             self._sink.close()
-            _fsync(tmp)
-            os.replace(tmp, final)
-        fsync_dir(final.parent)
-        info = ShardInfo(final.relative_to(self.root).as_posix(), self._rows,
-                         final.stat().st_size, file_sha256(final))
-        self.finished.append(info)
+        self.finished.append(publish(self._tmp_path, self._final_path, self._rows, self.root))
         self._writer = self._sink = None
         self._rows = self._bytes = 0
+
+
+def publish(tmp: Path, final: Path, rows: int, root: Path) -> ShardInfo:
+    """A shard finished under its temporary name: made durable, renamed into place, described
+    (path relative to root, rows, bytes, sha256). Every shard writer ends a shard here."""
+    with writing(final):
+        _fsync(tmp)
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
+    return ShardInfo(final.relative_to(root).as_posix(), rows, final.stat().st_size, file_sha256(final))
 
 
 def _fsync(path: Path) -> None:
@@ -341,11 +345,7 @@ class OneShard:
         with writing(self.path):
             self._writer.close()
             self._sink.close()
-            _fsync(self.tmp)
-            os.replace(self.tmp, self.path)
-        fsync_dir(self.path.parent)
-        return ShardInfo(self.path.relative_to(self.root).as_posix(), self.rows, self.path.stat().st_size,
-                         file_sha256(self.path))
+        return publish(self.tmp, self.path, self.rows, self.root)
 
     def abort(self) -> None:
         for closable in (self._writer, self._sink):

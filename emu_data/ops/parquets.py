@@ -10,14 +10,13 @@ one group of images at a time, not a shard.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from emu_data.core import schema
-from emu_data.core.shards import TMP_PREFIX, ShardInfo, ShardLimits, approx_row_bytes, file_sha256, fsync_dir, writing
+from emu_data.core.shards import TMP_PREFIX, ShardInfo, ShardLimits, approx_row_bytes, publish, writing
 
 SUFFIX = ".parquet"
 ROW_GROUP_ROWS = 1_000
@@ -87,15 +86,9 @@ class ParquetShardWriter:
 
     def _finish(self) -> None:
         self._flush_group()
-        tmp, final = self._tmp_path(), self._final_path()
-        with writing(final):
+        with writing(self._final_path()):
             self._writer.close()
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        fsync_dir(final.parent)
-        self.finished.append(ShardInfo(final.relative_to(self.root).as_posix(), self._rows,
-                                       final.stat().st_size, file_sha256(final)))
+        self.finished.append(publish(self._tmp_path(), self._final_path(), self._rows, self.root))
         self._writer = None
         self._rows = self._bytes = 0
 

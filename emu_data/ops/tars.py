@@ -25,14 +25,13 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from emu_data.core.corpus import arrow_writer
-from emu_data.core.shards import TMP_PREFIX, ShardInfo, ShardLimits, file_sha256, fsync_dir, writing
+from emu_data.core.shards import TMP_PREFIX, ShardInfo, ShardLimits, publish, writing
 
 SUFFIX = ".tar"
 _SAFE = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -134,15 +133,9 @@ class TarShardWriter:
         return self.directory / f"{TMP_PREFIX}{self._final_path().name}"
 
     def _finish(self) -> None:
-        tmp, final = self._tmp_path(), self._final_path()
-        with writing(final):
+        with writing(self._final_path()):
             self._tar.close()
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        fsync_dir(final.parent)
-        self.finished.append(ShardInfo(final.relative_to(self.root).as_posix(), self._rows,
-                                       final.stat().st_size, file_sha256(final)))
+        self.finished.append(publish(self._tmp_path(), self._final_path(), self._rows, self.root))
         self._tar, self._rows, self._bytes = None, 0, 0
 
 
