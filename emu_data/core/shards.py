@@ -124,8 +124,12 @@ class ShardWriter:
     """Writes rows of one schema to `directory/{prefix}-{n:05d}.arrow`, n = 0, 1, ...
 
     Names depend only on the prefix and the order of rows, so a rerun of the same unit of
-    work writes the same names.
+    work writes the same names. The file format is `suffix` and `_open_format` (a subclass
+    writes Parquet: ops/parquets.py); batches of `batch_rows` / `batch_bytes` rows.
     """
+
+    suffix = SHARD_SUFFIX
+    batch_rows, batch_bytes = _BATCH_ROWS, _BATCH_BYTES
 
     def __init__(self, directory: Path, prefix: str, schema: pa.Schema, limits: ShardLimits,
                  root: Path | None = None):
@@ -151,7 +155,7 @@ class ShardWriter:
         self._batch_bytes += size
         self._rows += 1
         self._bytes += size
-        if len(self._batch) >= _BATCH_ROWS or self._batch_bytes >= _BATCH_BYTES:
+        if len(self._batch) >= self.batch_rows or self._batch_bytes >= self.batch_bytes:
             self._flush_batch()
 
     def close(self) -> list[ShardInfo]:
@@ -175,7 +179,7 @@ class ShardWriter:
 
     @property
     def _final_path(self) -> Path:
-        return self.directory / f"{self.prefix}-{len(self.finished):05d}{SHARD_SUFFIX}"
+        return self.directory / f"{self.prefix}-{len(self.finished):05d}{self.suffix}"
 
     @property
     def _tmp_path(self) -> Path:
@@ -189,9 +193,13 @@ class ShardWriter:
             if self._writer is None:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 self._sink = pa.OSFile(str(self._tmp_path), "wb")
-                self._writer = pa.ipc.new_file(self._sink, self.schema)
+                self._writer = self._open_format(self._sink)
             self._writer.write_table(pa.Table.from_pylist(self._batch, schema=self.schema))
         self._batch, self._batch_bytes = [], 0
+
+    def _open_format(self, sink):
+        """A writer of tables into sink (write_table, close)."""
+        return pa.ipc.new_file(sink, self.schema)
 
     def _finish_shard(self) -> None:
         self._flush_batch()
