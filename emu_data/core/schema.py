@@ -221,6 +221,11 @@ def _enum_problems(name: str, row: dict) -> list[tuple[str, str]]:
             for f in record(name).fields if f.enum and row.get(f.name) not in _allowed(f)]
 
 
+def allowed_sources() -> tuple[str, ...]:
+    """The `source` values a record may hold: the files' and any registered plugin's."""
+    return _allowed(record("interleaved").field("source"))
+
+
 def _allowed(f: FieldDef) -> tuple[str, ...]:
     """A field's enum. `source` also takes the record sources registered in this process
     (a plugin's): the files list the built-in ones, and a test keeps the two in step."""

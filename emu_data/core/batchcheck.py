@@ -1,0 +1,98 @@
+"""The `interleaved` record's invariants, checked a column at a time over a whole batch.
+
+schema.interleaved_problems checks one row as Python objects: right for a writer that makes
+rows one by one, and for its messages. A reader of a finished corpus (export) moves record
+batches; turning each row into Python objects only to check it cost more than writing it.
+unsound_rows finds, with pyarrow compute and numpy over validity bitmaps and offsets (no
+value is copied), every row interleaved_problems would fault except for meta's JSON (see
+below); the few it finds are then given to interleaved_problems for their messages. A test
+holds the two to the same answer on random tables.
+
+meta's JSON is not parsed here: a reader that needs it (tars.members) parses it anyway and
+treats a bad one as its own error; one that copies the column (Parquet) copies the string.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from emu_data.core import schema
+
+
+def unsound_rows(table: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """A bool per row of an `interleaved` table (its columns and types already checked):
+    True where the row breaks a record invariant other than meta being a JSON object."""
+    batches = table.to_batches() if isinstance(table, pa.Table) else [table]
+    return np.concatenate([_unsound(b) for b in batches] or [np.zeros(0, dtype=bool)])
+
+
+def _unsound(batch: pa.RecordBatch) -> np.ndarray:
+    bad = np.zeros(batch.num_rows, dtype=bool)
+    for f in schema.record("interleaved").fields:
+        if not f.nullable:
+            bad |= _mask(pc.is_null(batch.column(f.name)))
+    texts, images = batch.column("texts"), batch.column("images")
+    positions = _lengths(texts)
+    bad |= (positions != _lengths(images)) | (positions == 0)
+    bad |= ~_mask(pc.is_in(_plain(batch.column("source")), value_set=pa.array(schema.allowed_sources())))
+    bad[_position_faults(texts, images, ~bad)] = True
+    bad[_time_faults(batch.column("times"), positions, ~bad)] = True
+    return bad
+
+
+def _position_faults(texts: pa.Array, images: pa.Array, eligible: np.ndarray) -> np.ndarray:
+    """Rows (of the eligible: texts and images of equal length) with a position that holds
+    both a text and an image, or neither."""
+    has_text = _mask(pc.is_valid(pc.list_flatten(texts)))
+    flat_images = pc.list_flatten(images)
+    has_image = _mask(pc.and_(pc.is_valid(flat_images), pc.is_valid(pc.struct_field(flat_images, "bytes"))))
+    rows = _parents(texts)            # the row of each text position
+    text_at = np.flatnonzero(eligible[rows])
+    rows = rows[text_at]
+    within = text_at - _starts(texts)[rows]
+    clash = has_text[text_at] == has_image[_starts(images)[rows] + within]
+    return np.unique(rows[clash])
+
+
+def _time_faults(times: pa.Array, positions: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Rows (of the eligible) whose times, when present, are not one non-negative,
+    non-decreasing number per position."""
+    wrong_length = _mask(pc.is_valid(times)) & (_lengths(times) != positions)
+    values = np.asarray(pc.fill_null(pc.list_flatten(times), np.nan).to_numpy(zero_copy_only=False),
+                        dtype=np.float64)
+    rows = _parents(times)
+    with np.errstate(invalid="ignore"):
+        wrong = np.isnan(values) | (values < 0)
+        wrong[1:] |= (rows[1:] == rows[:-1]) & (values[1:] < values[:-1])   # after a NaN: no order to break
+    faults = wrong_length.copy()
+    faults[rows[wrong]] = True
+    return np.flatnonzero(faults & eligible)
+
+
+def _lengths(lists: pa.Array) -> np.ndarray:
+    """Each list's length, 0 for a null list (flattening skips what a null list spans)."""
+    return np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _starts(lists: pa.Array) -> np.ndarray:
+    """Where each list's first element is in the flattened array."""
+    lengths = _lengths(lists)
+    return np.cumsum(lengths) - lengths
+
+
+def _parents(lists: pa.Array) -> np.ndarray:
+    """The row of each element of the flattened array."""
+    return np.repeat(np.arange(len(lists), dtype=np.int64), _lengths(lists))
+
+
+def _mask(values) -> np.ndarray:
+    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _plain(column):
+    """A dictionary-encoded column as its values."""
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
