@@ -2,7 +2,7 @@ import pyarrow as pa
 import pytest
 
 from emu_data.core import schema
-from emu_data.core.shards import ShardLimits, ShardWriter, file_sha256, read_shard
+from emu_data.core.shards import ShardLimits, ShardWriter, approx_row_bytes, file_sha256, read_shard
 
 
 def _rows(n, text_len=10):
@@ -86,3 +86,27 @@ def test_values_that_differ_between_batches_write_fine(tmp_path):
         status.write({"key": f"laion:{i}", "source": "laion", "input": None, "attempts": 1, "samples": 0,
                       "status": "ok" if i < 300 else "http_404", "error": None if i < 300 else "gone"})
     assert status.close()[0].rows == 600
+
+
+@pytest.mark.parametrize("limits", [ShardLimits(max_rows=7), ShardLimits(max_rows=1000, max_bytes=3000)])
+def test_tables_and_rows_mix_in_order_within_the_same_limits(tmp_path, limits):
+    """write_table places Arrow rows as write() places Python ones (its byte bound by the
+    table's average row); mixed, the rows keep their order; batches split into bounded
+    record batches."""
+    rows = _rows(40, text_len=100)
+    table = pa.Table.from_pylist(rows, schema=schema.arrow_schema("interleaved"))
+    writer = ShardWriter(tmp_path / "data", "u", schema.arrow_schema("interleaved"), limits, root=tmp_path)
+    writer.batch_rows = 4
+    writer.write_table(table.slice(0, 15))
+    for row in rows[15:20]:
+        writer.write(row)
+    assert writer.write_table(table.slice(20)) == {}
+    infos = writer.close()
+    keys = [k for i in infos for k in read_shard(tmp_path / i.path).column("key").to_pylist()]
+    assert keys == [r["key"] for r in rows]
+    row_bytes = min(approx_row_bytes(rows[0]), table.nbytes // 40)   # write()'s estimate, write_table()'s
+    row_bound = 7 if limits.max_rows == 7 else 3000 // row_bytes
+    assert all(i.rows <= row_bound for i in infos) and len(infos) >= 40 // row_bound
+    for info in infos:
+        batches = pa.ipc.open_file(str(tmp_path / info.path)).num_record_batches
+        assert batches >= -(-info.rows // 4)

@@ -21,14 +21,11 @@ import pyarrow.compute as pc
 from emu_data.core import schema
 
 
-def unsound_rows(table: pa.Table | pa.RecordBatch) -> np.ndarray:
+def unsound_rows(batch: pa.Table | pa.RecordBatch) -> np.ndarray:
     """A bool per row of an `interleaved` table (its columns and types already checked):
-    True where the row breaks a record invariant other than meta being a JSON object."""
-    batches = table.to_batches() if isinstance(table, pa.Table) else [table]
-    return np.concatenate([_unsound(b) for b in batches] or [np.zeros(0, dtype=bool)])
-
-
-def _unsound(batch: pa.RecordBatch) -> np.ndarray:
+    True where the row breaks a record invariant other than meta being a JSON object.
+    A table's columns are taken chunked as they are: flattening keeps row order across
+    chunks, so positions are found from lengths alone."""
     bad = np.zeros(batch.num_rows, dtype=bool)
     for f in schema.record("interleaved").fields:
         if not f.nullable:
@@ -42,7 +39,7 @@ def _unsound(batch: pa.RecordBatch) -> np.ndarray:
     return bad
 
 
-def _position_faults(texts: pa.Array, images: pa.Array, eligible: np.ndarray) -> np.ndarray:
+def _position_faults(texts, images, eligible: np.ndarray) -> np.ndarray:
     """Rows (of the eligible: texts and images of equal length) with a position that holds
     both a text and an image, or neither."""
     has_text = _mask(pc.is_valid(pc.list_flatten(texts)))
@@ -56,7 +53,7 @@ def _position_faults(texts: pa.Array, images: pa.Array, eligible: np.ndarray) ->
     return np.unique(rows[clash])
 
 
-def _time_faults(times: pa.Array, positions: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+def _time_faults(times, positions: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     """Rows (of the eligible) whose times, when present, are not one non-negative,
     non-decreasing number per position."""
     wrong_length = _mask(pc.is_valid(times)) & (_lengths(times) != positions)
@@ -71,18 +68,18 @@ def _time_faults(times: pa.Array, positions: np.ndarray, eligible: np.ndarray) -
     return np.flatnonzero(faults & eligible)
 
 
-def _lengths(lists: pa.Array) -> np.ndarray:
+def _lengths(lists) -> np.ndarray:
     """Each list's length, 0 for a null list (flattening skips what a null list spans)."""
     return np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _starts(lists: pa.Array) -> np.ndarray:
+def _starts(lists) -> np.ndarray:
     """Where each list's first element is in the flattened array."""
     lengths = _lengths(lists)
     return np.cumsum(lengths) - lengths
 
 
-def _parents(lists: pa.Array) -> np.ndarray:
+def _parents(lists) -> np.ndarray:
     """The row of each element of the flattened array."""
     return np.repeat(np.arange(len(lists), dtype=np.int64), _lengths(lists))
 

@@ -40,6 +40,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from emu_data.core import errors, files, manifest, records, schema
 from emu_data.core.shards import SHARD_SUFFIX, TMP_PREFIX, OutputError, ShardLimits, ShardWriter, file_sha256, writing
 
@@ -94,6 +98,20 @@ class UnitWriter:
         self.status_rows.write(row)
         self.status_counts[row["status"]] += 1
 
+    def add_table(self, table: pa.Table) -> dict[int, str]:
+        """Samples already in Arrow form and checked (batchcheck.unsound_rows): written at
+        once; returns {row: why} for the rows the writer could not write."""
+        refused = self.samples.write_table(table)
+        sources = table.column("source")
+        if refused:
+            sources = sources.filter(~np.isin(np.arange(table.num_rows), list(refused)))
+        self.source_counts.update(_value_counts(sources))
+        return refused
+
+    def add_status_table(self, table: pa.Table) -> None:
+        self.status_rows.write_table(table)
+        self.status_counts.update(_value_counts(table.column("status")))
+
     def commit(self, fingerprint: str, digest: str) -> dict:
         part = {
             "unit": self.unit_id,
@@ -109,6 +127,10 @@ class UnitWriter:
             parts_dir.mkdir(parents=True, exist_ok=True)
         manifest.write_json_atomic(parts_dir / f"{self.unit_id}.json", part)
         return part
+
+
+def _value_counts(column) -> dict[str, int]:
+    return {item["values"]: item["counts"] for item in pc.value_counts(column).to_pylist()}
 
 
 def arrow_writer(directory: Path, prefix: str, record: str, limits: ShardLimits, root: Path) -> ShardWriter:

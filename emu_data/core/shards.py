@@ -139,8 +139,9 @@ class ShardWriter:
         self.limits = limits
         self.root = Path(root) if root else self.directory
         self.finished: list[ShardInfo] = []
-        self._batch: list[dict] = []
-        self._batch_bytes = 0
+        self._batch: list[dict] = []       # rows from write()
+        self._tables: list[pa.Table] = []   # rows from write_table(), and earlier rows as one table
+        self._batch_rows = self._batch_bytes = 0
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
         self._sink: pa.OSFile | None = None
         self._rows = 0
@@ -152,11 +153,35 @@ class ShardWriter:
                            or self._bytes + size > self.limits.max_bytes):
             self._finish_shard()
         self._batch.append(row)
-        self._batch_bytes += size
-        self._rows += 1
+        self._count(1, size)
+
+    def write_table(self, table: pa.Table) -> dict[int, str]:
+        """Rows already in Arrow form (this schema's columns), placed as write() would place
+        them, by the same limits, with the table's average row size standing in for each
+        row's: no Python object per row. Returns {row: why} for rows it could not write
+        (none: the tar writer's answer can differ)."""
+        table = table.select(self.schema.names).cast(self.schema)
+        row_bytes = max(1, table.nbytes // max(1, table.num_rows))
+        start = 0
+        while start < table.num_rows:
+            room = min(self.limits.max_rows - self._rows, (self.limits.max_bytes - self._bytes) // row_bytes)
+            if room < 1 and self._rows:
+                self._finish_shard()
+                continue
+            part = table.slice(start, max(1, room))
+            self._tables_from_rows()
+            self._tables.append(part)
+            start += part.num_rows
+            self._count(part.num_rows, part.num_rows * row_bytes)
+        return {}
+
+    def _count(self, rows: int, size: int) -> None:
+        self._rows += rows
         self._bytes += size
-        if len(self._batch) >= self.batch_rows or self._batch_bytes >= self.batch_bytes:
-            self._flush_batch()
+        self._batch_rows += rows
+        self._batch_bytes += size
+        if self._batch_rows >= self.batch_rows or self._batch_bytes >= self.batch_bytes:
+            self._flush_batch(whole=False)
 
     def close(self) -> list[ShardInfo]:
         """Finish the last shard; returns every shard written, in order."""
@@ -175,7 +200,8 @@ class ShardWriter:
             with contextlib.suppress(OSError):
                 self._tmp_path.unlink(missing_ok=True)
         self._writer = self._sink = None
-        self._batch, self._rows, self._bytes = [], 0, 0
+        self._batch, self._tables, self._rows, self._bytes = [], [], 0, 0
+        self._batch_rows = self._batch_bytes = 0
 
     @property
     def _final_path(self) -> Path:
@@ -186,16 +212,31 @@ class ShardWriter:
         final = self._final_path
         return final.with_name(TMP_PREFIX + final.name)
 
-    def _flush_batch(self) -> None:
-        if not self._batch:
+    def _tables_from_rows(self) -> None:
+        if self._batch:
+            self._tables.append(pa.Table.from_pylist(self._batch, schema=self.schema))
+            self._batch = []
+
+    def _flush_batch(self, whole: bool = True) -> None:
+        """Write what is pending as batches of at most batch_rows rows and about batch_bytes
+        (a Parquet row group each); all of it when whole, else whole batches only."""
+        self._tables_from_rows()
+        if not self._tables:
             return
+        pending = pa.concat_tables(self._tables) if len(self._tables) > 1 else self._tables[0]
+        per_batch = min(self.batch_rows, max(1, pending.num_rows * self.batch_bytes // max(1, self._batch_bytes)))
+        end = pending.num_rows if whole else pending.num_rows - pending.num_rows % per_batch
         with writing(self._final_path):
             if self._writer is None:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 self._sink = pa.OSFile(str(self._tmp_path), "wb")
                 self._writer = self._open_format(self._sink)
-            self._writer.write_table(pa.Table.from_pylist(self._batch, schema=self.schema))
-        self._batch, self._batch_bytes = [], 0
+            for start in range(0, end, per_batch):
+                self._writer.write_table(pending.slice(start, min(per_batch, end - start)))
+        left = pending.slice(end)
+        self._tables = [left] if left.num_rows else []
+        self._batch_bytes = self._batch_bytes * left.num_rows // max(1, pending.num_rows)
+        self._batch_rows = left.num_rows
 
     def _open_format(self, sink):
         """A writer of tables into sink (write_table, close)."""
