@@ -10,6 +10,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from hypothesis import given, settings
@@ -100,7 +101,7 @@ def test_every_sample_of_every_source_is_rebuilt_exactly_by_webdataset_and_by_ta
         for key, row in corpus.items():
             assert comparable(back[key]) == comparable(row), key
     built = manifest.read(exported)
-    assert built["rows"] == len(corpus) and built["status_counts"] == {"ok": len(corpus)}
+    assert built["rows"] == len(corpus) and built["status_counts"] == {}   # status rows: the samples not written
     assert all(s["rows"] <= 3 for s in built["shards"])
 
 
@@ -144,9 +145,8 @@ def test_a_sample_that_cannot_become_members_gets_a_status_row_and_the_rest_are_
     out = tmp_path / "wds"
     built = export.export(corpus_copy, OutputOptions(out), ray=ray_session).manifest
     total = len(corpus_samples(corpus_copy))
-    assert built["rows"] == total - 1 and built["status_counts"] == {"ok": total - 1, "unwritable": 1}
-    status = [r for p in manifest.read(out)["status_shards"] for r in read_shard(out / p["path"]).to_pylist()
-              if r["status"] != "ok"]
+    assert built["rows"] == total - 1 and built["status_counts"] == {"unwritable": 1}
+    status = [r for p in manifest.read(out)["status_shards"] for r in read_shard(out / p["path"]).to_pylist()]
     assert [(r["key"], r["samples"]) for r in status] == [(rows[bad]["key"], 0)]
     assert "not JPEG, PNG or WebP" in status[0]["error"]
     assert rows[bad]["key"] not in read_with_tarfile(out)
@@ -189,21 +189,20 @@ def test_datasets_loads_and_streams_the_parquet_export_sample_for_sample(sample_
         assert comparable(back[key]) == comparable(row), key
 
 
-def test_the_parquet_card_names_the_configs_the_hub_reads_and_the_status_loads_as_one(parquet_export, sample_dir):
+def test_the_parquet_card_names_the_configs_the_hub_reads(parquet_export, sample_dir):
     import datasets
     import yaml
 
     card = (parquet_export / "README.md").read_text()
     header = yaml.safe_load(card.split("---\n")[1])
-    assert [c["config_name"] for c in header["configs"]] == ["default", "status"]
+    assert [c["config_name"] for c in header["configs"]] == ["default"]   # every sample written: no status
     info = {i["config_name"]: i for i in header["dataset_info"]}
     assert {"name": "images", "list": "image"} in info["default"]["features"]
     total = len(corpus_samples(sample_dir))
     assert info["default"]["splits"] == [{"name": "train", "num_examples": total}]
-    status = datasets.load_dataset(str(parquet_export), "status", split="train")
-    assert len(status) == total and set(status["status"]) == {"ok"}
+    assert len(datasets.load_dataset(str(parquet_export), split="train")) == total
     built = manifest.read(parquet_export)
-    assert all(s["rows"] <= 4 for s in built["shards"]) and f"Samples: {total}" in card
+    assert all(s["rows"] <= 4 for s in built["shards"]) and f"Samples: {total}" in card and "Not written: none" in card
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +223,32 @@ def test_a_mixed_corpus_round_trips_in_both_formats(mixed, tmp_path, ray_session
     assert back.keys() == corpus.keys()
     for key, row in corpus.items():
         assert comparable(back[key]) == comparable(row), key
+
+
+def test_rows_that_break_the_record_get_status_rows_and_the_unit_goes_on(corpus_copy, tmp_path, ray_session):
+    """A shard a stranger wrote: a key missing, a position with both text and image, times
+    going back. Each such row is an invalid_record status row naming the rule; the others
+    are written, in both formats."""
+    path = shard_paths(corpus_copy)[0]
+    table = read_shard(path)
+    rows = table.to_pylist()
+    rows[0]["key"] = None
+    with_text = next(i for i, row in enumerate(rows) if i and any(t is not None for t in row["texts"]))
+    position = next(j for j, t in enumerate(rows[with_text]["texts"]) if t is not None)
+    rows[with_text]["images"][position] = {"bytes": b"\xff\xd8\xff", "path": None}
+    write_table(path, table.from_pylist(rows, schema=table.schema), corpus_copy)
+    total = sum(read_shard(p).num_rows for p in shard_paths(corpus_copy))
+    for form in export.FORMATS:
+        out = tmp_path / form
+        built = export.export(corpus_copy, OutputOptions(out), export.ExportOptions(format=form), ray_session).manifest
+        assert built["rows"] == total - 2 and built["status_counts"] == {"invalid_record": 2}
+        read = read_shard if form == "webdataset" else pq.read_table
+        status = [r for p in built["status_shards"] for r in read(out / p["path"]).to_pylist()]
+        bad = status
+        assert [r["key"] for r in bad] == [f"{path.relative_to(corpus_copy).as_posix()}#0", rows[with_text]["key"]]
+        assert "key is null" in bad[0]["error"] and f"position {position} holds both" in bad[1]["error"]
+        if form == "parquet":   # the card's second config: the Hub shows the samples left out
+            import datasets
+
+            status = datasets.load_dataset(str(out), "status", split="train")
+            assert status["status"] == ["invalid_record"] * 2 and "invalid_record" in (out / "README.md").read_text()

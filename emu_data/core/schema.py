@@ -4,6 +4,8 @@ The JSON files are the single statement of every record's columns; this module t
 them into pyarrow schemas (and the matching Hugging Face `datasets` features, so that
 `datasets.load_dataset` decodes images to PIL) and never restates a column itself.
 
+A file may say `"extends": "NAME"`: that record's columns come first, then its own.
+
 Type grammar used by the files:
   string | binary | bool | int32 | int64 | float16 | float32 | float64 | uint16
   json                       a string holding a JSON object
@@ -99,7 +101,8 @@ def load_json(name: str) -> dict:
 @functools.cache
 def record(name: str) -> RecordDef:
     raw = load_json(name)
-    fields = tuple(
+    base = record(raw["extends"]).fields if "extends" in raw else ()   # its columns, then these
+    fields = base + tuple(
         FieldDef(
             name=f["name"],
             type=f["type"],

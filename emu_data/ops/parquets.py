@@ -10,6 +10,7 @@ one group of images at a time, not a shard.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,6 +19,7 @@ from emu_data.core import schema
 from emu_data.core.shards import ShardLimits, ShardWriter
 
 SUFFIX = ".parquet"
+FEATURES_RECORD = "interleaved_features"
 ROW_GROUP_ROWS = 1_000
 ROW_GROUP_BYTES = 64 * 2**20
 
@@ -30,27 +32,47 @@ class ParquetShardWriter(ShardWriter):
     suffix = SUFFIX
     batch_rows, batch_bytes = ROW_GROUP_ROWS, ROW_GROUP_BYTES
 
-    def __init__(self, directory: Path, prefix: str, record: str, limits: ShardLimits, root: Path):
-        super().__init__(directory, prefix, schema.arrow_schema(record), limits, root)
+    def __init__(self, directory: Path, prefix: str, record: str, limits: ShardLimits, root: Path,
+                 params: dict | None = None):
+        super().__init__(directory, prefix, schema.arrow_schema(record, params=params), limits, root)
 
     def _open_format(self, sink):
         return pq.ParquetWriter(sink, self.schema, compression="zstd")
 
 
-def card(exported: dict, body: str) -> str:
-    """The dataset card: YAML `configs` (data and status) and `dataset_info` (features and
-    split sizes, which the Hub's viewer reads), then `body`. exported: the export's manifest."""
+@dataclass(frozen=True)
+class Writers:
+    """UnitWriter's writer for a Parquet export: samples, with a `features` column when
+    `features` is given (their storage and size), and status rows, all Parquet."""
+
+    features: dict | None = None   # {"storage": "float16" | "float32", "size": N}
+
+    def __call__(self, directory: Path, prefix: str, record: str, limits: ShardLimits, root: Path):
+        if record == "interleaved" and self.features:
+            return ParquetShardWriter(directory, prefix, FEATURES_RECORD, limits, root, params=self.features)
+        return ParquetShardWriter(directory, prefix, record, limits, root)
+
+
+def card(exported: dict, body: str, features: dict | None = None) -> str:
+    """The dataset card: YAML `configs` (data, and status when a sample was not written) and `dataset_info` (features and
+    split sizes, which the Hub's viewer reads), then `body`. exported: the export's manifest;
+    features: as Writers takes them."""
     import yaml
     from datasets import Features
 
     def info(name: str, record: str, rows: int) -> dict:
-        features = Features.from_arrow_schema(schema.arrow_schema(record))
-        return {"config_name": name, "features": features._to_yaml_list(),
+        if record == "interleaved" and features:
+            record, params = FEATURES_RECORD, features
+        else:
+            params = None
+        features_of = Features.from_arrow_schema(schema.arrow_schema(record, params=params))
+        return {"config_name": name, "features": features_of._to_yaml_list(),
                 "splits": [{"name": "train", "num_examples": rows}]}
 
-    header = {"configs": [{"config_name": "default", "default": True,
-                           "data_files": [{"split": "train", "path": f"data/*{SUFFIX}"}]},
-                          {"config_name": "status", "data_files": [{"split": "train", "path": f"status/*{SUFFIX}"}]}],
-              "dataset_info": [info("default", "interleaved", exported["rows"]),
-                               info("status", "status", sum(exported["status_counts"].values()))]}
+    configs = [{"config_name": "default", "default": True, "data_files": [{"split": "train", "path": f"data/*{SUFFIX}"}]}]
+    infos = [info("default", "interleaved", exported["rows"])]
+    if exported["status_shards"]:   # samples not written: the status config lists them
+        configs.append({"config_name": "status", "data_files": [{"split": "train", "path": f"status/*{SUFFIX}"}]})
+        infos.append(info("status", "status", sum(exported["status_counts"].values())))
+    header = {"configs": configs, "dataset_info": infos}
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n" + body

@@ -8,6 +8,8 @@ the name up to the first dot of the base name):
     KEY.000.jpg    the image at position 0 (png, webp: the bytes as stored, never re-encoded)
     KEY.jpg        a pair-like source's one image (LAION-style: open_clip's loaders read
     KEY.txt        `jpg;png;webp` + `txt` as they are); "images" in the JSON names it "jpg"
+    KEY.000.npy    with --features: the embedding of the image at position 0 (KEY.npy for a
+                   pair); "features" in the JSON names them per position, like "images"
 
 KEY is the corpus key when that is already safe for a tar path and a WebDataset key (letters,
 digits, `_`, `-`; at most 100 characters), else a readable prefix of it, `~`, and 20 hex
@@ -30,6 +32,11 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from emu_data.core import files as files_mod
 from emu_data.core.corpus import arrow_writer
 from emu_data.core.shards import TMP_PREFIX, ShardInfo, ShardLimits, publish, writing
 
@@ -60,11 +67,12 @@ def image_extension(data: bytes) -> str:
     raise Unwritable("an image that is not JPEG, PNG or WebP (the interleaved record stores no other)")
 
 
-def members(row: dict, pair_like: bool) -> list[tuple[str, bytes]]:
-    """(member name, bytes) of one corpus row, the JSON first, images in position order."""
+def members(row: dict, pair_like: bool, feature_shape: tuple[int, ...] | None = None) -> list[tuple[str, bytes]]:
+    """(member name, bytes) of one corpus row, the JSON first, images in position order, then
+    their embeddings when the row has them (row["features"]: a vector per image, in order)."""
     key = tar_key(row["key"])
     texts, images = row["texts"], row["images"]
-    placed = [(i, image["bytes"]) for i, image in enumerate(images) if image is not None]
+    placed = [(i, image["bytes"]) for i, image in enumerate(images) if _holds_image(image)]
     is_pair = pair_like and len(placed) == 1 and sum(t is not None for t in texts) == 1
     width = max(3, len(str(len(images) - 1)))
     names, files = [None] * len(images), []
@@ -73,11 +81,37 @@ def members(row: dict, pair_like: bool) -> list[tuple[str, bytes]]:
         names[position] = ext if is_pair else f"{position:0{width}d}.{ext}"
         files.append((f"{key}.{names[position]}", data))
     doc = {"key": row["key"], "source": row["source"], "texts": texts, "images": names,
-           "times": row["times"], "meta": json.loads(row["meta"]) if row["meta"] else {}}
+           "times": row["times"], "meta": _meta(row["meta"])}
+    if feature_shape is not None:
+        vectors = [_npy(vector, feature_shape) for vector in row["features"]]
+        doc["features"] = [None if name is None else name.rsplit(".", 1)[0] + ".npy" if "." in name else "npy"
+                           for name in names]
+        files += [(f"{key}.{name}", data) for name, data in zip(filter(None, doc["features"]), vectors)]
     head = [(f"{key}.json", json.dumps(doc, ensure_ascii=False, sort_keys=True).encode("utf-8", "surrogatepass"))]
     if is_pair:
         head.append((f"{key}.txt", next(t for t in texts if t is not None).encode("utf-8", "surrogatepass")))
     return head + files
+
+
+def _holds_image(image: dict | None) -> bool:
+    """An image struct with bytes (a struct of nulls at a text position holds none)."""
+    return image is not None and image["bytes"] is not None
+
+
+def _meta(text: str) -> dict:
+    try:
+        meta = files_mod.loads_json(text, "meta")
+    except files_mod.JsonError as e:
+        raise Unwritable(str(e)) from None
+    if not isinstance(meta, dict):
+        raise Unwritable(f"meta is JSON {type(meta).__name__}, not an object")
+    return meta
+
+
+def _npy(vector, shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, vector.reshape(shape), allow_pickle=False)
+    return buffer.getvalue()
 
 
 class TarShardWriter:
@@ -87,15 +121,33 @@ class TarShardWriter:
     abort()), and like it, the names depend on the prefix and the rows alone."""
 
     def __init__(self, directory: Path, prefix: str, limits: ShardLimits, root: Path,
-                 pair_like=lambda source: False):
+                 pair_like=lambda source: False, feature_shape: tuple[int, ...] | None = None):
         self.directory, self.prefix, self.limits, self.root = Path(directory), prefix, limits, Path(root)
-        self.pair_like = pair_like
+        self.pair_like, self.feature_shape = pair_like, feature_shape
         self.finished: list[ShardInfo] = []
         self._tar: tarfile.TarFile | None = None
         self._rows = self._bytes = 0
 
+    def write_table(self, table: pa.Table) -> dict[int, str]:
+        """Rows in Arrow form (with a `features` column when the writer has a feature shape),
+        each written as write() does; returns {row: why} for those that are Unwritable."""
+        vectors = None
+        if self.feature_shape is not None:
+            vectors = _image_vectors(table.column("features"))
+            table = table.drop_columns(["features"])
+        refused, used = {}, 0
+        for index, row in enumerate(table.to_pylist()):
+            if vectors is not None:
+                count = sum(map(_holds_image, row["images"]))
+                row["features"], used = vectors[used:used + count], used + count
+            try:
+                self.write(row)
+            except Unwritable as e:
+                refused[index] = str(e)
+        return refused
+
     def write(self, row: dict) -> None:
-        parts = members(row, self.pair_like(row["source"]))   # Unwritable before any byte
+        parts = members(row, self.pair_like(row["source"]), self.feature_shape)   # Unwritable before any byte
         size = sum(_HEADER + _padded(len(data)) for _, data in parts)
         if self._rows and (self._rows + 1 > self.limits.max_rows or self._bytes + size > self.limits.max_bytes):
             self._finish()
@@ -139,6 +191,13 @@ class TarShardWriter:
         self._tar, self._rows, self._bytes = None, 0, 0
 
 
+def _image_vectors(column: pa.ChunkedArray) -> np.ndarray:
+    """A features column (a list per row, null at text positions) as one vector per image,
+    in row and position order."""
+    per_image = pc.drop_null(pc.list_flatten(column)).combine_chunks()
+    return per_image.flatten().to_numpy(zero_copy_only=False).reshape(len(per_image), per_image.type.list_size)
+
+
 _HEADER = 512   # a ustar header block; PAX adds one more only for long or non-ASCII names
 
 
@@ -152,11 +211,13 @@ class Writers:
     (a table: `datasets.load_dataset("arrow", data_files="status/*.arrow")`)."""
 
     pair_like: frozenset
+    feature_shape: tuple[int, ...] | None = None
 
     def __call__(self, directory: Path, prefix: str, record: str, limits: ShardLimits, root: Path):
         if record == "status":
             return arrow_writer(directory, prefix, record, limits, root)
-        return TarShardWriter(directory, prefix, limits, root, pair_like=self.pair_like.__contains__)
+        return TarShardWriter(directory, prefix, limits, root, pair_like=self.pair_like.__contains__,
+                              feature_shape=self.feature_shape)
 
 
 def card(body: str) -> str:
