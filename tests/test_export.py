@@ -4,6 +4,7 @@ and as Hub Parquet (by datasets, loaded and streamed)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -163,7 +164,8 @@ def test_cli_exports_and_refuses_what_is_not_a_corpus(sample_dir, tmp_path, caps
 @pytest.mark.parametrize("command", [
     ["validate", "{wds}"], ["stats", "{wds}"], ["export", "{wds}", "--out", "{tmp}/again"],
     ["mix", "{wds}", "--out", "{tmp}/mixed"], ["preview", "{wds}", "--out", "{tmp}/p.html"],
-    ["features", "{wds}", "--out", "{tmp}/f", "--model", str(TINY_PIXEL_VIT_PATH), "--pretrained", "none"]])
+    ["features", "{wds}", "--out", "{tmp}/f", "--model", str(TINY_PIXEL_VIT_PATH), "--pretrained", "none"],
+    ["train", "--corpus", "{wds}", "--features", "{wds}", "--out", "{tmp}/run"]])
 def test_what_reads_corpora_says_an_export_is_not_one(exported, tmp_path, capsys, command):
     argv = [part.format(wds=exported, tmp=tmp_path) for part in command]
     assert main(argv) == 2
@@ -203,6 +205,10 @@ def test_the_parquet_card_names_the_configs_the_hub_reads(parquet_export, sample
     assert len(datasets.load_dataset(str(parquet_export), split="train")) == total
     built = manifest.read(parquet_export)
     assert all(s["rows"] <= 4 for s in built["shards"]) and f"Samples: {total}" in card and "Not written: none" in card
+    group = pq.ParquetFile(parquet_export / built["shards"][0]["path"]).metadata.row_group(0)
+    codecs = {group.column(i).path_in_schema: group.column(i).compression for i in range(group.num_columns)}
+    assert codecs.pop("images.list.element.bytes") == "UNCOMPRESSED"   # JPEG/PNG/WebP: compressed already
+    assert set(codecs.values()) == {"ZSTD"}
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +258,26 @@ def test_rows_that_break_the_record_get_status_rows_and_the_unit_goes_on(corpus_
 
             status = datasets.load_dataset(str(out), "status", split="train")
             assert status["status"] == ["invalid_record"] * 2 and "invalid_record" in (out / "README.md").read_text()
+
+
+def test_a_tar_is_byte_for_byte_what_tarfile_writes_and_its_sha256_is_the_files(sample_dir, tmp_path):
+    """The writer encodes headers with tarfile's TarInfo.tobuf and ends the archive itself:
+    the bytes must equal TarFile.addfile's for the same members, long (PAX) names included,
+    and the sha256 it hashed while writing must be the file's."""
+    from emu_data.core.shards import ShardLimits, file_sha256
+
+    rows = list(corpus_samples(sample_dir).values())[:40]
+    rows[0] = {**rows[0], "key": "laion:" + "long-" * 40}   # a name past ustar's 100 bytes
+    writer = tars.TarShardWriter(tmp_path / "ours", "u", ShardLimits(), tmp_path)
+    for row in rows:
+        writer.write(row)
+    [info] = writer.close()
+    with tarfile.open(tmp_path / "theirs.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for row in rows:
+            for name, data in tars.members(row, False):
+                member = tarfile.TarInfo(name)
+                member.size, member.mode, member.mtime = len(data), 0o444, 0
+                tar.addfile(member, io.BytesIO(data))
+    ours = tmp_path / info.path
+    assert ours.read_bytes() == (tmp_path / "theirs.tar").read_bytes()
+    assert info.sha256 == file_sha256(ours) and info.bytes == ours.stat().st_size

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -144,6 +145,8 @@ def test_the_smoke_recipe_runs_the_whole_chain_and_a_rerun_skips_it(tmp_path, ra
     assert (out / "preview.html").stat().st_size > 0
     exported = manifest.read(out / "export")   # the recipe's last stage: the mix as WebDataset
     assert exported["rows"] == manifest.read(out / "mix")["rows"] and exported["shards"][0]["path"].endswith(".tar")
+    with tarfile.open(out / "export" / exported["shards"][0]["path"]) as tar:   # with the features
+        assert any(name.endswith(".npy") for name in tar.getnames())
     assert json.loads((out / "recipe.json").read_text())["site"]["pairs"] == 40   # the resolved recipe
     for heading in ("samples per source", "status of every input", "[37, 192] bfloat16", "validated",
                     "text CE", "CIDEr-D 0-shot", "text-to-image R@5", str(out / "preview.html"), "report.md"):

@@ -252,14 +252,15 @@ class ShardWriter:
         self._rows = self._bytes = 0
 
 
-def publish(tmp: Path, final: Path, rows: int, root: Path) -> ShardInfo:
+def publish(tmp: Path, final: Path, rows: int, root: Path, sha256: str | None = None) -> ShardInfo:
     """A shard finished under its temporary name: made durable, renamed into place, described
-    (path relative to root, rows, bytes, sha256). Every shard writer ends a shard here."""
+    (path relative to root, rows, bytes, sha256: read back, unless the writer hashed what it
+    wrote). Every shard writer ends a shard here."""
     with writing(final):
         _fsync(tmp)
         os.replace(tmp, final)
     fsync_dir(final.parent)
-    return ShardInfo(final.relative_to(root).as_posix(), rows, final.stat().st_size, file_sha256(final))
+    return ShardInfo(final.relative_to(root).as_posix(), rows, final.stat().st_size, sha256 or file_sha256(final))
 
 
 def _fsync(path: Path) -> None:

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 
 from emu_data.ops import encoder
 from emu_data.core import errors, files, manifest
+from emu_data.core.corpus import refuse_export
 from emu_data.model import tokenizer
 from emu_data.model.config import DataConfig
 from emu_data.model.tokenizer import BOS, END_IMG, EOS, IMG, PAD, Vocab
@@ -141,10 +142,12 @@ def build_index(corpus: Path, features: Path, config: DataConfig) -> tuple[Index
 
 def _paired_shards(corpus: Path, features: Path) -> list[str]:
     try:
-        corpus_shards = [s["path"] for s in manifest.read(corpus)["shards"]]
-        built = manifest.read(features)
+        corpus_built, built = manifest.read(corpus), manifest.read(features)
     except (FileNotFoundError, manifest.ManifestError) as e:
         raise DataError(f"corpus and features must be finished emu-data directories: {e}") from None
+    for directory, listed in ((corpus, corpus_built), (features, built)):
+        refuse_export(directory, listed)   # its tars are not Arrow shards: say so, by name
+    corpus_shards = [s["path"] for s in corpus_built["shards"]]
     if built["schema"]["name"] != "features":
         raise DataError(f"{features} is not a features directory (its manifest says {built['schema']['name']!r})")
     feature_shards = {s["path"] for s in built["shards"]}

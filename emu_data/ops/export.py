@@ -110,9 +110,9 @@ def write_shard(job: ShardJob, writer: UnitWriter) -> None:
     table = read_shard(Path(job.corpus) / job.path, "interleaved")   # memory-mapped, columns checked
     features = job.features and featurerows.ShardFeatures(job.features, job.path)
     step = _rows_per_step(table, job.features)
+    unsound_rows = batchcheck.unsound_rows(table)   # once: it reads validity bitmaps and offsets only
     for start in range(0, table.num_rows, step):
-        part = table.slice(start, step)
-        unsound = batchcheck.unsound_rows(part)
+        part, unsound = table.slice(start, step), unsound_rows[start:start + step]
         sound = part.filter(pa.array(~unsound)) if unsound.any() else part
         if features:
             sound = sound.append_column("features", features.column(part, ~unsound))
