@@ -214,6 +214,10 @@ def _export(values: dict) -> int:
     built = result.manifest
     print(f"wrote {output.out}: {built['rows']} samples of {corpus} in {len(built['shards'])} "
           f"{values['options'].format} shard(s)")
+    encoder_about = built["config"].get("features_encoder")
+    if encoder_about:
+        print(f"  with each image's embedding: {encoder_about['model']} {encoder_about['shape']} "
+              f"{'RANDOM INIT' if encoder_about['random_init'] else encoder_about['pretrained']}")
     unwritable = {k: n for k, n in built["status_counts"].items() if k != "ok"}
     if unwritable:
         print(f"  not written: {', '.join(f'{k} {n}' for k, n in unwritable.items())} (status/)")
@@ -434,10 +438,12 @@ def _after_sources() -> list[Command]:
                             "sources KEY.jpg + KEY.txt, which open_clip-style loaders read as they are. "
                             "parquet: the corpus's columns with images as datasets Image features, row groups "
                             "sized for streaming, a dataset card (configs, dataset_info) the Hub reads. Shards "
-                            "of bounded size named after the corpus shards, in corpus order; a status row per "
-                            "sample; resumable per corpus shard. OUT/README.md says how to read it.",
+                            "of bounded size named after the corpus shards, in corpus order; a sample not "
+                            "written is a status row saying why; resumable per corpus shard. --features adds "
+                            "each image's embedding. OUT/README.md says how to read it.",
                 epilog="examples:\n  emu-data export runs/mix --out runs/mix-wds\n"
-                       "  emu-data export runs/mix --out runs/mix-hub --format parquet --shard-bytes 512MB"),
+                       "  emu-data export runs/mix --out runs/mix-hub --format parquet --shard-bytes 512MB\n"
+                       "  emu-data export runs/mix --out runs/mix-wds --features runs/mix-eva"),
         Command("train", "train the bundled small Emu on a corpus and its patch features (resumable)",
                 _train_params, _train,
                 description="Smoke-scale Emu pretraining: a causal transformer (learned queries over the EVA-CLIP "

@@ -56,10 +56,12 @@ def test_webdataset_members_hold_every_images_embedding(sample_dir, sample_featu
     assert "tiny" in card and "random init" in card and "bfloat16 widened exactly" in card
 
 
-def test_parquet_has_a_features_column_parallel_to_images(sample_dir, sample_features, tmp_path, ray_session):
+def test_parquet_has_a_features_column_parallel_to_images(sample_dir, sample_features, tmp_path, ray_session,
+                                                          capsys):
     out = tmp_path / "parquet"
-    export.export(sample_dir, OutputOptions(out, shard_rows=7),
-                  export.ExportOptions(format="parquet", features=sample_features), ray_session)
+    assert main(["export", str(sample_dir), "--out", str(out), "--format", "parquet", "--features",
+                 str(sample_features), "--shard-rows", "7", "--num-cpus", "2"]) == 0
+    assert "with each image's embedding" in capsys.readouterr().out
     vectors, corpus = feature_vectors(sample_features), corpus_samples(sample_dir)
     back = read_with_datasets(out, streaming=True)
     assert list(back) == list(corpus)
@@ -98,3 +100,18 @@ def test_features_of_another_corpus_or_stale_ones_are_refused_before_writing(sam
     (partial / manifest.MANIFEST_NAME).write_text(json.dumps(built))
     with pytest.raises(featurerows.FeaturesMismatch, match="has no features for corpus shard"):
         featurerows.plan(partial, sample_dir, manifest.read(sample_dir)["shards"])
+
+
+def test_a_steps_embeddings_do_not_depend_on_how_the_corpus_batches_are_chunked(sample_dir, sample_features):
+    import pyarrow as pa
+
+    built = manifest.read(sample_dir)
+    features, _, _ = featurerows.plan(sample_features, sample_dir, built["shards"])
+    shard = next(s["path"] for s in built["shards"] if s["path"].startswith("data/mmc4"))
+    table = read_shard(sample_dir / shard)
+    keep = np.arange(table.num_rows) % 3 != 1   # rows left out (as unsound rows are) keep their place
+    whole = featurerows.ShardFeatures(features, shard).column(table.combine_chunks(), keep)
+    chunked = pa.Table.from_batches(table.to_batches(max_chunksize=2), schema=table.schema)
+    reader = featurerows.ShardFeatures(features, shard)
+    assert reader.column(chunked, keep).equals(whole) and len(whole) == int(keep.sum())
+    reader.close()   # every feature row used: no FeaturesMismatch

@@ -137,14 +137,15 @@ class ShardFeatures:
         """The embeddings of this batch's images (the next feature rows, checked against the
         batch's keys and image positions), for the rows kept: a list per row parallel to its
         images, null where a position holds text."""
-        images = batch.column("images").combine_chunks()
-        holds = _mask(pc.is_valid(pc.list_flatten(images)))   # what `features` encoded: valid structs
+        images = batch.column("images")   # chunked as it is: only validity and lengths are read
+        flat = pc.list_flatten(images)
+        holds = _mask(pc.is_valid(flat))   # what `features` encoded: every image struct
         rows = np.repeat(np.arange(batch.num_rows), _lengths(images))
         vectors = self._take(batch.column("key"), rows, holds, _within(images, rows))
         kept = keep[rows]
         place = np.full(len(rows), -1, dtype=np.int64)
         place[holds] = np.arange(int(holds.sum()))
-        has_image = holds & _mask(pc.is_valid(pc.struct_field(pc.list_flatten(images), "bytes")))
+        has_image = holds & _mask(pc.is_valid(pc.struct_field(flat, "bytes")))
         place[~has_image] = -1
         place = place[kept]
         values = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.features.size)
@@ -179,11 +180,11 @@ class ShardFeatures:
         return np.asarray(flat, dtype=self.features.numpy_dtype).reshape(len(embedding), self.features.size)
 
 
-def _lengths(lists: pa.Array) -> np.ndarray:
+def _lengths(lists) -> np.ndarray:
     return np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _within(lists: pa.Array, rows: np.ndarray) -> np.ndarray:
+def _within(lists, rows: np.ndarray) -> np.ndarray:
     """Each flattened element's position in its own list."""
     lengths = _lengths(lists)
     return np.arange(len(rows)) - (np.cumsum(lengths) - lengths)[rows]

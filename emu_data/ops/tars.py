@@ -136,7 +136,7 @@ class TarShardWriter:
             vectors = _image_vectors(table.column("features"))
             table = table.drop_columns(["features"])
         refused, used = {}, 0
-        for index, row in enumerate(table.to_pylist()):
+        for index, row in enumerate(_rows(table)):
             if vectors is not None:
                 count = sum(map(_holds_image, row["images"]))
                 row["features"], used = vectors[used:used + count], used + count
@@ -228,6 +228,15 @@ class _OpenTar:
 _BUFFER = 1 << 20
 
 
+
+
+def _rows(table: pa.Table):
+    """The table's rows as dicts, a record batch at a time: never every image of a step at once."""
+    for batch in table.to_batches(max_chunksize=_ROWS_AT_ONCE):
+        yield from batch.to_pylist()
+
+
+_ROWS_AT_ONCE = 256
 
 
 def _image_vectors(column: pa.ChunkedArray) -> np.ndarray:
