@@ -149,7 +149,8 @@ def test_the_smoke_recipe_runs_the_whole_chain_and_a_rerun_skips_it(tmp_path, ra
         assert any(name.endswith(".npy") for name in tar.getnames())
     assert json.loads((out / "recipe.json").read_text())["site"]["pairs"] == 40   # the resolved recipe
     for heading in ("samples per source", "status of every input", "[37, 192] bfloat16", "validated",
-                    "text CE", "CIDEr-D 0-shot", "text-to-image R@5", str(out / "preview.html"), "report.md"):
+                    "text CE", "CIDEr-D 0-shot", "text-to-image R@5", str(out / "preview.html"), "report.md",
+                    "not written"):
         assert heading in printed, heading
 
     assert cli.main(args) == 0   # the second run: everything is done

@@ -17,7 +17,7 @@ EVAL_METRICS = (("text_ce", "held-out text CE"), ("cider_d_0shot", "CIDEr-D 0-sh
 
 def summarize(stages: list[PlannedStage]) -> str:
     sections = [_corpora(stages), _features(stages), _validation(stages), _training(stages), _evaluation(stages),
-                _outputs(stages)]
+                _exports(stages), _outputs(stages)]
     return "\n\n".join(s for s in sections if s)
 
 
@@ -107,6 +107,19 @@ def _eval_report(stage: PlannedStage) -> Path | None:
     if stage.command != "eval" or "--run" not in stage.argv:
         return None
     return Path(stage.argv[stage.argv.index("--run") + 1]) / "eval" / "report.json"
+
+
+def _exports(stages) -> str:
+    rows = []
+    for s in stages:
+        if s.command == "export" and s.out and (s.out / manifest.MANIFEST_NAME).exists():
+            m = manifest.read(s.out)
+            encoder = m["config"].get("features_encoder")
+            left = ", ".join(f"{k} {v}" for k, v in m["status_counts"].items()) or "none"
+            rows.append((s.name, m["config"]["export"]["format"], str(m["rows"]), str(len(m["shards"])),
+                         f"{sum(x['bytes'] for x in m['shards']) / 2**20:.1f} MB", left,
+                         f"{encoder['model']} {encoder['shape']}" if encoder else "-"))
+    return _table(("export", "format", "samples", "shards", "size", "not written", "embeddings"), rows)
 
 
 def _outputs(stages) -> str:
