@@ -226,6 +226,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_one_line_exit_143_and_it_resumes(site, 
         assert driver.returncode == 143, printed[-3000:]
         assert "terminated: committed work is kept; rerun the same command to resume" in printed
         assert "Traceback" not in printed and "*** SIG" not in printed and "Aborted" not in printed
+        assert "Token authentication" not in printed   # Ray's default auth said, not warned of
         assert _run(site, out, slow=True) == 0
     finally:
         site["delay"]["seconds"] = 0.0

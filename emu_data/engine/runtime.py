@@ -54,11 +54,15 @@ class TaskFailure:
 
 def ensure_ray(options: RayOptions = RayOptions()):
     """Start embedded Ray or join a cluster, once per process; returns the ray module."""
+    address = options.address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "local") and "ray" not in sys.modules:
+        # Ray's own default for a local cluster (token auth on), said before Ray reads its
+        # config at import: left unset, Ray warns of it on every command
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray  # imported here: workers unpickling a stage need not import Ray's driver side
 
     if ray.is_initialized():
         return ray
-    address = options.address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a data tool
     with _own_sigterm_handler():
         if address in (None, "local"):
