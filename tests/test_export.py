@@ -156,7 +156,8 @@ def test_a_sample_that_cannot_become_members_gets_a_status_row_and_the_rest_are_
 def test_cli_exports_and_refuses_what_is_not_a_corpus(sample_dir, tmp_path, capsys, ray_session):
     assert main(["export", str(sample_dir), "--out", str(tmp_path / "wds"), "--num-cpus", "2"]) == 0
     assert "webdataset shard(s)" in capsys.readouterr().out
-    assert "WebDataset" in (tmp_path / "wds" / "README.md").read_text()
+    card = (tmp_path / "wds" / "README.md").read_text()
+    assert "WebDataset" in card and card.startswith("---\nviewer: false\n---\n")   # see tars.card
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "not a finished corpus" in capsys.readouterr().err
 

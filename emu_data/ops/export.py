@@ -215,7 +215,9 @@ for sample in wds.WebDataset(sorted(glob.glob("data/*.tar")), shardshuffle=False
 ```
 
 Samples that could not be written, if any, are rows of status/ (key, status, error):
-`datasets.load_dataset("arrow", data_files="status/*.arrow")`.
+`datasets.load_dataset("arrow", data_files="status/*.arrow")`. For `datasets` and the Hub's
+viewer, export with `--format parquet`: their webdataset reader wants every sample to have
+the same members, and interleaved samples do not.
 """
 
 PARQUET_READER = """Parquet with the corpus's columns: `key`, `source`, `texts` and `images` (parallel lists,

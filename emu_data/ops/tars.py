@@ -269,6 +269,8 @@ class Writers:
 
 
 def card(body: str) -> str:
-    """The dataset card: `datasets` reads the tars with its webdataset builder (one builder
-    per directory, so the Arrow status table is not a config of it); then `body`."""
-    return "---\nconfigs:\n- config_name: default\n  data_files: \"data/*.tar\"\n  default: true\n---\n" + body
+    """The dataset card: `viewer: false`, then `body`. The Hub's viewer (and `datasets`'
+    webdataset builder) builds one table from the members of the first samples, and an
+    interleaved export's samples differ in their members (`000.jpg` here, `jpg` + `txt`
+    there, `times` null or not): it fails on them. Parquet is the export for `datasets`."""
+    return "---\nviewer: false\n---\n" + body
