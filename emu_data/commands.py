@@ -216,8 +216,9 @@ def _export(values: dict) -> int:
           f"{values['options'].format} shard(s)")
     encoder_about = built["config"].get("features_encoder")
     if encoder_about:
-        print(f"  with each image's embedding: {encoder_about['model']} {encoder_about['shape']} "
-              f"{'RANDOM INIT' if encoder_about['random_init'] else encoder_about['pretrained']}")
+        from emu_data.ops import featurerows
+
+        print(f"  with each image's embedding: {featurerows.short(encoder_about)}")
     unwritable = {k: n for k, n in built["status_counts"].items() if k != "ok"}
     if unwritable:
         print(f"  not written: {', '.join(f'{k} {n}' for k, n in unwritable.items())} (status/)")

@@ -194,6 +194,14 @@ def _mask(values) -> np.ndarray:
     return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
+def short(about: dict) -> str:
+    """The encoder in a few words: model (a config file by its name), shape, weights."""
+    model = str(about.get("model"))
+    model = Path(model).name if model.endswith(".json") else model
+    weights = "RANDOM INIT" if about.get("random_init") else about.get("pretrained")
+    return f"{model} {about.get('shape')} {weights}"
+
+
 def describe(about: dict) -> str:
     """The encoder's metadata as the dataset card states it."""
     weights = "random init (NOT pretrained: for tests and speed runs only)" if about.get("random_init") \

@@ -110,6 +110,8 @@ def _eval_report(stage: PlannedStage) -> Path | None:
 
 
 def _exports(stages) -> str:
+    from emu_data.ops import featurerows
+
     rows = []
     for s in stages:
         if s.command == "export" and s.out and (s.out / manifest.MANIFEST_NAME).exists():
@@ -118,7 +120,7 @@ def _exports(stages) -> str:
             left = ", ".join(f"{k} {v}" for k, v in m["status_counts"].items()) or "none"
             rows.append((s.name, m["config"]["export"]["format"], str(m["rows"]), str(len(m["shards"])),
                          f"{sum(x['bytes'] for x in m['shards']) / 2**20:.1f} MB", left,
-                         f"{encoder['model']} {encoder['shape']}" if encoder else "-"))
+                         featurerows.short(encoder) if encoder else "-"))
     return _table(("export", "format", "samples", "shards", "size", "not written", "embeddings"), rows)
 
 
