@@ -29,11 +29,11 @@ def unsound_rows(batch: pa.Table | pa.RecordBatch) -> np.ndarray:
     bad = np.zeros(batch.num_rows, dtype=bool)
     for f in schema.record("interleaved").fields:
         if not f.nullable:
-            bad |= _mask(pc.is_null(batch.column(f.name)))
+            bad |= mask(pc.is_null(batch.column(f.name)))
     texts, images = batch.column("texts"), batch.column("images")
-    positions = _lengths(texts)
-    bad |= (positions != _lengths(images)) | (positions == 0)
-    bad |= ~_mask(pc.is_in(_plain(batch.column("source")), value_set=pa.array(schema.allowed_sources())))
+    positions = lengths(texts)
+    bad |= (positions != lengths(images)) | (positions == 0)
+    bad |= ~mask(pc.is_in(_plain(batch.column("source")), value_set=pa.array(schema.allowed_sources())))
     bad[_position_faults(texts, images, ~bad)] = True
     bad[_time_faults(batch.column("times"), positions, ~bad)] = True
     return bad
@@ -42,9 +42,9 @@ def unsound_rows(batch: pa.Table | pa.RecordBatch) -> np.ndarray:
 def _position_faults(texts, images, eligible: np.ndarray) -> np.ndarray:
     """Rows (of the eligible: texts and images of equal length) with a position that holds
     both a text and an image, or neither."""
-    has_text = _mask(pc.is_valid(pc.list_flatten(texts)))
+    has_text = mask(pc.is_valid(pc.list_flatten(texts)))
     flat_images = pc.list_flatten(images)
-    has_image = _mask(pc.and_(pc.is_valid(flat_images), pc.is_valid(pc.struct_field(flat_images, "bytes"))))
+    has_image = mask(pc.and_(pc.is_valid(flat_images), pc.is_valid(pc.struct_field(flat_images, "bytes"))))
     rows = _parents(texts)            # the row of each text position
     text_at = np.flatnonzero(eligible[rows])
     rows = rows[text_at]
@@ -56,7 +56,7 @@ def _position_faults(texts, images, eligible: np.ndarray) -> np.ndarray:
 def _time_faults(times, positions: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     """Rows (of the eligible) whose times, when present, are not one non-negative,
     non-decreasing number per position."""
-    wrong_length = _mask(pc.is_valid(times)) & (_lengths(times) != positions)
+    wrong_length = mask(pc.is_valid(times)) & (lengths(times) != positions)
     values = np.asarray(pc.fill_null(pc.list_flatten(times), np.nan).to_numpy(zero_copy_only=False),
                         dtype=np.float64)
     rows = _parents(times)
@@ -68,23 +68,24 @@ def _time_faults(times, positions: np.ndarray, eligible: np.ndarray) -> np.ndarr
     return np.flatnonzero(faults & eligible)
 
 
-def _lengths(lists) -> np.ndarray:
+def lengths(lists) -> np.ndarray:
     """Each list's length, 0 for a null list (flattening skips what a null list spans)."""
     return np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _starts(lists) -> np.ndarray:
     """Where each list's first element is in the flattened array."""
-    lengths = _lengths(lists)
-    return np.cumsum(lengths) - lengths
+    sizes = lengths(lists)
+    return np.cumsum(sizes) - sizes
 
 
 def _parents(lists) -> np.ndarray:
     """The row of each element of the flattened array."""
-    return np.repeat(np.arange(len(lists), dtype=np.int64), _lengths(lists))
+    return np.repeat(np.arange(len(lists), dtype=np.int64), lengths(lists))
 
 
-def _mask(values) -> np.ndarray:
+def mask(values) -> np.ndarray:
+    """A bool array or chunked array as numpy, null as False."""
     return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from emu_data.core import errors, files, manifest
+from emu_data.core.batchcheck import lengths, mask
 from emu_data.core.shards import ShardError, read_schema, read_shard
 from emu_data.ops import encoder
 
@@ -139,19 +140,19 @@ class ShardFeatures:
         images, null where a position holds text."""
         images = batch.column("images")   # chunked as it is: only validity and lengths are read
         flat = pc.list_flatten(images)
-        holds = _mask(pc.is_valid(flat))   # what `features` encoded: every image struct
-        rows = np.repeat(np.arange(batch.num_rows), _lengths(images))
+        holds = mask(pc.is_valid(flat))   # what `features` encoded: every image struct
+        rows = np.repeat(np.arange(batch.num_rows), lengths(images))
         vectors = self._take(batch.column("key"), rows, holds, _within(images, rows))
         kept = keep[rows]
         place = np.full(len(rows), -1, dtype=np.int64)
         place[holds] = np.arange(int(holds.sum()))
-        has_image = holds & _mask(pc.is_valid(pc.struct_field(flat, "bytes")))
+        has_image = holds & mask(pc.is_valid(pc.struct_field(flat, "bytes")))
         place[~has_image] = -1
         place = place[kept]
         values = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.features.size)
         per_position = values.take(pa.array(place, mask=place < 0))
-        lengths = _lengths(images)[keep]
-        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        sizes = lengths(images)[keep]
+        offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32))
         return pa.ListArray.from_arrays(offsets, per_position)
 
     def close(self) -> None:
@@ -180,18 +181,10 @@ class ShardFeatures:
         return np.asarray(flat, dtype=self.features.numpy_dtype).reshape(len(embedding), self.features.size)
 
 
-def _lengths(lists) -> np.ndarray:
-    return np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
-
-
 def _within(lists, rows: np.ndarray) -> np.ndarray:
     """Each flattened element's position in its own list."""
-    lengths = _lengths(lists)
-    return np.arange(len(rows)) - (np.cumsum(lengths) - lengths)[rows]
-
-
-def _mask(values) -> np.ndarray:
-    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+    sizes = lengths(lists)
+    return np.arange(len(rows)) - (np.cumsum(sizes) - sizes)[rows]
 
 
 def short(about: dict) -> str:
